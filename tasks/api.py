@@ -8,8 +8,30 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import resource
+import shutil
+import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from .data.calibration import Calibration, sample_calibration
+from .data.langs import canonical_mix, parse_mix
+from .data.sources import get_source
+from .errors import UserError
+from .evaluation import perplexity as _ppl
+from .models import block_linears, find_blocks, load_model, max_positions, restore, snapshot  # noqa: F401 (API)
+from .pruning import METHODS, SCHEDULES
+from .pruning.base import convert, hp_names, parse_hp
+from .pruning.masks import save_masks
+from .pruning.pipeline import prune_blocks, schedule_targets
+from .pruning.schedules import FileSchedule
+from .pruning.sparsity import parse_sparsity
 
 
 @dataclass
@@ -33,3 +55,194 @@ class PruneSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+
+def _schedule(spec: PruneSpec, hp: dict):
+    if spec.schedule in SCHEDULES:
+        cls = SCHEDULES.get(spec.schedule)
+        return cls(parse_hp(cls.Params, hp, f"schedule {spec.schedule}"))
+    if os.path.isfile(spec.schedule):
+        if hp:
+            raise UserError("hp", f"{', '.join(hp)} do not apply to an explicit schedule file")
+        return FileSchedule(spec.schedule)
+    raise UserError("schedule", f"unknown schedule {spec.schedule!r}; allowed: {', '.join(SCHEDULES.names())}, or a per-block file")
+
+
+def _resolve(spec: PruneSpec):
+    """Validate and canonicalise everything that does not need the model: (spec, method, schedule, mix, source)."""
+    method_cls = METHODS.get(spec.method, "method")
+    sparsity = parse_sparsity(spec.sparsity)
+    mix = parse_mix(spec.calib)
+    source = get_source(spec.data)
+    for lang in mix:
+        source.check_language(lang, "calib")
+    for name, value in (("nsamples", spec.nsamples), ("batch_size", spec.batch_size)):
+        if convert(value, int, None, name) <= 0:
+            raise UserError(name, f"must be a positive integer, got {value!r}")
+    if spec.seqlen is not None and convert(spec.seqlen, int, None, "seqlen") <= 0:
+        raise UserError("seqlen", f"must be a positive integer, got {spec.seqlen!r}")
+    seed = convert(spec.seed, int, None, "seed")
+    method_keys = set(hp_names(method_cls.Params))
+    method = method_cls(parse_hp(method_cls.Params, {k: v for k, v in spec.hp.items() if k in method_keys}, f"method {spec.method}"))
+    schedule_hp = {k: v for k, v in spec.hp.items() if k not in method_keys}
+    try:
+        schedule = _schedule(spec, schedule_hp)
+    except UserError as e:
+        if e.field == "hp" and "unknown hyperparameter" in e.message:
+            raise UserError("hp", f"unknown hyperparameter {next(iter(schedule_hp))!r} for method {spec.method} "
+                                  f"(allowed: {', '.join(sorted(method_keys)) or 'none'}) or schedule {spec.schedule}") from None
+        raise
+    if sparsity.nm and spec.schedule != "uniform":
+        raise UserError("schedule", f"N:M sparsity ({sparsity}) takes the uniform schedule only, got {spec.schedule!r}")
+    hp = {**vars(method.params), **(vars(schedule.params) if schedule.params is not None else {})}
+    resolved = PruneSpec(**{**spec.to_dict(), "sparsity": str(sparsity), "calib": canonical_mix(mix), "seed": seed,
+                            "nsamples": int(spec.nsamples), "batch_size": int(spec.batch_size), "hp": hp,
+                            "seqlen": None if spec.seqlen is None else int(spec.seqlen)})
+    return resolved, sparsity, method, schedule, mix, source
+
+
+def check_spec(spec: PruneSpec) -> PruneSpec:
+    """Model-independent validation; returns the canonical spec (all hyperparameters filled in)."""
+    return _resolve(spec)[0]
+
+
+def check_model(model, spec: PruneSpec) -> int:
+    """Checks that need the model; returns the resolved seqlen."""
+    sparsity = parse_sparsity(spec.sparsity)
+    _, blocks = find_blocks(model)
+    if sparsity.nm:
+        for i, block in enumerate(blocks):
+            for name, lin in block_linears(block).items():
+                if lin.in_features % sparsity.m:
+                    raise UserError("sparsity", f"{sparsity} needs every layer's input width divisible by {sparsity.m}; "
+                                                f"block {i} {name} has {lin.in_features}")
+    positions = max_positions(model)
+    seqlen = spec.seqlen or min(2048, positions or 2048)
+    if positions and seqlen > positions:
+        raise UserError("seqlen", f"{seqlen} is beyond the model's {positions} positions")
+    return seqlen
+
+
+@dataclass
+class PruneResult:
+    masks: dict[str, torch.Tensor]
+    calibration: Calibration
+    result: dict[str, Any]
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("polyprune", "torch", "transformers", "datasets", "lm_eval"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError("device", f"{name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device", f"{name!r} requested but CUDA is not available")
+    return device
+
+
+def prune(model, tokenizer, spec: PruneSpec, progress: bool = True) -> PruneResult:
+    """Prune `model` in place as `spec` says (block by block on spec.device)."""
+    spec, sparsity, method, schedule, mix, source = _resolve(spec)
+    device = _device(spec.device)
+    seqlen = check_model(model, spec)
+    spec = PruneSpec(**{**spec.to_dict(), "seqlen": seqlen})
+    home = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    calib = sample_calibration(source, tokenizer, mix, spec.nsamples, seqlen, spec.seed)
+    t_calib = time.perf_counter() - t0
+    lang, n_lang = calib.language, len(calib.languages)
+    n_blocks = len(find_blocks(model)[1])
+    try:
+        if sparsity.nm:
+            targets = [sparsity.fraction] * n_blocks
+        else:
+            targets = schedule_targets(model, schedule, sparsity.fraction, calib.input_ids, lang, n_lang, spec.batch_size, device, progress)
+        masks, blocks = prune_blocks(model, method, targets, sparsity.nm, calib.input_ids, lang, n_lang, spec.batch_size, device, progress)
+    finally:
+        model.to(home)
+    t_prune = time.perf_counter() - t0 - t_calib
+    zeros = sum(int((~m).sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    counts = {l: int((lang == i).sum()) for i, l in enumerate(calib.languages)}
+    result = {
+        "config": spec.to_dict(),
+        "sparsity_target": sparsity.fraction,
+        "sparsity_actual": zeros / total,
+        "sparsity_per_block": {"target": [b["target"] for b in blocks], "actual": [b["actual"] for b in blocks]},
+        "blocks": blocks,
+        "calibration": {"languages": calib.languages, "samples": counts, "tokens": int(calib.input_ids.numel())},
+        "time_calib_s": t_calib,
+        "time_prune_s": t_prune,
+        "peak_memory_mb": {
+            # process-wide high-water mark of resident memory (Linux reports KiB)
+            "cpu_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **({"cuda_allocated": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}),
+        },
+        "versions": versions(),
+    }
+    return PruneResult(masks, calib, result)
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError("out", f"{str(path)!r} already exists and is not an empty folder; choose a new one")
+    if not path.parent.exists():
+        raise UserError("out", f"parent folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def save_outputs(out: str | os.PathLike, model, tokenizer, res: PruneResult, save_model: bool = True) -> Path:
+    """Write model + tokenizer, masks.safetensors, calibration.safetensors and result.json.
+
+    Everything goes to a hidden sibling folder first and is renamed into place at the
+    end, so a killed run never leaves a folder that looks complete."""
+    from safetensors.torch import save_file
+
+    out = check_out_dir(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if save_model:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        save_masks(tmp / "masks.safetensors", res.masks, {"base_model": res.result["config"]["model"]})
+        save_file({"input_ids": res.calibration.input_ids.contiguous(), "language": res.calibration.language.contiguous()},
+                  str(tmp / "calibration.safetensors"), metadata={"languages": ",".join(res.calibration.languages)})
+        (tmp / "result.json").write_text(json.dumps(res.result, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def perplexity(model, tokenizer, languages: list[str], data: str = "builtin", seqlen: int | None = None,
+               nsamples: int | None = None, batch_size: int = 8) -> dict[str, float]:
+    """{lang: perplexity} on the source's held-out text (never the calibration text)."""
+    source = get_source(data)
+    for lang in languages:
+        source.check_language(lang, "ppl")
+    positions = max_positions(model)
+    seqlen = seqlen or min(2048, positions or 2048)
+    if positions and seqlen > positions:
+        raise UserError("seqlen", f"{seqlen} is beyond the model's {positions} positions")
+    return _ppl.perplexity(model, tokenizer, source, languages, seqlen, nsamples, batch_size)

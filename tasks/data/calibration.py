@@ -1,0 +1,108 @@
+"""The calibration protocol (Wanda / SparseGPT C4 protocol, per language) and
+held-out evaluation windows, with tokenised sets cached on disk.
+
+Per language: with a seeded generator pick a random document with more than
+`seqlen` tokens and a random window of `seqlen` tokens in it; repeat. A mixture
+draws each language's share (largest-remainder counts) the same way, each with
+its own generator seeded by (seed, language), so "en" and "en=0.5,de=0.5" share
+their first English samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from .langs import split_counts
+from .sources import Source
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("POLYPRUNE_CACHE") or Path.home() / ".cache" / "polyprune")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    probe = "Hello, wörld! 你好 ١٢٣ Привет"
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    return json.dumps([type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer), ids])
+
+
+def _cached(kind: str, key: dict, build):
+    """Load tensors from the cache keyed by `key`, or build and store them (atomically)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_root() / "tokens" / f"{kind}-{digest}.safetensors"
+    if path.exists():
+        return load_file(path)
+    tensors = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file(tensors, tmp)
+    os.replace(tmp, path)
+    return tensors
+
+
+@dataclass
+class Calibration:
+    input_ids: torch.Tensor  # int64 [nsamples, seqlen]
+    language: torch.Tensor  # int64 [nsamples], index into `languages`
+    languages: list[str]
+
+
+def _tokenize(tokenizer, docs: list[str]) -> list[list[int]]:
+    return tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []
+
+
+def sample_calibration(source: Source, tokenizer, mix: dict[str, float], nsamples: int, seqlen: int, seed: int) -> Calibration:
+    counts = split_counts(mix, nsamples)
+    languages = sorted(l for l in mix if counts[l] > 0)
+    for lang in languages:
+        source.check_language(lang, "calib")
+    key = {"source": source.fingerprint, "tok": tokenizer_fingerprint(tokenizer), "counts": counts, "seqlen": seqlen, "seed": seed}
+
+    def build():
+        ids, lang_idx = [], []
+        for li, lang in enumerate(languages):
+            docs = [d for d in _tokenize(tokenizer, source.documents(lang, "calib")) if len(d) > seqlen]
+            if not docs:
+                raise UserError("seqlen", f"no calibration document of {lang!r} in {source.name!r} is longer than seqlen={seqlen} tokens")
+            available = sum(len(d) for d in docs)
+            if available < counts[lang] * seqlen:
+                raise UserError(
+                    "nsamples",
+                    f"{counts[lang]} samples of {seqlen} tokens need {counts[lang] * seqlen} tokens of {lang!r}, "
+                    f"but {source.name!r} holds {available} in documents longer than seqlen",
+                )
+            rng = random.Random(f"{seed}/{lang}")
+            for _ in range(counts[lang]):
+                doc = docs[rng.randrange(len(docs))]
+                start = rng.randint(0, len(doc) - seqlen - 1)
+                ids.append(doc[start:start + seqlen])
+                lang_idx.append(li)
+        return {"input_ids": torch.tensor(ids, dtype=torch.int64), "language": torch.tensor(lang_idx, dtype=torch.int64)}
+
+    t = _cached("calib", key, build)
+    return Calibration(t["input_ids"], t["language"], languages)
+
+
+def eval_windows(source: Source, tokenizer, lang: str, seqlen: int, nsamples: int | None = None) -> torch.Tensor:
+    """Non-overlapping `seqlen`-token windows of the language's held-out text: int64 [n, seqlen]."""
+    source.check_language(lang, "ppl")
+    key = {"source": source.fingerprint, "tok": tokenizer_fingerprint(tokenizer), "lang": lang, "seqlen": seqlen}
+
+    def build():
+        ids = _tokenize(tokenizer, ["\n\n".join(source.documents(lang, "eval"))])[0]
+        n = len(ids) // seqlen
+        if n == 0:
+            raise UserError("ppl", f"held-out text of {lang!r} in {source.name!r} has {len(ids)} tokens, fewer than seqlen={seqlen}")
+        return {"input_ids": torch.tensor(ids[: n * seqlen], dtype=torch.int64).view(n, seqlen)}
+
+    windows = _cached("eval", key, build)["input_ids"]
+    return windows if nsamples is None else windows[:nsamples]

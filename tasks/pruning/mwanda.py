@@ -1,0 +1,42 @@
+"""M-Wanda as polyprune defines it (SPEC; the paper's exact formulas were not available):
+
+    a_lj = sqrt(mean over language-l tokens of x_j^2)      per-language RMS activation
+    mu_j = mean_l a_lj,  sigma_j = std_l a_lj               (population std: 0 for one language)
+    p_j  = max_l share of language-l tokens with x_j > 0    FFN down-projection inputs; 1 elsewhere
+    S_ij = |W_ij| * (mu_j + lambda_var * sigma_j) * (1 + lambda_prob * p_j), compared per row as in Wanda
+
+Each language weighs the same whatever its token count. One calibration pass
+accumulates all languages' statistics (ActStats indexes them by language).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models import DOWN_PROJ
+from .base import METHODS, Method
+from .sparsity import select
+from .stats import ActStats
+
+
+def mwanda_score(weight, stats: ActStats, lambda_var: float, lambda_prob: float):
+    a = stats.rms()
+    act = a.mean(0) + lambda_var * a.std(0, unbiased=False)
+    if stats.pos is not None:
+        act = act * (1 + lambda_prob * stats.fire_rate().max(0).values)
+    dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return weight.detach().abs().to(dt) * act.to(weight.device, dt)
+
+
+@METHODS.register("mwanda")
+class MWanda(Method):
+    @dataclass
+    class Params:
+        lambda_var: float = 1.0
+        lambda_prob: float = 0.5
+
+    def new_stats(self, name, linear, n_lang):
+        return ActStats(linear.weight, n_lang, positive=name.rsplit(".", 1)[-1] in DOWN_PROJ)
+
+    def prune(self, linear, stats, fraction, nm):
+        return select(mwanda_score(linear.weight, stats, self.params.lambda_var, self.params.lambda_prob), fraction, nm)

@@ -1,0 +1,201 @@
+"""The one pruning pipeline every method shares: capture -> hooks -> prune -> propagate.
+
+1. capture: run the model up to its first decoder block on the calibration ids (in
+   batches), recording each block's own call arguments (rotary `position_embeddings`,
+   per-layer masks of sliding-window models) without running any block;
+2. for each block, on the device: hooks on its linears accumulate the method's
+   statistic over all batches, the method turns statistics into masks, then the
+   pruned block's outputs become the next block's inputs.
+
+Only the current block and the calibration activations live on the device.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models import block_linears, find_blocks
+from .schedules import Schedule, check_targets
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Catcher(nn.Module):
+    """Stands in for block i during capture: records its call, passes hidden states on."""
+
+    def __init__(self, i: int, block: nn.Module, record: list, last: bool, tuple_out: bool):
+        super().__init__()
+        object.__setattr__(self, "_block", block)  # not a submodule: model.to(device) must not move it
+        self.i, self.record, self.last, self.tuple_out = i, record, last, tuple_out
+
+    def __getattr__(self, name):  # models read per-layer attributes such as `attention_type`
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_block"), name)
+
+    def forward(self, *args, **kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        self.record[self.i].append((hidden, args[1:], kwargs))
+        if self.last:
+            raise _Stop
+        return (hidden,) if self.tuple_out else hidden
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def capture(model, input_ids: torch.Tensor, batch_size: int, device):
+    """(block 0's inputs per batch, per block and batch its other call arguments)."""
+    _, blocks = find_blocks(model)
+    originals = list(blocks)
+    n = len(blocks)
+    record = [[] for _ in originals]
+
+    def run(n_catch: int, tuple_out: bool, ids_batches):
+        for i in range(n_catch):
+            blocks[i] = _Catcher(i, originals[i], record, last=i == n_catch - 1, tuple_out=tuple_out)
+        if n_catch == n:
+            model.to(device)  # embeddings, rotary, norms; the real blocks are not attached now
+        try:
+            for ids in ids_batches:
+                try:
+                    model(input_ids=ids.to(device), use_cache=False)
+                except _Stop:
+                    pass
+        finally:
+            for i, b in enumerate(originals):
+                blocks[i] = b
+
+    batches = list(input_ids.split(batch_size))
+    # Probe block 0 once to learn whether blocks return tuples (BLOOM, OPT) or tensors.
+    run(1, False, batches[:1])
+    h, args, kw = record[0].pop()
+    originals[0].to(device)
+    tuple_out = isinstance(originals[0](h, *args, **kw), (tuple, list))
+    run(n, tuple_out, batches)
+    inps = [h for h, _, _ in record[0]]
+    calls = [[(a, kw) for _, a, kw in rec] for rec in record[:n]]
+    return inps, calls
+
+
+def _run_block(block, inps, calls, outs=None):
+    outs = outs if outs is not None else inps  # in place: the inputs are no longer needed
+    for b, (args, kw) in enumerate(calls):
+        outs[b] = _first(block(inps[b], *args, **kw))
+    return outs
+
+
+def _sequential_groups(block, linears: dict, inp, call) -> list[list[str]]:
+    """Linears grouped by the tensor they read (q/k/v; gate/up), in execution order."""
+    seen: dict[str, int] = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            seen.setdefault(name, inputs[0].data_ptr())
+        return record
+
+    hooks = [lin.register_forward_hook(hook(n)) for n, lin in linears.items()]
+    try:
+        block(inp, *call[0], **call[1])
+    finally:
+        for h in hooks:
+            h.remove()
+    groups: list[list[str]] = []
+    for name in sorted(seen, key=list(seen).index):
+        if groups and seen[groups[-1][0]] == seen[name]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups + [[n] for n in linears if n not in seen]
+
+
+def _collect(block, linears: dict, make_stats, inps, calls, lang_batches):
+    """Run the block over all batches with hooks filling one statistic per linear."""
+    stats = {n: make_stats(n, lin) for n, lin in linears.items()}
+    current = {}
+
+    def hook(name):
+        return lambda m, i, o: stats[name].add(i[0].detach(), current["lang"])
+
+    hooks = [lin.register_forward_hook(hook(n)) for n, lin in linears.items()]
+    try:
+        for b, (args, kw) in enumerate(calls):
+            current["lang"] = lang_batches[b]
+            block(inps[b], *args, **kw)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats
+
+
+@torch.no_grad()
+def schedule_targets(model, schedule: Schedule, target: float, input_ids, lang, n_lang, batch_size, device, progress=False):
+    """Per-block sparsities; schedules that need statistics get one dense pass first."""
+    prefix, blocks = find_blocks(model)
+    if not schedule.needs_stats:
+        return check_targets(schedule.allocate([], target, len(blocks)))
+    from .stats import ActStats
+
+    inps, calls = capture(model, input_ids, batch_size, device)
+    lang_batches = [l.to(device) for l in lang.split(batch_size)]
+    scores = []
+    for i, block in enumerate(tqdm(blocks, desc="schedule statistics", disable=not progress, leave=False)):
+        home = next(block.parameters()).device
+        block.to(device)
+        linears = block_linears(block)
+        stats = _collect(block, linears, lambda n, lin: ActStats(lin.weight, n_lang), inps, calls[i], lang_batches)
+        scores.append(schedule.block_score(linears, stats))
+        del stats
+        _run_block(block, inps, calls[i])
+        block.to(home)
+    return check_targets(schedule.allocate(scores, target, len(blocks)))
+
+
+@torch.no_grad()
+def prune_blocks(model, method, targets: list[float], nm, input_ids, lang, n_lang, batch_size, device, progress=False):
+    """Prune every block in place. Returns ({weight name: keep-mask (cpu)}, per-block report)."""
+    prefix, blocks = find_blocks(model)
+    masks, report = {}, []
+    sequential = getattr(method.params, "true_sequential", False)
+    if method.needs_calibration:
+        inps, calls = capture(model, input_ids, batch_size, device)
+        lang_batches = [l.to(device) for l in lang.split(batch_size)]
+    for i, block in enumerate(tqdm(blocks, desc=f"pruning ({type(method).__name__})", disable=not progress)):
+        t0 = time.perf_counter()
+        home = next(block.parameters()).device
+        block.to(device)
+        linears = block_linears(block)
+        if method.needs_calibration and sequential:
+            groups = _sequential_groups(block, linears, inps[0], calls[i][0])
+        else:
+            groups = [list(linears)]
+        layer_sparsity = {}
+        for group in groups:
+            members = {n: linears[n] for n in group}
+            stats = (
+                _collect(block, members, lambda n, lin: method.new_stats(n, lin, n_lang), inps, calls[i], lang_batches)
+                if method.needs_calibration else dict.fromkeys(members)
+            )
+            for name, lin in members.items():
+                keep = method.prune(lin, stats[name], targets[i], nm)
+                lin.weight.mul_(keep.to(lin.weight.dtype))
+                masks[f"{prefix}.{i}.{name}.weight"] = keep.cpu()
+                layer_sparsity[name] = (lin.weight == 0).double().mean().item()
+            del stats
+        if method.needs_calibration and i + 1 < len(blocks):
+            _run_block(block, inps, calls[i])
+        block.to(home)
+        zeros = sum((l.weight == 0).sum().item() for l in linears.values())
+        total = sum(l.weight.numel() for l in linears.values())
+        report.append({"block": i, "target": targets[i], "actual": zeros / total, "linears": layer_sparsity,
+                       "time_s": time.perf_counter() - t0})
+    return masks, report
