@@ -246,3 +246,14 @@ def perplexity(model, tokenizer, languages: list[str], data: str = "builtin", se
     if positions and seqlen > positions:
         raise UserError("seqlen", f"{seqlen} is beyond the model's {positions} positions")
     return _ppl.perplexity(model, tokenizer, source, languages, seqlen, nsamples, batch_size)
+
+
+def ppl_metrics(ppl: dict[str, float]) -> dict[str, float]:
+    """MLflow-style metrics: ppl.<lang> and ppl.mean, the geometric mean over languages
+    (exp of the mean log-perplexity), so one high-perplexity language does not dominate."""
+    import math
+
+    out = {f"ppl.{k}": v for k, v in ppl.items()}
+    if ppl:
+        out["ppl.mean"] = math.exp(sum(math.log(v) for v in ppl.values()) / len(ppl))
+    return out

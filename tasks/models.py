@@ -67,7 +67,9 @@ def max_positions(model: nn.Module) -> int | None:
 def load_model(name: str, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False):
     """(model, tokenizer) from a hub id or a local folder, in eval mode on `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per load drowns the one-line errors and our own progress
     if dtype not in DTYPES:
         raise UserError("dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
     local = Path(name).expanduser()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 
 import pytest
 
@@ -15,6 +16,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Token caches of a test session never mix with the user's (or an earlier session's).
+os.environ.setdefault("POLYPRUNE_CACHE", tempfile.mkdtemp(prefix="polyprune-test-cache-"))
 
 # Per-language alphabets for generated "languages": distinct byte statistics, so
 # per-language activation statistics really differ.

@@ -1,0 +1,76 @@
+"""`polyprune eval`: per-language perplexity and lm-eval tasks of a model (optionally base + masks)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tasks.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="hub id or local folder (a pruned output folder works)")
+    p.add_argument("--masks", default=None, help="masks.safetensors to apply to --model (the base model) first")
+    p.add_argument("--ppl", default=None, help="languages for perplexity: en,de")
+    p.add_argument("--data", default="builtin", help="source of the held-out text")
+    p.add_argument("--seqlen", type=int, default=None)
+    p.add_argument("--nsamples", type=int, default=None, help="windows per language (default: all held-out text)")
+    p.add_argument("--tasks", default=None, help="lm-eval tasks or groups: T1,T2")
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="examples per lm-eval task")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--out", default=None, help="write the JSON here as well as to stdout")
+
+
+def _langs(text: str) -> list[str]:
+    langs = [l.strip() for l in text.split(",") if l.strip()]
+    if not langs:
+        raise UserError("ppl", "give languages like en,de")
+    return langs
+
+
+def run(args) -> int:
+    from tasks import api
+    from tasks.data.sources import get_source
+
+    if not args.ppl and not args.tasks:
+        raise UserError("ppl", "nothing to evaluate: give --ppl LANGS and/or --tasks T1,T2")
+    for name in ("nsamples", "limit", "seqlen", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(name.replace("_", "-"), f"must be a positive integer, got {value}")
+    if args.num_fewshot < 0:
+        raise UserError("num-fewshot", f"must be >= 0, got {args.num_fewshot}")
+    langs = _langs(args.ppl) if args.ppl else []
+    if langs:
+        source = get_source(args.data)
+        for lang in langs:
+            source.check_language(lang, "ppl")
+    if args.masks and not Path(args.masks).is_file():
+        raise UserError("masks", f"file {args.masks!r} does not exist")
+    if args.out and not Path(args.out).resolve().parent.exists():
+        raise UserError("out", f"parent folder of {args.out!r} does not exist")
+    model, tok = api.load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    if args.masks:
+        from tasks.pruning.masks import apply_masks
+
+        apply_masks(model, args.masks)
+    metrics: dict[str, float] = {}
+    if langs:
+        ppl = api.perplexity(model, tok, langs, args.data, args.seqlen, args.nsamples, args.batch_size)
+        metrics.update(api.ppl_metrics(ppl))
+    if args.tasks:
+        from tasks.evaluation.lmeval import run_lmeval
+
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        out = run_lmeval(model, tok, tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size)
+        metrics.update(out["metrics"])
+    text = json.dumps({"model": args.model, "masks": args.masks, "metrics": metrics}, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
