@@ -1,0 +1,1 @@
+"""Calibration and evaluation text: sources, language mixes, the sampling protocol."""
