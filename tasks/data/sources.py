@@ -90,7 +90,7 @@ class BuiltinSource(Source):
         from . import builtin
 
         self._builtin = builtin
-        fp = json.dumps(["builtin", version("gflanguages"), version("django"), getattr(builtin, "VERSION", 1)])
+        fp = json.dumps(["builtin", version("gflanguages"), version("django"), builtin.corpus_version()])
         super().__init__("builtin", fp, list(builtin.LANGUAGES))
 
     def documents(self, lang: str, split: str) -> list[str]:
