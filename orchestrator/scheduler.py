@@ -1,0 +1,218 @@
+"""Run cells on a pool of long-lived Ray actors (`worker.CellRunner`), in completion order.
+
+The scheduler knows Ray and nothing of MLflow: the caller gets `start`, `done`,
+`failed` and `retry` events and owns the record. Rules:
+- one actor per `gpus_per_cell` GPUs when the cluster has GPUs (Ray gives each its
+  own devices), else `cpu_workers` CPU actors;
+- at most two cells queued per actor (one running, one waiting, so the actor never
+  idles while the driver records) and `max_in_flight` in all;
+- an actor prefers cells of the model it already holds, so it reloads rarely;
+- an actor or node that dies fails its queued calls: the cell it was running is
+  retried elsewhere up to `max_retries` times, the ones only waiting behind it are
+  requeued for free, and a replacement actor is started.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+PER_WORKER = 2
+WORKER_WAIT_S = float(os.environ.get("POLYPRUNE_WORKER_WAIT_S", 600))  # give up when no actor can be placed this long
+
+
+class Events(Protocol):
+    def start(self, cell) -> None: ...
+    def done(self, cell, out: dict[str, Any]) -> None: ...
+    def failed(self, cell, error: str, detail: str, tags: dict[str, str]) -> None: ...
+    def retry(self, cell, error: str, attempt: int) -> None: ...
+
+
+@dataclass
+class _Worker:
+    actor: Any
+    ready_ref: Any
+    info: dict[str, Any] | None = None  # set once the actor answered ready()
+    model: str | None = None  # model of the last cell sent to it
+    queue: list = field(default_factory=list)  # result refs in dispatch order
+    dead: bool = False
+
+
+class WorkerPool:
+    def __init__(self, resources, log: Callable[[str], None] = print):
+        import ray
+
+        from .worker import CellRunner
+
+        total = ray.cluster_resources()
+        gpus, cpus = total.get("GPU", 0.0), total.get("CPU", 0.0)
+        if gpus >= resources.gpus_per_cell:
+            self.size = int(gpus // resources.gpus_per_cell)
+            threads = resources.cpus_per_worker or 1
+            opts = {"num_gpus": resources.gpus_per_cell, "num_cpus": threads}
+            log(f"{self.size} GPU workers ({resources.gpus_per_cell:g} GPU each)")
+        else:
+            self.size = resources.cpu_workers
+            if cpus and self.size > cpus:
+                log(f"cpu_workers={self.size} but the cluster has {cpus:g} CPUs: using {int(cpus)} workers")
+                self.size = max(1, int(cpus))
+            threads = resources.cpus_per_worker or (max(1, int(cpus // self.size)) if cpus else 1)
+            opts = {"num_cpus": threads}
+            log(f"{self.size} CPU workers ({threads} CPU each; the cluster has no GPUs)")
+        # SPREAD: one actor per node where possible, so a lost node costs few cells.
+        self._cls = ray.remote(CellRunner).options(**opts, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD")
+        self._threads = threads
+        self.max_in_flight = resources.max_in_flight or PER_WORKER * self.size
+        self.workers: list[_Worker] = []
+        for _ in range(self.size):
+            self.spawn()
+
+    def spawn(self) -> None:
+        actor = self._cls.remote(self._threads)
+        self.workers.append(_Worker(actor, actor.ready.remote()))
+
+    def starting(self) -> dict[Any, _Worker]:
+        return {w.ready_ref: w for w in self.workers if w.info is None and not w.dead}
+
+    def ready(self) -> list[_Worker]:
+        return [w for w in self.workers if w.info is not None and not w.dead]
+
+    def retire(self, w: _Worker) -> None:
+        import ray
+
+        w.dead = True
+        try:
+            ray.kill(w.actor)
+        except Exception:
+            pass
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            if not w.dead:
+                self.retire(w)
+
+
+def _death_errors():
+    from ray import exceptions as rx
+
+    return (rx.RayActorError, rx.WorkerCrashedError, rx.ObjectLostError, rx.OwnerDiedError,
+            rx.LocalRayletDiedError, rx.NodeDiedError, rx.OutOfMemoryError)
+
+
+def run_cells(cells: list, resources, events: Events, delay_s: float = 0.0, log: Callable[[str], None] = print) -> None:
+    """Run every cell once (plus retries after worker deaths). KeyboardInterrupt propagates
+    after the actors are killed; the caller ends its in-flight records."""
+    import ray
+
+    death = _death_errors()
+    pool = WorkerPool(resources, log)
+    pending = deque(cells)
+    inflight: dict[Any, tuple[Any, _Worker]] = {}
+    attempts: Counter = Counter()
+    start_failures, idle_since = 0, time.monotonic()
+
+    def dispatch() -> None:
+        # Fill every actor's first slot before anyone's second, so all actors start at once.
+        for slot in range(PER_WORKER):
+            for w in sorted(pool.ready(), key=lambda w: len(w.queue)):
+                if not pending or len(inflight) >= pool.max_in_flight or len(w.queue) > slot:
+                    continue
+                cell = _pick(pending, w.model)
+                events.start(cell)
+                task = {"cell_id": cell.cell_id, "kind": cell.kind, "key": cell.key, "run": cell.run, "delay_s": delay_s}
+                ref = w.actor.run.remote(task)
+                w.model = cell.model
+                w.queue.append(ref)
+                inflight[ref] = (cell, w)
+
+    def worker_died(w: _Worker, error: str) -> None:
+        """Settle every call queued on a dead actor: keep finished results, charge the running one."""
+        pool.retire(w)
+        charged = False
+        for ref in list(w.queue):
+            cell, _ = inflight.pop(ref)
+            try:
+                out = ray.get(ref)  # a result may have come back before the death
+            except death as e:
+                out = None
+                error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if out is not None:
+                _deliver(events, cell, out)
+            elif not charged:  # the first unfinished call is the one that was running
+                charged = True
+                attempts[cell.cell_id] += 1
+                if attempts[cell.cell_id] > resources.max_retries:
+                    events.failed(cell, f"worker died {attempts[cell.cell_id]} times; last: {error}", error, {})
+                else:
+                    events.retry(cell, error, attempts[cell.cell_id])
+                    pending.appendleft(cell)
+            else:
+                pending.appendleft(cell)
+        w.queue.clear()
+        if pending:
+            pool.spawn()
+
+    try:
+        while pending or inflight:
+            dispatch()
+            starting = pool.starting()
+            refs = list(inflight) + list(starting)
+            if not refs:  # nothing running and no actor coming: cannot happen unless all spawns were refused
+                pool.spawn()
+                continue
+            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+            if inflight or pool.ready():
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > WORKER_WAIT_S:
+                while pending:
+                    events.failed(pending.popleft(), f"no worker could be placed in {WORKER_WAIT_S:g}s "
+                                  f"(cluster resources: {ray.cluster_resources()})", "", {})
+                break
+            if not ready:
+                continue
+            ref = ready[0]
+            if ref in starting:
+                w = starting[ref]
+                try:
+                    w.info = ray.get(ref)
+                except Exception as e:  # the actor could not even start
+                    start_failures += 1
+                    pool.retire(w)
+                    log(f"worker failed to start: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    if start_failures > 2 * pool.size and not pool.ready():
+                        raise RuntimeError(f"workers cannot start: {e}") from None
+                    pool.spawn()
+                continue
+            cell, w = inflight[ref]
+            try:
+                out = ray.get(ref)
+            except death as e:
+                worker_died(w, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                continue
+            except Exception as e:  # RayTaskError: run() itself broke (it catches cell errors)
+                out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}", "traceback": str(e)}
+            del inflight[ref]
+            w.queue.remove(ref)
+            _deliver(events, cell, out)
+    finally:
+        pool.shutdown()
+
+
+def _deliver(events: Events, cell, out: dict[str, Any]) -> None:
+    if out.get("ok"):
+        events.done(cell, out)
+    else:
+        events.failed(cell, out.get("error", "unknown error"), out.get("traceback", ""), out.get("tags", {}))
+
+
+def _pick(pending: deque, model: str | None):
+    """The next cell, preferring the model the actor already holds."""
+    if model is not None:
+        for i, cell in enumerate(pending):
+            if cell.model == model:
+                del pending[i]
+                return cell
+    return pending.popleft()

@@ -1,0 +1,219 @@
+"""The MLflow record of a sweep (SPEC "MLflow record"). Only the driver calls this.
+
+experiment = sweep name; one parent run per sweep, tagged `polyprune.role=sweep`
+and reused on every rerun; one child run per cell, tagged `polyprune.cell_id`.
+A cell counts as done when a child run with its id is FINISHED; anything else
+(FAILED, KILLED) is run again on the next invocation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import UserError
+
+ROLE, SWEEP, CELL, ERROR, DRIVER = "polyprune.role", "polyprune.sweep", "polyprune.cell_id", "polyprune.error", "polyprune.driver"
+PARENT = "mlflow.parentRunId"
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def client(uri: str, create: bool):
+    """An MlflowClient, or None when `create` is false and the sqlite file does not exist
+    (so a dry run or `status` never creates a database as a side effect)."""
+    path = sqlite_path(uri)
+    if path is not None and not create and not path.exists():
+        return None
+    if path is not None and not path.parent.is_dir():
+        raise UserError("tracking_uri", f"folder {str(path.parent)!r} of the sqlite store does not exist")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(cl, name: str, uri: str, create: bool) -> str | None:
+    exp = cl.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise UserError("name", f"experiment {name!r} is deleted in {uri}; restore it (mlflow experiments restore) or rename the sweep")
+        return exp.experiment_id
+    if not create:
+        return None
+    # Next to a sqlite store, artifacts go beside the database, not into whatever the cwd is.
+    path = sqlite_path(uri)
+    location = (path.parent / "mlartifacts" / _safe(name)).as_uri() if path is not None else None
+    return cl.create_experiment(name, artifact_location=location)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def all_runs(cl, exp_id: str, filter_string: str = "") -> list:
+    runs, token = [], None
+    while True:
+        page = cl.search_runs([exp_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def child_runs(cl, exp_id: str, sweep: str) -> list:
+    return [r for r in all_runs(cl, exp_id, f"tags.`{SWEEP}` = '{sweep}'") if CELL in r.data.tags]
+
+
+def finished_cells(cl, exp_id: str | None, sweep: str) -> dict[str, Any]:
+    """cell_id -> its FINISHED run."""
+    if exp_id is None:
+        return {}
+    return {r.data.tags[CELL]: r for r in child_runs(cl, exp_id, sweep) if r.info.status == "FINISHED"}
+
+
+def _driver_alive(tag: str | None) -> bool:
+    host, _, pid = (tag or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine: cannot tell; the parent being RUNNING is taken as stale
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return int(pid) != os.getpid()
+
+
+def begin_sweep(cl, exp_id: str, sweep: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """The sweep's parent run (reused on resume), marked RUNNING by this driver.
+
+    Children left RUNNING by a driver that died are ended KILLED first, so nothing
+    stays RUNNING and their cells run again."""
+    parents = [r for r in all_runs(cl, exp_id, f"tags.`{ROLE}` = 'sweep'") if r.data.tags.get(SWEEP) == sweep]
+    parent = min(parents, key=lambda r: r.info.start_time) if parents else None
+    if parent is not None and parent.info.status == "RUNNING" and _driver_alive(parent.data.tags.get(DRIVER)):
+        raise UserError("FILE", f"sweep {sweep!r} is being run by process {parent.data.tags[DRIVER]}; wait for it or stop it")
+    for r in child_runs(cl, exp_id, sweep):
+        if r.info.status in ("RUNNING", "SCHEDULED"):
+            cl.set_tag(r.info.run_id, ERROR, "the driver stopped while this cell ran (found RUNNING on resume)")
+            cl.set_terminated(r.info.run_id, "KILLED")
+    if parent is None:
+        run = cl.create_run(exp_id, run_name=sweep, tags={ROLE: "sweep", SWEEP: sweep})
+        run_id = run.info.run_id
+        log_params(cl, run_id, params)
+    else:
+        run_id = parent.info.run_id
+        cl.update_run(run_id, status="RUNNING")
+    log_tags(cl, run_id, {**tags, DRIVER: f"{socket.gethostname()}:{os.getpid()}"})
+    return run_id
+
+
+def start_cell(cl, exp_id: str, parent_id: str, sweep: str, cell, tags: dict[str, str]) -> str:
+    run = cl.create_run(exp_id, run_name=f"{cell.cell_id[:8]} {cell.label()}",
+                        tags={**tags, PARENT: parent_id, SWEEP: sweep, CELL: cell.cell_id, "polyprune.kind": cell.kind})
+    log_params(cl, run.info.run_id, cell_params(cell))
+    return run.info.run_id
+
+
+def cell_params(cell) -> dict[str, Any]:
+    """SPEC names: model, method, sparsity, calib, nsamples, seqlen, seed, schedule + method hps."""
+    k = cell.key
+    ev = k["eval"]
+    out: dict[str, Any] = {"model": k["model"], "dtype": k["dtype"]}
+    if cell.kind == "baseline":
+        out.update(method="dense", sparsity="0")
+    else:
+        out.update({n: k[n] for n in ("method", "sparsity", "calib", "data", "nsamples", "seqlen", "seed", "schedule")})
+        out.update(k["hp"])
+        if k["seqlen"] is None:
+            del out["seqlen"]  # resolved from the model by the worker; logged with the result
+    if ev["ppl"]:
+        out.update({"eval.ppl_languages": ",".join(ev["ppl"]["languages"]), "eval.ppl_data": ev["ppl"]["data"]})
+    if ev["lm_eval"]:
+        out.update({"eval.lm_eval_tasks": ",".join(ev["lm_eval"]["tasks"]), "eval.num_fewshot": ev["lm_eval"]["num_fewshot"]})
+    return out
+
+
+def log_params(cl, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        cl.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_tags(cl, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(k, str(v)[:8000]) for k, v in tags.items()]
+    for i in range(0, len(items), 100):
+        cl.log_batch(run_id, tags=items[i:i + 100])
+
+
+def log_metrics(cl, run_id: str, metrics: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+    for i in range(0, len(items), 1000):
+        cl.log_batch(run_id, metrics=items[i:i + 1000])
+
+
+def finish_cell(cl, run_id: str, out: dict[str, Any]) -> None:
+    """Record a worker's result dict (metrics, resolved params, artifact bytes, placement)."""
+    if out.get("params"):
+        log_params(cl, run_id, out["params"])
+    log_metrics(cl, run_id, out["metrics"])
+    log_tags(cl, run_id, out.get("tags", {}))
+    log_artifacts(cl, run_id, out.get("artifacts", {}))
+    cl.set_terminated(run_id, "FINISHED")
+
+
+def fail_cell(cl, run_id: str, error: str, detail: str = "", status: str = "FAILED", tags: dict | None = None) -> None:
+    log_tags(cl, run_id, {**(tags or {}), ERROR: error[:1000]})
+    log_artifacts(cl, run_id, {"error.txt": (detail or error).encode()})
+    cl.set_terminated(run_id, status)
+
+
+def log_artifacts(cl, run_id: str, artifacts: dict[str, bytes]) -> None:
+    if not artifacts:
+        return
+    with tempfile.TemporaryDirectory(prefix="polyprune-art-") as tmp:
+        for name, data in artifacts.items():
+            path = Path(tmp) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        cl.log_artifacts(run_id, tmp)
+
+
+def provenance() -> dict[str, str]:
+    """Tags on every run: git commit of the code and library versions."""
+    from tasks.api import versions
+
+    vers = versions()
+    for pkg in ("ray", "mlflow"):
+        try:
+            from importlib.metadata import version
+
+            vers[pkg] = version(pkg)
+        except Exception:
+            pass
+    tags = {"polyprune.versions": json.dumps(vers, sort_keys=True)}
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                   capture_output=True, text=True, timeout=10)
+            tags["polyprune.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags

@@ -1,0 +1,162 @@
+"""The work side of a sweep: `CellRunner` runs cells; `WorkerPool` keeps them as Ray actors.
+
+A runner is long-lived: it keeps the current base model in host memory and, between
+cells of the same model, restores the dense weights of the prunable linears from a
+snapshot instead of reloading from disk. It gets a plain dict and returns a plain
+dict (metrics, artifact bytes, placement); it never touches MLflow. A failing cell
+comes back as {"ok": False, "error": ...}; only a dead process or node raises.
+
+`CellRunner` is plain Python (no Ray), so the benchmark's one-process-per-cell
+baseline runs exactly the same code.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+class CellRunner:
+    def __init__(self, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)  # match the CPUs Ray gave this actor; no oversubscription
+        self.name: str | None = None  # the base model in memory
+        self.model = self.tok = self.snap = None
+        self.dirty = False  # weights differ from the snapshot
+
+    def ready(self) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "node": _node_id(), "device": _device()}
+
+    def run(self, task: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            if task.get("delay_s"):  # fault-injection hook for tests (POLYPRUNE_CELL_DELAY_S)
+                time.sleep(float(task["delay_s"]))
+            out = self._run(task)
+            out["metrics"]["time.cell_s"] = time.perf_counter() - t0
+            return {"ok": True, **out, "tags": {**out.get("tags", {}), **self._where()}}
+        except Exception as e:  # a deterministic failure: report it, stay alive for the next cell
+            self.dirty = True
+            _free_cuda()
+            return {"ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0], "traceback": traceback.format_exc(),
+                    "tags": self._where()}
+
+    # ------------------------------------------------------------ internals
+
+    def _where(self) -> dict[str, str]:
+        return {"polyprune.node": _node_id() or "", "polyprune.host": socket.gethostname(), "polyprune.worker_pid": str(os.getpid())}
+
+    def _load(self, name: str, dtype: str, trust_remote_code: bool) -> float:
+        """Make `name` the dense model in memory; returns the load time (0 when it was already there)."""
+        from tasks.api import load_model, restore, snapshot
+
+        t0 = time.perf_counter()
+        if self.name == name and self.model is not None:
+            if self.dirty:
+                restore(self.model, self.snap)
+                self.dirty = False
+            return 0.0
+        self.name = self.model = self.tok = self.snap = None
+        gc.collect()
+        _free_cuda()
+        model, tok = load_model(name, dtype, "cpu", trust_remote_code)
+        snap = snapshot(model)  # on the host: restoring copies host -> device
+        self.model, self.tok, self.snap = model.to(_device()), tok, snap
+        self.name, self.dirty = name, False
+        return time.perf_counter() - t0
+
+    def _run(self, task: dict[str, Any]) -> dict[str, Any]:
+        from tasks.api import PruneSpec, prune, save_outputs
+
+        key, opts = task["key"], task["run"]
+        self.dirty = True  # until proven otherwise: an exception below leaves the weights unknown
+        t_load = self._load(key["model"], key["dtype"], opts["trust_remote_code"])
+        metrics: dict[str, float] = {"time.load_s": t_load}
+        params: dict[str, Any] = {}
+        artifacts: dict[str, bytes] = {}
+        if task["kind"] == "prune":
+            spec = PruneSpec(model=key["model"], method=key["method"], sparsity=key["sparsity"], calib=key["calib"],
+                             data=key["data"], nsamples=key["nsamples"], seqlen=key["seqlen"], seed=key["seed"],
+                             schedule=key["schedule"], hp=dict(key["hp"]), batch_size=opts["batch_size"],
+                             device=_device(), dtype=key["dtype"], trust_remote_code=opts["trust_remote_code"])
+            res = prune(self.model, self.tok, spec, progress=False)
+            r = res.result
+            metrics.update({"sparsity.actual": r["sparsity_actual"], "time.prune_s": r["time_prune_s"],
+                            "time.calib_s": r["time_calib_s"]})
+            metrics.update({f"memory.peak_{k}_mb": v for k, v in r.get("peak_memory_mb", {}).items()})
+            if key["seqlen"] is None:
+                params["seqlen"] = r["config"]["seqlen"]
+            with tempfile.TemporaryDirectory(prefix="polyprune-cell-") as tmp:
+                out = save_outputs(Path(tmp) / "out", self.model, self.tok, res, save_model=opts["save_model"])
+                for f in sorted(p for p in out.rglob("*") if p.is_file()):
+                    rel = f.relative_to(out).as_posix()
+                    if rel in ("result.json", "masks.safetensors", "calibration.safetensors"):
+                        artifacts[rel] = f.read_bytes()
+                    elif opts["save_model"]:
+                        artifacts[f"model/{rel}"] = f.read_bytes()
+        else:
+            metrics["sparsity.actual"] = 0.0
+        t0 = time.perf_counter()
+        metrics.update(self._evaluate(key["eval"], opts, key))
+        metrics["time.eval_s"] = time.perf_counter() - t0
+        if task["kind"] == "baseline":
+            import json
+
+            artifacts["result.json"] = (json.dumps({"config": key, "metrics": metrics}, indent=2, default=str) + "\n").encode()
+        return {"metrics": metrics, "params": params, "artifacts": artifacts, "tags": {}}
+
+    def _evaluate(self, ev: dict[str, Any], opts: dict[str, Any], key: dict[str, Any]) -> dict[str, float]:
+        from tasks.api import perplexity, ppl_metrics
+
+        out: dict[str, float] = {}
+        if ev["ppl"]:
+            p = ev["ppl"]
+            ppl = perplexity(self.model, self.tok, p["languages"], data=p["data"], seqlen=p["seqlen"],
+                             nsamples=p["nsamples"], batch_size=opts["ppl_batch_size"])
+            out.update(ppl_metrics(ppl))
+        if ev["lm_eval"]:
+            from tasks.evaluation.lmeval import run_lmeval
+
+            le = ev["lm_eval"]
+            limit = le["limit"]
+            limit = int(limit) if limit is not None and limit >= 1 else limit
+            res = run_lmeval(self.model, self.tok, le["tasks"], num_fewshot=le["num_fewshot"], limit=limit,
+                             batch_size=opts["lm_eval_batch_size"])
+            out.update({k: float(v) for k, v in res["metrics"].items() if isinstance(v, (int, float))})
+        return out
+
+
+def _device() -> str:
+    import torch
+
+    try:
+        import ray
+
+        has_gpu = ray.is_initialized() and bool(ray.get_gpu_ids())
+    except Exception:
+        has_gpu = True  # outside Ray: use a GPU if there is one
+    return "cuda" if has_gpu and torch.cuda.is_available() else "cpu"
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:
+        return None
+
+
+def _free_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
