@@ -97,7 +97,7 @@ def _django_paragraphs() -> dict[str, list[tuple[str, str]]]:
         code = "zh" if locale == "zh_Hans" else locale
         if "_" in code:  # regional variants repeat their base language
             continue
-        source = f"django:{po.relative_to(root).parent.parent.parent.parent.as_posix() or '.'}"
+        source = "django:" + "/".join(po.relative_to(root).parts[:-4])  # the app: conf, contrib/admin, ...
         for e in read_po(po):
             # English is the msgids; every catalog shares them, so the en catalogs are read for that.
             strings = e["msgid"] + e.get("msgid_plural", []) if code == "en" else e.get("msgstr", [])
