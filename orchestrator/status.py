@@ -1,0 +1,131 @@
+"""`polyprune status NAME`: progress of a sweep or search, read from MLflow.
+
+NAME is the experiment name, or the sweep file itself (then its tracking_uri is
+used and cells that have no run yet count as `todo`). A cell's state is the state
+of its latest run, so a cell that failed and later finished counts as FINISHED.
+`--watch` redraws until the sweep's parent run is no longer RUNNING.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from tasks.errors import UserError
+
+STATES = ("FINISHED", "RUNNING", "FAILED", "KILLED", "SCHEDULED", "todo")
+COLOURS = {"FINISHED": "green", "RUNNING": "cyan", "FAILED": "red", "KILLED": "yellow", "todo": "dim"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="sweep / search name (MLflow experiment), or the sweep file")
+    p.add_argument("--tracking-uri", default=None, help="default: the sweep file's store, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    p.add_argument("--watch", type=float, nargs="?", const=5.0, default=None, metavar="SECONDS",
+                   help="redraw every SECONDS (default 5) while the sweep runs")
+
+
+def default_uri(explicit: str | None) -> str:
+    from .sweep_config import resolve_tracking_uri
+
+    return resolve_tracking_uri(explicit or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db", Path.cwd())
+
+
+def resolve(name: str, tracking_uri: str | None) -> tuple[str, str, list | None]:
+    """(experiment name, tracking uri, the file's cells or None)."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        from .sweep_config import expand, load_sweep
+
+        cfg = load_sweep(name)
+        return cfg.name, default_uri(tracking_uri) if tracking_uri else cfg.tracking_uri, expand(cfg)
+    return name, default_uri(tracking_uri), None
+
+
+def add_cells(rows: dict, cells: list | None) -> None:
+    for c in cells or []:
+        rows.setdefault(c.cell_id, {"cell": c.cell_id, "state": "todo", "label": c.label(), "metrics": {}, "error": ""})
+
+
+def collect(name: str, uri: str) -> tuple[dict, dict]:
+    """(parent info, {cell or trial id: row}) of the latest run per cell."""
+    from . import tracking
+
+    cl = tracking.client(uri, create=False)
+    if cl is None:
+        raise UserError("tracking-uri", f"no MLflow store at {uri}")
+    exp = tracking.experiment_id(cl, name, uri, create=False)
+    if exp is None:
+        known = ", ".join(e.name for e in cl.search_experiments(max_results=50) if e.name != "Default") or "none"
+        raise UserError("NAME", f"no sweep or search named {name!r} in {uri}; known: {known}")
+    parent, rows = {}, {}
+    for r in sorted(tracking.all_runs(cl, exp), key=lambda r: r.info.start_time or 0):
+        t = r.data.tags
+        if t.get(tracking.ROLE) in ("sweep", "search") or tracking.PARENT not in t:
+            parent = {"status": r.info.status, "run_id": r.info.run_id, "driver": t.get(tracking.DRIVER, "")}
+            continue
+        key = t.get(tracking.CELL) or (f"trial {t['polyprune.trial']}" if "polyprune.trial" in t else r.info.run_id)
+        rows[key] = {"cell": key, "state": r.info.status, "label": _label(r), "metrics": r.data.metrics,
+                     "error": t.get(tracking.ERROR, ""), "runs": rows.get(key, {}).get("runs", 0) + 1}
+    return parent, rows
+
+
+def _label(r) -> str:
+    p = r.data.params
+    if not p.get("method"):
+        return r.info.run_name or ""
+    if p["method"] == "dense":
+        return f"{Path(p.get('model', '?')).name} dense"
+    return f"{Path(p.get('model', '?')).name} {p['method']} {p.get('sparsity', '?')} {p.get('calib', '?')} seed={p.get('seed', '?')}"
+
+
+def render(name: str, uri: str, parent: dict, rows: dict):
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    counts = {s: sum(r["state"] == s for r in rows.values()) for s in STATES}
+    states = "  ".join(f"[{COLOURS.get(s, 'white')}]{s} {n}[/]" for s, n in counts.items() if n) or "no cells yet"
+    head = Text.from_markup(f"[bold]{escape(name)}[/]  ({escape(uri)})  sweep run: {parent.get('status', 'none')}\n{states}")
+    table = Table(box=None, pad_edge=False)
+    table.add_column("cell", min_width=16, no_wrap=True)
+    table.add_column("state", min_width=8, no_wrap=True)
+    table.add_column("cell values", overflow="ellipsis", no_wrap=True, max_width=40)
+    table.add_column("ppl.mean", min_width=8, no_wrap=True, justify="right")
+    table.add_column("time s", min_width=6, no_wrap=True, justify="right")
+    table.add_column("error", overflow="fold")
+    for r in rows.values():
+        m = r["metrics"]
+        ppl = f"{m['ppl.mean']:.4g}" if "ppl.mean" in m else ""
+        secs = f"{m['time.cell_s']:.1f}" if "time.cell_s" in m else ""
+        table.add_row(r["cell"][:16], f"[{COLOURS.get(r['state'], 'white')}]{r['state']}[/]", escape(r["label"]), ppl, secs,
+                      escape(r["error"][:120]))
+    total = len(rows)
+    bar = ProgressBar(total=max(total, 1), completed=counts["FINISHED"], width=40)
+    return Group(head, bar, Text(f"{counts['FINISHED']}/{total} cells finished"), table)
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    name, uri, cells = resolve(args.name, args.tracking_uri)
+    console = Console()
+
+    def view():
+        parent, rows = collect(name, uri)
+        add_cells(rows, cells)
+        return parent, rows, render(name, uri, parent, rows)
+
+    parent, rows, shown = view()
+    if args.watch is None:
+        console.print(shown)
+    else:
+        with Live(shown, console=console, refresh_per_second=1) as live:
+            while parent.get("status") == "RUNNING":
+                time.sleep(args.watch)
+                parent, rows, shown = view()
+                live.update(shown)
+    return 0
