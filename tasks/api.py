@@ -30,7 +30,7 @@ from .pruning import METHODS, SCHEDULES
 from .pruning.base import convert, hp_names, parse_hp
 from .pruning.masks import save_masks
 from .pruning.pipeline import prune_blocks, schedule_targets
-from .pruning.schedules import FileSchedule
+from .pruning.schedules import FileSchedule, ListSchedule
 from .pruning.sparsity import parse_sparsity
 
 
@@ -46,7 +46,7 @@ class PruneSpec:
     nsamples: int = 128
     seqlen: int | None = None  # None: min(2048, the model's max positions)
     seed: int = 0
-    schedule: str = "uniform"  # uniform | owl | cwl | path to a per-block list (YAML/JSON)
+    schedule: str | list[float] = "uniform"  # uniform | owl | cwl | a per-block list, or a YAML/JSON file holding one
     hp: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 8  # calibration forward batch
     device: str = "cpu"
@@ -59,6 +59,10 @@ class PruneSpec:
 
 
 def _schedule(spec: PruneSpec, hp: dict):
+    if isinstance(spec.schedule, (list, tuple)):
+        if hp:
+            raise UserError("hp", f"{', '.join(hp)} do not apply to an explicit per-block schedule")
+        return ListSchedule(spec.schedule)
     if spec.schedule in SCHEDULES:
         cls = SCHEDULES.get(spec.schedule)
         return cls(parse_hp(cls.Params, hp, f"schedule {spec.schedule}"))

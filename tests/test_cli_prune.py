@@ -129,3 +129,21 @@ def test_console_script_exit_code_and_no_traceback(tiny_llama, text_dir, tmp_pat
                            "--out", str(tmp_path / "o"), *BASE, "--sparsity", "1.5"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["polyprune prune: sparsity: must be a fraction in [0, 1) or N:M like 2:4, got '1.5'"]
+
+
+def test_schedule_file_and_list(tiny_llama, text_dir, tmp_path, capsys):
+    from tasks import api
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("sparsities: [0.3, 0.7]\n")
+    bad.write_text("[0.3, 0.6]\n")
+    assert prune_cli(tiny_llama, text_dir, tmp_path / "g", "--schedule", str(good)) == 0
+    result = json.loads((tmp_path / "g" / "result.json").read_text())
+    assert result["sparsity_per_block"]["target"] == [0.3, 0.7]
+    assert [round(a, 2) for a in result["sparsity_per_block"]["actual"]] == [0.3, 0.7]
+    assert prune_cli(tiny_llama, text_dir, tmp_path / "b", "--schedule", str(bad)) == 2
+    assert "mean sparsity is 0.45, not the requested 0.5" in capsys.readouterr().err
+    model, tok = api.load_model(str(tiny_llama))
+    spec = api.PruneSpec(model=str(tiny_llama), method="wanda", sparsity="0.5", calib="en", data=str(text_dir),
+                         nsamples=4, seqlen=32, schedule=[0.4, 0.6])
+    assert api.prune(model, tok, spec, progress=False).result["sparsity_per_block"]["target"] == [0.4, 0.6]

@@ -94,28 +94,38 @@ class CWL(Schedule):
         return owl_allocate(scores, target, self.params.cwl_lambda)
 
 
-class FileSchedule(Schedule):
+class ListSchedule(Schedule):
+    """An explicit per-block list (searches pass one; FileSchedule reads one)."""
+
+    def __init__(self, values):
+        super().__init__(None)
+        if not isinstance(values, (list, tuple)) or not values or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in values):
+            raise UserError("schedule", "a per-block schedule must be a non-empty list of numbers")
+        self.values = [float(x) for x in values]
+
+    def allocate(self, scores, target, n_blocks):
+        if len(self.values) != n_blocks:
+            raise UserError("schedule", f"the schedule lists {len(self.values)} sparsities but the model has {n_blocks} blocks")
+        mean = sum(self.values) / n_blocks
+        if abs(mean - target) > 1e-6:
+            raise UserError("schedule", f"the schedule's mean sparsity is {mean:.6g}, not the requested {target:g}")
+        return list(self.values)
+
+
+class FileSchedule(ListSchedule):
     """An explicit per-block list read from YAML/JSON: `[0.4, 0.5, 0.6]` or `{sparsities: [...]}`."""
 
     def __init__(self, path: str):
-        super().__init__(None)
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as e:
             raise UserError("schedule", f"cannot read schedule file {path!r}: {e}") from None
         if isinstance(data, dict) and set(data) == {"sparsities"}:
             data = data["sparsities"]
-        if not isinstance(data, list) or not data or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data):
+        if not isinstance(data, list):
             raise UserError("schedule", f"{path!r} must hold a list of per-block sparsities (or {{sparsities: [...]}})")
-        self.values = [float(x) for x in data]
-
-    def allocate(self, scores, target, n_blocks):
-        if len(self.values) != n_blocks:
-            raise UserError("schedule", f"the schedule file lists {len(self.values)} sparsities but the model has {n_blocks} blocks")
-        mean = sum(self.values) / n_blocks
-        if abs(mean - target) > 1e-6:
-            raise UserError("schedule", f"the schedule file's mean sparsity is {mean:.6g}, not the requested {target:g}")
-        return list(self.values)
+        super().__init__(data)
 
 
 def check_targets(targets: list[float]) -> list[float]:
