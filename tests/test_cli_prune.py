@@ -140,7 +140,7 @@ def test_schedule_file_and_list(tiny_llama, text_dir, tmp_path, capsys):
     assert prune_cli(tiny_llama, text_dir, tmp_path / "g", "--schedule", str(good)) == 0
     result = json.loads((tmp_path / "g" / "result.json").read_text())
     assert result["sparsity_per_block"]["target"] == [0.3, 0.7]
-    assert [round(a, 2) for a in result["sparsity_per_block"]["actual"]] == [0.3, 0.7]
+    assert result["sparsity_per_block"]["actual"] == pytest.approx([0.3, 0.7], abs=0.015)  # floor per row
     assert prune_cli(tiny_llama, text_dir, tmp_path / "b", "--schedule", str(bad)) == 2
     assert "mean sparsity is 0.45, not the requested 0.5" in capsys.readouterr().err
     model, tok = api.load_model(str(tiny_llama))
