@@ -167,3 +167,11 @@ def test_unknown_offline_language():
     with pytest.raises(UserError) as err:
         offline_task_dir(langs=["en", "xx"])
     assert err.value.field == "tasks" and "xx" in str(err.value)
+
+
+def test_patterns_expand_like_the_cli(model_and_tokenizer):
+    from tasks.evaluation.lmeval import resolve_tasks, task_manager
+
+    names = resolve_tasks(["polyprune_cont_s*", "polyprune_cont_sw"], task_manager())
+    assert "polyprune_cont_sw" in names and "polyprune_cont_sv" in names
+    assert len(names) == len(set(names))

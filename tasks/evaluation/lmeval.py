@@ -63,14 +63,18 @@ def check_args(tasks, *, num_fewshot=0, limit=None, batch_size=BATCH_SIZE, inclu
 
 
 def resolve_tasks(names: list[str], tm) -> list[str]:
-    """Check every name (or glob pattern) against the task index; UserError on the first unknown one."""
+    """Check every name (or glob pattern, e.g. xnli_*) against the task index; UserError on
+    the first unknown one. Returns the names with patterns expanded, as the lm_eval CLI does."""
+    resolved = []
     for name in names:
-        if not tm.match_tasks([name]):
+        matches = tm.match_tasks([name])
+        resolved += [m for m in matches if m not in resolved]
+        if not matches:
             close = difflib.get_close_matches(name, tm.all_tasks, n=3, cutoff=0.75)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UserError("tasks", f"unknown task {name!r}{hint} see `lm_eval ls tasks` for lm-eval's tasks; "
                             f"offline ones: {OFFLINE_GROUP}, polyprune_cont_<lang>, polyprune_langid_<lang>")
-    return names
+    return resolved
 
 
 def run_lmeval(model, tokenizer, tasks: list[str], *, num_fewshot: int | None = 0, limit: int | None = None,
@@ -85,7 +89,7 @@ def run_lmeval(model, tokenizer, tasks: list[str], *, num_fewshot: int | None = 
     """
     names = check_args(tasks, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, include_paths=include_paths)
     tm = task_manager(include_paths)
-    resolve_tasks(names, tm)
+    names = resolve_tasks(names, tm)
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
