@@ -153,6 +153,7 @@ def test_batched_equals_batch_size_one(model_and_tokenizer):
     (dict(tasks=[OFFLINE_GROUP], include_paths=["/nonexistent/task/folder"]), "tasks"),
     (dict(tasks=[OFFLINE_GROUP], limit=0), "limit"),
     (dict(tasks=[OFFLINE_GROUP], limit=-3), "limit"),
+    (dict(tasks=[OFFLINE_GROUP], limit=1.5), "limit"),
     (dict(tasks=[OFFLINE_GROUP], num_fewshot=-1), "num_fewshot"),
     (dict(tasks=[OFFLINE_GROUP], batch_size=0), "batch_size"),
 ])

@@ -52,8 +52,10 @@ def check_args(tasks, *, num_fewshot=0, limit=None, batch_size=BATCH_SIZE, inclu
         raise UserError("tasks", f"no task given; e.g. {OFFLINE_GROUP} or xnli_sw (see `lm_eval ls tasks`)")
     if num_fewshot is not None and (not _is_int(num_fewshot) or num_fewshot < 0):
         raise UserError("num_fewshot", f"must be a whole number >= 0, got {num_fewshot!r}")
-    if limit is not None and (not _is_int(limit) or limit <= 0):
-        raise UserError("limit", f"must be a whole number of documents per task >= 1, got {limit!r}")
+    # lm-eval reads a limit below 1 as a fraction of each task's documents.
+    fraction = isinstance(limit, float) and 0 < limit < 1
+    if limit is not None and not fraction and (not _is_int(limit) or limit <= 0):
+        raise UserError("limit", f"must be a whole number of documents per task >= 1 (or a fraction in (0, 1)), got {limit!r}")
     if not _is_int(batch_size) or batch_size < 1:
         raise UserError("batch_size", f"must be a whole number >= 1, got {batch_size!r}")
     for p in include_paths:
@@ -77,7 +79,7 @@ def resolve_tasks(names: list[str], tm) -> list[str]:
     return resolved
 
 
-def run_lmeval(model, tokenizer, tasks: list[str], *, num_fewshot: int | None = 0, limit: int | None = None,
+def run_lmeval(model, tokenizer, tasks: list[str], *, num_fewshot: int | None = 0, limit: int | float | None = None,
                batch_size: int = BATCH_SIZE, include_paths: list[str] = (), log_samples: bool = False,
                seed: int = 0) -> dict:
     """Run lm-eval `tasks` on `model` as it is in memory.
