@@ -133,10 +133,10 @@ def execute(cfg, cells, ray_address: str | None, file: Path) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        if status == "FINISHED" and rec.failed:
+        if status == "FINISHED" and rec.failures:
             status, code = "FAILED", 1
         tracking.log_metrics(cl, parent, {"cells.total": len(cells), "cells.finished": rec.before + len(rec.finished),
-                                          "cells.failed": len(rec.failed), "time.sweep_s": time.time() - t0})
+                                          "cells.failed": len(rec.failures), "time.sweep_s": time.time() - t0})
         cl.set_terminated(parent, status)
         if owns_ray:
             import ray
@@ -185,7 +185,7 @@ class Recorder:
         self.total, self.before = total, before
         self.runs: dict[str, str] = {}  # cell_id -> run of a cell in flight
         self.finished: list = []
-        self.failed: list[tuple] = []
+        self.failures: list[tuple] = []
 
     def start(self, cell) -> None:
         from . import tracking
@@ -206,7 +206,7 @@ class Recorder:
         from . import tracking
 
         tracking.fail_cell(self.cl, self.runs.pop(cell.cell_id), error, detail, "FAILED", tags)
-        self.failed.append((cell, error))
+        self.failures.append((cell, error))
         self._line("FAILED", cell, error)
 
     def retry(self, cell, error: str, attempt: int) -> None:
@@ -226,7 +226,7 @@ class Recorder:
             del self.runs[cell_id]
 
     def _line(self, state: str, cell, text: str) -> None:
-        n = self.before + len(self.finished) + len(self.failed)
+        n = self.before + len(self.finished) + len(self.failures)
         _log(f"[{n:>{len(str(self.total))}}/{self.total}] {state:8} {cell.cell_id[:8]} {cell.label()}  {text}".rstrip())
 
 
@@ -236,7 +236,7 @@ def _log(msg: str) -> None:
 
 def _summary(cfg, rec: Recorder, status: str) -> None:
     print(f"sweep {cfg.name}: {status}; {rec.before + len(rec.finished)}/{rec.total} cells FINISHED "
-          f"({len(rec.finished)} now, {rec.before} before), {len(rec.failed)} FAILED")
-    for cell, error in rec.failed:
+          f"({len(rec.finished)} now, {rec.before} before), {len(rec.failures)} FAILED")
+    for cell, error in rec.failures:
         print(f"  FAILED {cell.cell_id} {cell.label()}: {error}")
     print(f"record: {cfg.tracking_uri} (experiment {cfg.name!r}); browse: polyprune ui --tracking-uri '{cfg.tracking_uri}'")

@@ -152,7 +152,7 @@ def load_sweep(path: str | os.PathLike) -> SweepConfig:
         cfg = SweepConfig.model_validate(raw)
     except ValidationError as e:
         raise _user_error(e) from None
-    return _resolve_paths(cfg, path.resolve().parent)
+    return _resolve_paths(cfg, Path(os.path.abspath(path)).parent)
 
 
 def _user_error(e: ValidationError) -> UserError:
@@ -203,7 +203,7 @@ def _local(value: str, base: Path, loose: bool) -> str:
     p = Path(os.path.expanduser(value))
     full = p if p.is_absolute() else base / p
     if full.exists() or value.startswith((".", "/", "~")) or (loose and "/" in value):
-        return str(full.resolve())
+        return os.path.abspath(full)  # abspath, not resolve: keep the names of linked folders
     return value
 
 
@@ -228,12 +228,12 @@ def resolve_tracking_uri(uri: str | None, base: Path) -> str:
     """sqlite and plain-file stores relative to `base` become absolute: Ray workers and
     `polyprune status` run from other folders."""
     if not uri:
-        return f"sqlite:///{(base / 'mlflow.db').resolve()}"
+        return f"sqlite:///{os.path.abspath(base / 'mlflow.db')}"
     if uri.startswith("sqlite:///"):
         rest = uri[len("sqlite:///"):]
-        return uri if rest.startswith("/") or rest == ":memory:" else f"sqlite:///{(base / rest).resolve()}"
+        return uri if rest.startswith("/") or rest == ":memory:" else f"sqlite:///{os.path.abspath(base / rest)}"
     if "://" not in uri and ":" not in uri.split("/")[0]:
-        return str((base / os.path.expanduser(uri)).resolve())
+        return os.path.abspath(base / os.path.expanduser(uri))
     return uri
 
 
@@ -280,9 +280,9 @@ def expand(cfg: SweepConfig) -> list[Cell]:
     for c in cells:
         if c.cell_id in seen:
             a, b = seen[c.cell_id].where, c.where
-            field_ = next((b[k] for k in b if a.get(k) != b[k]), "FILE")
-            raise UserError(field_, f"gives the same cell as {a.get(field_.split('[')[0], 'another entry')} "
-                                    f"after canonicalisation ({c.label()}); remove the duplicate")
+            k = next((k for k in b if a.get(k) != b[k]), None)
+            raise UserError(b[k] if k else "FILE", f"gives the same cell as {a[k] if k else 'another entry'} "
+                                                   f"after canonicalisation ({c.label()}); remove the duplicate")
         seen[c.cell_id] = c
     return cells
 

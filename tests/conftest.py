@@ -79,3 +79,20 @@ def save_tiny_model(path, config, seed=0, dtype=None):
 def tiny_llama(tmp_path_factory):
     """A saved 2-block random Llama with a byte tokenizer (float32)."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tiny_llama_config())
+
+
+# ---------------------------------------------------------------------------
+# Sweep orchestrator fixtures (issue 4). One local Ray per test session:
+# ray.init costs 4-12 s, so every test that needs Ray shares this one.
+# Tests that need their own cluster (several nodes) run it in a subprocess.
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray with 2 CPUs for the session; yields its GCS address, so a
+    subprocess driver can join it (`--ray-address ADDR`)."""
+    import ray
+
+    ctx = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield ctx.address_info["gcs_address"]
+    ray.shutdown()

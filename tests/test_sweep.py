@@ -1,0 +1,235 @@
+"""`polyprune sweep / status / ui` on a real local Ray (one per session, `ray_local`)
+and a real sqlite MLflow store in a tmp folder, with tiny random models.
+
+The simulated multi-node cluster needs its own Ray, so it lives in
+test_sweep_cluster.py and runs in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import save_tiny_model, tiny_llama_config
+from orchestrator.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_sweep(folder: Path, **over) -> Path:
+    cfg = {
+        "name": "t",
+        "models": ["./tiny"],
+        "methods": ["wanda", "magnitude"],
+        "sparsities": [0.5, "2:4"],
+        "calibration": {"languages": ["en", "en=0.5,sw=0.5"], "data": "./text", "nsamples": 4, "seqlen": 32},
+        "seeds": [0],
+        "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": 4}},
+        "resources": {"cpu_workers": 2},
+    }
+    cfg.update(over)
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def sweep_dir(tmp_path, tiny_llama, text_dir):
+    """A folder with the model and text linked in, so the sweep file uses relative paths."""
+    (tmp_path / "tiny").symlink_to(tiny_llama)
+    (tmp_path / "text").symlink_to(text_dir)
+    return tmp_path
+
+
+def runs(db: Path, sweep: str = "t") -> list[dict]:
+    """Child runs of a sweep straight from the sqlite store: cell id, status, metrics, tags."""
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(f"sqlite:///{db}")
+    exp = cl.get_experiment_by_name(sweep)
+    out = []
+    for r in cl.search_runs([exp.experiment_id], max_results=1000):
+        if "polyprune.cell_id" in r.data.tags:
+            out.append({"id": r.info.run_id, "cell": r.data.tags["polyprune.cell_id"], "status": r.info.status,
+                        "metrics": r.data.metrics, "params": r.data.params, "tags": r.data.tags})
+    return out
+
+
+def cells_of(path: Path) -> list:
+    from orchestrator.sweep_config import expand, load_sweep
+
+    return expand(load_sweep(path))
+
+
+# ---------------------------------------------------------------- validation (no Ray)
+
+BAD = {
+    "unknown key": ({"colour": "red"}, "colour: unknown key"),
+    "unknown nested key": ({"calibration": {"languages": ["en"], "data": "./text", "sampels": 4}}, "calibration.sampels: unknown key"),
+    "empty grid": ({"models": []}, "models: must not be empty"),
+    "bad sparsity": ({"sparsities": [0.5, 1.5]}, "sparsities[1]: must be a fraction"),
+    "dense sparsity": ({"sparsities": [0]}, "sparsities[0]: 0 is the dense baseline"),
+    "unknown method": ({"methods": ["wanda", {"name": "obc"}]}, "methods[1].name: unknown method 'obc'"),
+    "unknown hp": ({"methods": [{"name": "mwanda", "hp": {"lambda_x": 1}}]}, "methods[0].hp: unknown hyperparameter 'lambda_x'"),
+    "missing data folder": ({"calibration": {"languages": ["en"], "data": "./nowhere"}}, "calibration.data:"),
+    "missing model folder": ({"models": ["./tiny", "./no-model"]}, "models[1]: folder"),
+    "bad language": ({"calibration": {"languages": ["en", "xx"], "data": "./text"}}, "calibration.languages[1]: language 'xx'"),
+    "bad ppl language": ({"evaluation": {"ppl": {"languages": ["zz"]}}}, "evaluation.ppl.languages[0]: language 'zz'"),
+    "duplicate cell": ({"sparsities": [0.5, "0.50"]}, "sparsities[1]: gives the same cell"),
+    "seed type": ({"seeds": ["one"]}, "seeds[0]:"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_invalid_sweep_file_is_one_line_exit_2_nothing_created(case, sweep_dir, capsys):
+    over, expected = BAD[case]
+    path = write_sweep(sweep_dir, **over)
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("polyprune sweep: "), err
+    assert expected in err, err
+    assert not (sweep_dir / "mlflow.db").exists() and not (sweep_dir / "mlartifacts").exists()
+
+
+def test_unreadable_file_and_bad_yaml(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    assert main(["sweep", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "cannot read" in err[0] and "not valid YAML" in err[1]
+
+
+def test_cell_ids_are_stable_and_canonical(sweep_dir):
+    a = cells_of(write_sweep(sweep_dir))
+    b = cells_of(write_sweep(sweep_dir, sparsities=["0.50", "2:4"], calibration={
+        "languages": ["en=1", "sw=2,en=2"], "data": "./text", "nsamples": 4, "seqlen": 32}))
+    assert [c.cell_id for c in a] == [c.cell_id for c in b]
+    assert len(a) == 9 and a[0].kind == "baseline" and len({c.cell_id for c in a}) == 9
+
+
+def test_example_sweep_files_validate(capsys):
+    # The Kurz et al. grid is hub models on mC4: dry-run needs no network and creates nothing.
+    assert main(["sweep", str(ROOT / "sweeps" / "kurz_grid.yaml"), "--dry-run", "--tracking-uri", "sqlite:////nonexistent/x.db"]) == 0
+    out = capsys.readouterr().out
+    assert "2 dense baselines" in out and "estimate:" in out
+
+
+# ---------------------------------------------------------------- real runs on the session's Ray
+
+
+def test_sweep_one_finished_run_per_cell_then_resume_skips(ray_local, sweep_dir, tiny_llama, capsys):
+    second = save_tiny_model(sweep_dir / "tiny2", tiny_llama_config(), seed=1)
+    path = write_sweep(sweep_dir, models=["./tiny", "./tiny2"])
+    cells = cells_of(path)
+    assert len(cells) == 18  # 2 models x (dense + 2 methods x 2 sparsities x 2 languages)
+    assert main(["sweep", str(path)]) == 0
+    got = runs(sweep_dir / "mlflow.db")
+    assert sorted(r["cell"] for r in got) == sorted(c.cell_id for c in cells)
+    assert {r["status"] for r in got} == {"FINISHED"}
+    for r in got:
+        assert {"ppl.en", "ppl.sw", "ppl.mean", "sparsity.actual", "time.eval_s"} <= set(r["metrics"])
+        assert r["tags"]["polyprune.sweep"] == "t" and "polyprune.versions" in r["tags"]
+        if r["params"]["method"] == "dense":
+            assert r["params"]["sparsity"] == "0" and r["metrics"]["sparsity.actual"] == 0
+        else:
+            assert {"model", "method", "sparsity", "calib", "nsamples", "seqlen", "seed", "schedule"} <= set(r["params"])
+            assert abs(r["metrics"]["sparsity.actual"] - 0.5) < 1e-6 and "time.prune_s" in r["metrics"]
+    # artifacts of a pruned cell
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    pruned = next(r for r in got if r["params"]["method"] == "wanda")
+    assert {"result.json", "masks.safetensors"} <= {a.path for a in cl.list_artifacts(pruned["id"])}
+    # workers keep their model: each of the 2 workers loads each of the 2 models at most once
+    assert sum(r["metrics"]["time.load_s"] > 0 for r in got) <= 4
+    # the dense baseline ran once per model
+    assert sum(r["params"]["method"] == "dense" for r in got) == 2
+
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 0  # resume: nothing left
+    assert len(runs(sweep_dir / "mlflow.db")) == 18
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "18 already FINISHED" in out and "todo" not in out.split("\n", 2)[2].split("estimate")[0]
+    assert main(["status", str(path)]) == 0
+    assert "FINISHED 18" in capsys.readouterr().out
+
+
+def test_failing_cells_are_recorded_and_the_sweep_goes_on(ray_local, sweep_dir, tiny_llama, capsys):
+    broken = sweep_dir / "broken"
+    broken.mkdir()
+    shutil.copy(Path(tiny_llama) / "config.json", broken / "config.json")
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    path = write_sweep(sweep_dir, models=["./tiny", "./broken"], methods=["wanda"], sparsities=[0.5],
+                       calibration={"languages": ["en"], "data": "./text", "nsamples": 4, "seqlen": 32}, seeds=[0, 1])
+    assert main(["sweep", str(path)]) == 1
+    out = capsys.readouterr().out
+    got = runs(sweep_dir / "mlflow.db")
+    by_model = {}
+    for r in got:
+        by_model.setdefault(Path(r["params"]["model"]).name, []).append(r)
+    assert [r["status"] for r in by_model["tiny"]] == ["FINISHED"] * 3
+    assert [r["status"] for r in by_model["broken"]] == ["FAILED"] * 3
+    assert all(r["tags"]["polyprune.error"] for r in by_model["broken"])
+    assert "3 FAILED" in out and out.count("  FAILED ") == 3
+
+
+def _finished(db: Path) -> int:
+    # sqlite directly: no MLflow import in the polling loop, and read-only.
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as con:
+        return con.execute("select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+                           "where t.key = 'polyprune.cell_id' and r.status = 'FINISHED'").fetchone()[0]
+
+
+def test_kill_9_driver_then_resume_finishes_every_cell_once(ray_local, sweep_dir):
+    path = write_sweep(sweep_dir, seeds=[0, 1])  # 17 cells
+    n = len(cells_of(path))
+    env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "1.0"}  # slow cells down, so some are in flight when killed
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--ray-address", ray_local],
+                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    db = sweep_dir / "mlflow.db"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists() and _finished_safe(db) >= 3:
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    before = runs(db)
+    assert 3 <= sum(r["status"] == "FINISHED" for r in before) < n
+    assert any(r["status"] == "RUNNING" for r in before)  # what the dead driver left behind
+
+    assert main(["sweep", str(path)]) == 0  # the same Ray (this process is connected), no delay
+    after = runs(db)
+    finished = [r["cell"] for r in after if r["status"] == "FINISHED"]
+    assert sorted(finished) == sorted(c.cell_id for c in cells_of(path))  # each cell FINISHED exactly once
+    assert not any(r["status"] == "RUNNING" for r in after)
+    assert {r["status"] for r in after} <= {"FINISHED", "KILLED"}
+
+
+def _finished_safe(db: Path) -> int:
+    try:
+        return _finished(db)
+    except sqlite3.Error:  # schema still being created
+        return 0
+
+
+def test_ui_command_points_mlflow_at_the_store(tmp_path, capsys):
+    from orchestrator.ui import command
+
+    cmd = command("sqlite:////x/mlflow.db", "127.0.0.1", 5001)
+    assert cmd[1:4] == ["-m", "mlflow", "server"] and "sqlite:////x/mlflow.db" in cmd and "127.0.0.1" in cmd
+    assert main(["ui", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
