@@ -50,6 +50,12 @@ def run(args) -> int:
         source = get_source(args.data)
         for lang in langs:
             source.check_language(lang, "ppl")
+    tasks = []
+    if args.tasks:  # every task name is checked before the model loads
+        from tasks.evaluation.lmeval import check_args, resolve_tasks, task_manager
+
+        tasks = check_args(args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size)
+        resolve_tasks(tasks, task_manager())
     if args.masks and not Path(args.masks).is_file():
         raise UserError("masks", f"file {args.masks!r} does not exist")
     if args.out and not Path(args.out).resolve().parent.exists():
@@ -63,10 +69,9 @@ def run(args) -> int:
     if langs:
         ppl = api.perplexity(model, tok, langs, args.data, args.seqlen, args.nsamples, args.batch_size)
         metrics.update(api.ppl_metrics(ppl))
-    if args.tasks:
+    if tasks:
         from tasks.evaluation.lmeval import run_lmeval
 
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         out = run_lmeval(model, tok, tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size)
         metrics.update(out["metrics"])
     text = json.dumps({"model": args.model, "masks": args.masks, "metrics": metrics}, indent=2)

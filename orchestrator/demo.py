@@ -71,7 +71,8 @@ def run(args) -> int:
 
             m = run_lmeval(model, tok, tasks, limit=args.limit)["metrics"]
             for kind in ("cont", "langid"):
-                accs = [m[f"lmeval.polyprune_{kind}_{l}.acc"] for l in evals]
+                # acc_norm: per-byte likelihood, so a short distractor does not win by being short
+                accs = [m[f"lmeval.polyprune_{kind}_{l}.acc_norm"] for l in evals]
                 metrics[f"acc.{kind}"] = sum(accs) / len(accs)
         return metrics
 

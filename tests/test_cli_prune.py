@@ -147,3 +147,10 @@ def test_schedule_file_and_list(tiny_llama, text_dir, tmp_path, capsys):
     spec = api.PruneSpec(model=str(tiny_llama), method="wanda", sparsity="0.5", calib="en", data=str(text_dir),
                          nsamples=4, seqlen=32, schedule=[0.4, 0.6])
     assert api.prune(model, tok, spec, progress=False).result["sparsity_per_block"]["target"] == [0.4, 0.6]
+
+
+def test_eval_unknown_task_fails_before_loading_the_model(tmp_path, capsys):
+    # the model folder does not exist: a task error first proves the tasks are checked first
+    assert main(["eval", "--model", str(tmp_path / "none"), "--tasks", "polyprune_nonsense_xx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("polyprune eval: tasks: unknown task"), err

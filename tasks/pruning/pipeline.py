@@ -60,11 +60,11 @@ def capture(model, input_ids: torch.Tensor, batch_size: int, device):
     n = len(blocks)
     record = [[] for _ in originals]
 
-    def run(n_catch: int, tuple_out: bool, ids_batches):
-        for i in range(n_catch):
-            blocks[i] = _Catcher(i, originals[i], record, last=i == n_catch - 1, tuple_out=tuple_out)
-        if n_catch == n:
-            model.to(device)  # embeddings, rotary, norms; the real blocks are not attached now
+    def run(stop_at: int, tuple_out: bool, ids_batches):
+        # Every block is swapped out, so model.to(device) moves only embeddings, rotary and norms.
+        for i in range(n):
+            blocks[i] = _Catcher(i, originals[i], record, last=i == stop_at, tuple_out=tuple_out)
+        model.to(device)
         try:
             for ids in ids_batches:
                 try:
@@ -77,21 +77,21 @@ def capture(model, input_ids: torch.Tensor, batch_size: int, device):
 
     batches = list(input_ids.split(batch_size))
     # Probe block 0 once to learn whether blocks return tuples (BLOOM, OPT) or tensors.
-    run(1, False, batches[:1])
+    run(0, False, batches[:1])
     h, args, kw = record[0].pop()
-    originals[0].to(device)
-    tuple_out = isinstance(originals[0](h, *args, **kw), (tuple, list))
-    run(n, tuple_out, batches)
+    home = next(originals[0].parameters()).device
+    tuple_out = isinstance(originals[0].to(device)(h, *args, **kw), (tuple, list))
+    originals[0].to(home)
+    run(n - 1, tuple_out, batches)
     inps = [h for h, _, _ in record[0]]
     calls = [[(a, kw) for _, a, kw in rec] for rec in record[:n]]
     return inps, calls
 
 
-def _run_block(block, inps, calls, outs=None):
-    outs = outs if outs is not None else inps  # in place: the inputs are no longer needed
+def _run_block(block, inps, calls):
+    """Replace each batch's inputs by the block's outputs (the inputs are not needed again)."""
     for b, (args, kw) in enumerate(calls):
-        outs[b] = _first(block(inps[b], *args, **kw))
-    return outs
+        inps[b] = _first(block(inps[b], *args, **kw))
 
 
 def _sequential_groups(block, linears: dict, inp, call) -> list[list[str]]:
