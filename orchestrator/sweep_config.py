@@ -59,6 +59,7 @@ class LmEvalConfig(_Strict):
     num_fewshot: int = Field(0, ge=0)
     limit: float | None = Field(None, gt=0)  # examples per task (int) or a fraction (< 1)
     batch_size: int = Field(8, gt=0)
+    include_paths: list[str] = Field(default_factory=list)  # folders of custom lm-eval task YAMLs
 
 
 class EvaluationConfig(_Strict):
@@ -215,6 +216,8 @@ def _resolve_paths(cfg: SweepConfig, base: Path) -> SweepConfig:
     ev = cfg.evaluation
     if ev and ev.ppl and ev.ppl.data and ev.ppl.data not in HUB_SOURCES:
         ev.ppl.data = _local(ev.ppl.data, base, loose=True)
+    if ev and ev.lm_eval:
+        ev.lm_eval.include_paths = [_local(p, base, loose=True) for p in ev.lm_eval.include_paths]
     if cfg.schedule not in NAMED_SCHEDULES:
         cfg.schedule = _local(cfg.schedule, base, loose=True)
     if cfg.tracking_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
@@ -326,8 +329,10 @@ def _evaluation(cfg: SweepConfig) -> dict[str, Any]:
         out["ppl"] = {"languages": list(ev.ppl.languages), "data": ev.ppl.data or cfg.calibration.data,
                       "nsamples": ev.ppl.nsamples, "seqlen": ev.ppl.seqlen or cfg.calibration.seqlen}
     if ev.lm_eval:
+        limit = ev.lm_eval.limit
         out["lm_eval"] = {"tasks": list(ev.lm_eval.tasks), "num_fewshot": ev.lm_eval.num_fewshot,
-                          "limit": ev.lm_eval.limit}
+                          "limit": int(limit) if limit is not None and limit >= 1 else limit,
+                          "include_paths": list(ev.lm_eval.include_paths)}
     return out
 
 
@@ -362,11 +367,13 @@ def _check_evaluation(cfg: SweepConfig, ev: dict[str, Any]) -> None:
             except UserError as e:
                 raise UserError(f"evaluation.ppl.languages[{i}]", e.message) from None
     if ev["lm_eval"]:
-        try:  # the lm-eval integration may offer a cheap name check; use it when it is there
-            from tasks.evaluation.lmeval import check_tasks
-        except ImportError:
-            return
+        from tasks.evaluation.lmeval import check_args, resolve_tasks, task_manager
+
+        le = ev["lm_eval"]
         try:
-            check_tasks(ev["lm_eval"]["tasks"])
+            names = check_args(le["tasks"], num_fewshot=le["num_fewshot"], limit=le["limit"],
+                               batch_size=cfg.evaluation.lm_eval.batch_size, include_paths=le["include_paths"])
+            resolve_tasks(names, task_manager(le["include_paths"]))  # indexes lm-eval's tasks: ~15 s, once
         except UserError as e:
-            raise UserError("evaluation.lm_eval.tasks", e.message) from None
+            field_ = {"tasks": "tasks", "num_fewshot": "num_fewshot", "limit": "limit", "batch_size": "batch_size"}
+            raise UserError(f"evaluation.lm_eval.{field_.get(e.field, e.field)}", e.message) from None

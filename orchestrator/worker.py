@@ -126,10 +126,8 @@ class CellRunner:
             from tasks.evaluation.lmeval import run_lmeval
 
             le = ev["lm_eval"]
-            limit = le["limit"]
-            limit = int(limit) if limit is not None and limit >= 1 else limit
-            res = run_lmeval(self.model, self.tok, le["tasks"], num_fewshot=le["num_fewshot"], limit=limit,
-                             batch_size=opts["lm_eval_batch_size"])
+            res = run_lmeval(self.model, self.tok, le["tasks"], num_fewshot=le["num_fewshot"], limit=le["limit"],
+                             batch_size=opts["lm_eval_batch_size"], include_paths=le["include_paths"])
             out.update({k: float(v) for k, v in res["metrics"].items() if isinstance(v, (int, float))})
         return out
 

@@ -86,6 +86,7 @@ BAD = {
     "bad ppl language": ({"evaluation": {"ppl": {"languages": ["zz"]}}}, "evaluation.ppl.languages[0]: language 'zz'"),
     "duplicate cell": ({"sparsities": [0.5, "0.50"]}, "sparsities[1]: gives the same cell"),
     "seed type": ({"seeds": ["one"]}, "seeds[0]:"),
+    "unknown lm-eval task": ({"evaluation": {"lm_eval": {"tasks": ["xnli_xx"]}}}, "evaluation.lm_eval.tasks: unknown task 'xnli_xx'"),
 }
 
 
@@ -181,6 +182,18 @@ def test_failing_cells_are_recorded_and_the_sweep_goes_on(ray_local, sweep_dir, 
     assert [r["status"] for r in by_model["broken"]] == ["FAILED"] * 3
     assert all(r["tags"]["polyprune.error"] for r in by_model["broken"])
     assert "3 FAILED" in out and out.count("  FAILED ") == 3
+
+
+def test_lm_eval_metrics_are_recorded(ray_local, sweep_dir):
+    path = write_sweep(sweep_dir, methods=["wanda"], sparsities=[0.5], calibration={
+        "languages": ["en"], "data": "./text", "nsamples": 4, "seqlen": 32},
+        evaluation={"ppl": {"languages": ["en"], "nsamples": 2}, "lm_eval": {"tasks": ["polyprune_cont_en"], "limit": 4}})
+    assert main(["sweep", str(path)]) == 0
+    got = runs(sweep_dir / "mlflow.db")
+    assert len(got) == 2
+    for r in got:
+        assert any(k.startswith("lmeval.polyprune_cont_en.") for k in r["metrics"]), r["metrics"]
+        assert r["params"]["eval.lm_eval_tasks"] == "polyprune_cont_en"
 
 
 def _finished(db: Path) -> int:
