@@ -1,0 +1,288 @@
+"""Search files (SPEC "Sweep and search files", second example): load and validate.
+
+Everything is checked before a study or an MLflow record exists: the schema
+(unknown keys are errors), paths (relative to the search file), the space and its
+parameter names, every calibration and evaluation language, that each objective
+and constraint names a metric the evaluation produces, and one representative
+trial configuration through the engine's `check_spec`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import UserError
+
+from .sweep_config import (HUB_SOURCES, NAMED_SCHEDULES, CalibrationConfig, EvaluationConfig, PplConfig,
+                           ResourcesConfig, _local, resolve_tracking_uri)
+
+# Metrics every trial reports besides its evaluation (worker.CellRunner).
+ALWAYS = ("sparsity.actual", "time.prune_s", "time.eval_s", "time.cell_s", "time.calib_s", "time.load_s")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Objective(_Strict):
+    metric: str
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class Constraint(_Strict):
+    """Feasible when min <= metric <= max (Optuna: constraint value <= 0)."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self):
+        if self.max is None and self.min is None:
+            raise ValueError("give max and/or min")
+        return self
+
+
+class SearchConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[\w][\w.\- ]*$")  # MLflow experiment and Optuna study name
+    model: str
+    method: str = "mwanda"
+    sparsity: str  # unstructured fraction: searched schedules and profiles need one
+    calibration: CalibrationConfig  # languages: the codes a mix is searched over (plain codes, no mixes)
+    seed: int = 0  # calibration sampling seed (the same for every trial: trials differ only by the space)
+    schedule: str = "uniform"  # used when the space does not search the schedule
+    hp: dict[str, Any] = Field(default_factory=dict)  # fixed hyperparameters the space does not search
+    evaluation: EvaluationConfig | None = None  # default: perplexity in every calibration language
+    space: str  # a file of search_spaces/ by name, or a path
+    objectives: list[Objective] = Field(min_length=1)
+    constraints: list[Constraint] = Field(default_factory=list)
+    n_trials: int = Field(20, gt=0)  # the study's total; `--n-trials N` adds N more
+    parallel: int = Field(2, gt=0)  # trials in flight on Ray
+    baselines: bool = True  # enqueue the uniform-mix Wanda-equivalent and target-language trials first
+    sampler_seed: int | None = None  # TPE's seed (reproducible proposals for a fixed completion order)
+    storage: str | None = None  # default: sqlite:///optuna.db next to the search file
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # cpu_workers default: parallel
+    tracking_uri: str | None = None  # default: sqlite:///mlflow.db next to the search file
+    save_model: bool = False
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+    @field_validator("sparsity", mode="before")
+    @classmethod
+    def _sparsity_text(cls, v):
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def load_search(path: str | os.PathLike):
+    """(config, space): parsed, paths resolved against the file's folder, everything checked."""
+    from .search_space import load_space
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError("FILE", f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise UserError("FILE", f"{str(path)!r} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    if not isinstance(raw, dict):
+        raise UserError("FILE", f"{str(path)!r} must be a mapping of keys (name, model, space, objectives, ...)")
+    try:
+        cfg = SearchConfig.model_validate(raw)
+    except ValidationError as e:
+        raise _user_error(e) from None
+    base = Path(os.path.abspath(path)).parent
+    _resolve_paths(cfg, base)
+    space = load_space(cfg.space, base)
+    check(cfg, space)
+    return cfg, space
+
+
+def _user_error(e: ValidationError) -> UserError:
+    err = e.errors()[0]
+    where = ""
+    for part in err["loc"]:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    where = where or "FILE"
+    if err["type"] == "extra_forbidden":
+        return UserError(where, "unknown key")
+    if err["type"] == "missing":
+        return UserError(where, "required")
+    got = f", got {err['input']!r}" if "input" in err and not isinstance(err["input"], (dict, list)) else ""
+    return UserError(where, f"{err['msg'][0].lower()}{err['msg'][1:]}{got}")
+
+
+def _resolve_paths(cfg: SearchConfig, base: Path) -> None:
+    cfg.model = _local(cfg.model, base, loose=cfg.model.count("/") > 1)
+    if cfg.calibration.data not in HUB_SOURCES:
+        cfg.calibration.data = _local(cfg.calibration.data, base, loose=True)
+    ev = cfg.evaluation
+    if ev and ev.ppl and ev.ppl.data and ev.ppl.data not in HUB_SOURCES:
+        ev.ppl.data = _local(ev.ppl.data, base, loose=True)
+    if cfg.schedule not in NAMED_SCHEDULES:
+        cfg.schedule = _local(cfg.schedule, base, loose=True)
+    if cfg.tracking_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
+        cfg.tracking_uri = resolve_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], Path.cwd())
+    else:
+        cfg.tracking_uri = resolve_tracking_uri(cfg.tracking_uri, base)
+    cfg.storage = resolve_storage(cfg.storage, base)
+
+
+def resolve_storage(uri: str | None, base: Path) -> str:
+    """sqlite:///optuna.db beside the file by default; relative sqlite / journal paths become absolute."""
+    if not uri:
+        return f"sqlite:///{os.path.abspath(base / 'optuna.db')}"
+    for scheme in ("sqlite:///", "journal:///"):
+        if uri.startswith(scheme):
+            rest = uri[len(scheme):]
+            return uri if rest.startswith("/") else f"{scheme}{os.path.abspath(base / rest)}"
+    if "://" not in uri:
+        raise UserError("storage", f"{uri!r} is not a storage URI; use sqlite:///FILE, journal:///FILE or postgresql://...")
+    return uri
+
+
+# ---------------------------------------------------------------- semantic checks
+
+
+def evaluation(cfg: SearchConfig) -> dict[str, Any]:
+    """The resolved evaluation set, in the sweep's cell form (worker.CellRunner reads it)."""
+    ev = cfg.evaluation or EvaluationConfig(ppl=PplConfig(languages=list(cfg.calibration.languages)))
+    if ev.ppl is None and ev.lm_eval is None:
+        raise UserError("evaluation", "give ppl and/or lm_eval (or leave evaluation out for ppl in the calibration languages)")
+    out: dict[str, Any] = {"ppl": None, "lm_eval": None}
+    if ev.ppl:
+        out["ppl"] = {"languages": list(ev.ppl.languages), "data": ev.ppl.data or cfg.calibration.data,
+                      "nsamples": ev.ppl.nsamples, "seqlen": ev.ppl.seqlen or cfg.calibration.seqlen}
+    if ev.lm_eval:
+        out["lm_eval"] = {"tasks": list(ev.lm_eval.tasks), "num_fewshot": ev.lm_eval.num_fewshot, "limit": ev.lm_eval.limit}
+    return out
+
+
+def produces(ev: dict[str, Any], metric: str) -> bool:
+    """Does a trial with evaluation `ev` report `metric`?"""
+    if metric in ALWAYS:
+        return True
+    if ev["ppl"] and metric in {f"ppl.{l}" for l in ev["ppl"]["languages"]} | {"ppl.mean"}:
+        return True
+    if ev["lm_eval"] and metric.startswith("lmeval."):
+        # lmeval.<task>.<metric>[.<filter>]; task names may themselves hold dots rarely: match by prefix
+        rest = metric[len("lmeval."):]
+        return any(fnmatch.fnmatch(rest.split(".", 1)[0], t) or rest.startswith(t + ".") for t in ev["lm_eval"]["tasks"])
+    return False
+
+
+def target_language(cfg: SearchConfig) -> str | None:
+    """The first objective's language (ppl.sw -> sw): the single-language baseline."""
+    m = cfg.objectives[0].metric
+    return m[len("ppl."):] if m.startswith("ppl.") and m != "ppl.mean" else None
+
+
+def check(cfg: SearchConfig, space) -> None:
+    from tasks.api import PruneSpec, check_spec
+    from tasks.data.langs import parse_mix
+    from tasks.data.sources import get_source
+    from tasks.pruning import METHODS, SCHEDULES
+    from tasks.pruning.base import hp_names
+    from tasks.pruning.sparsity import parse_sparsity
+
+    if os.path.isabs(cfg.model) and not os.path.isfile(os.path.join(cfg.model, "config.json")):
+        raise UserError("model", f"{cfg.model!r} is not a model folder (needs config.json from save_pretrained)")
+    try:
+        source = get_source(cfg.calibration.data)
+    except UserError as e:
+        raise UserError("calibration.data", e.message) from None
+    langs = cfg.calibration.languages
+    for i, lang in enumerate(langs):
+        try:
+            mix = parse_mix(lang, f"calibration.languages[{i}]")
+        except UserError as e:
+            raise UserError(f"calibration.languages[{i}]", e.message) from None
+        if len(mix) != 1 or "=" in lang:
+            raise UserError(f"calibration.languages[{i}]", f"a search mixes plain language codes; got the mix {lang!r}")
+        try:
+            source.check_language(lang, "calib")
+        except UserError as e:
+            raise UserError(f"calibration.languages[{i}]", e.message) from None
+    if len(set(langs)) != len(langs):
+        raise UserError("calibration.languages", "a language is listed twice")
+    try:
+        sparsity = parse_sparsity(cfg.sparsity)
+    except UserError as e:
+        raise UserError("sparsity", e.message) from None
+    ev = evaluation(cfg)
+    from .sweep_config import _check_evaluation
+
+    _check_evaluation(cfg, ev)
+    names = [o.metric for o in cfg.objectives]
+    for i, o in enumerate(cfg.objectives):
+        if not produces(ev, o.metric):
+            raise UserError(f"objectives[{i}].metric", f"{o.metric!r} is not produced by the evaluation; "
+                                                       f"available: {', '.join(_available(ev))}")
+    if len(set(names)) != len(names):
+        raise UserError("objectives", "an objective metric is listed twice")
+    for i, c in enumerate(cfg.constraints):
+        if not produces(ev, c.metric):
+            raise UserError(f"constraints[{i}].metric", f"{c.metric!r} is not produced by the evaluation; "
+                                                        f"available: {', '.join(_available(ev))}")
+    # The space's parameters must be hyperparameters of this method or of a schedule.
+    method_cls = METHODS.get(cfg.method, "method")
+    known = set(hp_names(method_cls.Params)) | {n for s in SCHEDULES.names() for n in hp_names(SCHEDULES.get(s).Params)}
+    for p in space.params:
+        if p.name != "schedule" and p.name not in known:
+            raise UserError("space", f"{space.name} searches {p.name!r}, which is not a hyperparameter of method "
+                                     f"{cfg.method} or of a schedule (known: {', '.join(sorted(known))})")
+    if (space.searches("schedule") or space.profile_points) and sparsity.nm:
+        raise UserError("sparsity", f"space {space.name} searches the layerwise schedule, which needs an unstructured "
+                                    f"fraction, not {cfg.sparsity}")
+    if space.mix and len(langs) < 2:
+        raise UserError("calibration.languages", f"space {space.name} searches a mix: give at least 2 languages")
+    # One representative trial through the engine: method, hp keys and types, schedule, nsamples...
+    try:
+        hp = fixed_hp(cfg, space, "uniform" if searches_schedule(space) else cfg.schedule)
+        check_spec(PruneSpec(model=cfg.model, method=cfg.method, sparsity=cfg.sparsity, calib=",".join(langs),
+                             data=cfg.calibration.data, nsamples=cfg.calibration.nsamples, seqlen=cfg.calibration.seqlen,
+                             seed=cfg.seed, schedule="uniform" if searches_schedule(space) else cfg.schedule, hp=hp))
+    except UserError as e:
+        field = {"hp": "hp", "schedule": "schedule", "method": "method", "nsamples": "calibration.nsamples",
+                 "seqlen": "calibration.seqlen", "data": "calibration.data", "seed": "seed"}.get(e.field, e.field)
+        raise UserError(field, e.message) from None
+
+
+def searches_schedule(space) -> bool:
+    return space.searches("schedule") or bool(space.profile_points)
+
+
+def fixed_hp(cfg: SearchConfig, space, schedule_kind: str) -> dict[str, Any]:
+    """The file's fixed `hp` that apply to a trial: not searched by the space and, when the
+    space picks the schedule, only the method's and the trial's schedule's (the engine
+    rejects an OWL setting on a CWL trial, or any setting on a per-block list). When the
+    file fixes the schedule, every key goes to the engine, which rejects strays."""
+    from tasks.pruning import METHODS, SCHEDULES
+    from tasks.pruning.base import hp_names
+
+    hp = {k: v for k, v in cfg.hp.items() if not space.searches(k)}
+    if not searches_schedule(space):
+        return hp
+    keep = set(hp_names(METHODS.get(cfg.method, "method").Params))
+    every = keep | {n for s in SCHEDULES.names() for n in hp_names(SCHEDULES.get(s).Params)}
+    unknown = [k for k in hp if k not in every]
+    if unknown:
+        raise UserError("hp", f"unknown hyperparameter {unknown[0]!r} for method {cfg.method} or any schedule")
+    if schedule_kind in SCHEDULES.names():
+        keep |= set(hp_names(SCHEDULES.get(schedule_kind).Params))
+    return {k: v for k, v in hp.items() if k in keep}
+
+
+def _available(ev: dict[str, Any]) -> list[str]:
+    out = []
+    if ev["ppl"]:
+        out += [f"ppl.{l}" for l in ev["ppl"]["languages"]] + ["ppl.mean"]
+    if ev["lm_eval"]:
+        out += [f"lmeval.{t}.<metric>" for t in ev["lm_eval"]["tasks"]]
+    return out + list(ALWAYS)
