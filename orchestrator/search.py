@@ -92,15 +92,20 @@ def open_study(cfg):
         if not path.parent.is_dir():
             raise UserError("storage", f"folder of {storage!r} does not exist")
         storage = JournalStorage(JournalFileBackend(str(path)))
-    # constant_liar: trials in flight count as (pessimistic) results, so `parallel`
-    # proposals do not pile onto one point.
-    sampler = optuna.samplers.TPESampler(seed=cfg.sampler_seed, constant_liar=True)
     directions = [o.direction for o in cfg.objectives]
     try:
-        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions, sampler=sampler,
-                                    load_if_exists=True)
+        if isinstance(storage, str):
+            storage = optuna.storages.RDBStorage(storage)  # one engine for both opens below
+        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
+                                    sampler=optuna.samplers.RandomSampler(), load_if_exists=True)
     except (ImportError, ModuleNotFoundError) as e:
         raise UserError("storage", f"cannot open {cfg.storage!r}: {e}") from None
+    # The sampler's seed moves on with the study: a resumed study with a fixed seed would
+    # otherwise replay the first run's start-up proposals. constant_liar: trials in flight
+    # count as (pessimistic) results, so `parallel` proposals do not pile onto one point.
+    seed = None if cfg.sampler_seed is None else cfg.sampler_seed + len(study.get_trials(deepcopy=False))
+    study = optuna.load_study(study_name=cfg.name, storage=storage,
+                              sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True))
     if [d.name.lower() for d in study.directions] != directions:
         raise UserError("objectives", f"study {cfg.name!r} in {cfg.storage} was created with directions "
                                       f"{[d.name.lower() for d in study.directions]}; a search's objectives cannot change (rename it)")

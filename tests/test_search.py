@@ -1,0 +1,249 @@
+"""`polyprune search` on a real local Ray (the session's `ray_local`), a real sqlite
+Optuna storage and a real sqlite MLflow store in tmp folders, with the tiny model."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_search(folder: Path, **over) -> Path:
+    cfg = {
+        "name": "s",
+        "model": "./tiny",
+        "method": "mwanda",
+        "sparsity": 0.5,
+        "calibration": {"languages": ["en", "de", "sw"], "data": "./text", "nsamples": 6, "seqlen": 32},
+        "evaluation": {"ppl": {"languages": ["en", "de", "sw"], "nsamples": 4}},
+        "space": "mwanda_mix",
+        "objectives": [{"metric": "ppl.sw", "direction": "minimize"}, {"metric": "ppl.mean", "direction": "minimize"}],
+        "n_trials": 4,
+        "parallel": 2,
+        "sampler_seed": 0,
+    }
+    cfg.update(over)
+    path = folder / "search.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def search_dir(tmp_path, tiny_llama, text_dir):
+    (tmp_path / "tiny").symlink_to(tiny_llama)
+    (tmp_path / "text").symlink_to(text_dir)
+    return tmp_path
+
+
+def trials(folder: Path, name: str = "s") -> list:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}").get_trials()
+
+
+def trial_runs(folder: Path, name: str = "s") -> list:
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    exp = cl.get_experiment_by_name(name)
+    return [r for r in cl.search_runs([exp.experiment_id], max_results=1000) if "polyprune.trial" in r.data.tags]
+
+
+def mix_of(calib: str) -> dict[str, float]:
+    return {k: float(v) for k, v in (p.split("=") for p in calib.split(","))}
+
+
+# ---------------------------------------------------------------- spaces (no Ray)
+
+
+def test_every_shipped_space_loads():
+    from orchestrator.search_space import load_space, shipped
+
+    assert {"mwanda_mix", "mwanda_schedule", "mwanda_full"} <= set(shipped())
+    for name in shipped():
+        space = load_space(name)
+        dists = space.distributions(["en", "sw"])
+        assert dists, name
+    assert set(load_space("mwanda_mix").distributions(["en", "sw"])) == {"mix.en", "mix.sw", "lambda_var", "lambda_prob"}
+
+
+@pytest.mark.parametrize("name", ["mwanda_mix", "mwanda_schedule", "mwanda_full"])
+def test_sampled_points_are_valid(name):
+    """Mixes are simplex points; per-block profiles keep the target mean and stay in [0, 1)."""
+    import optuna
+
+    from orchestrator.search_space import load_space, sample
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    langs, kinds = ["en", "de", "sw", "zh"], set()
+    for target in (0.5, 0.7):
+        for _ in range(40):
+            trial = study.ask(space.distributions(langs))
+            p = sample(trial, space, langs, target, n_blocks=7)
+            if space.mix:
+                assert set(p.mix) == set(langs) and all(w >= 0 for w in p.mix.values())
+                assert math.isclose(sum(p.mix.values()), 1.0, abs_tol=1e-12)
+            if p.profile is not None:
+                assert len(p.profile) == 7 and all(0 <= s < 1 for s in p.profile)
+                assert abs(sum(p.profile) / 7 - target) < 1e-9
+            kinds.add(p.schedule)
+            study.tell(trial, 0.0)
+    if space.searches("schedule"):
+        assert kinds == {"uniform", "owl", "cwl", "profile"}
+
+
+def test_profile_clipping_keeps_the_mean():
+    from orchestrator.search_space import MAX_BLOCK_SPARSITY, dirichlet, dirichlet_point, profile_schedule
+
+    for offsets, target in (([0.9, -0.9, 0.9], 0.8), ([-1.0, 0.0, 1.0], 0.1), ([0.0], 0.5), ([0.3, -0.2], 0.95)):
+        for n in (1, 2, 5, 32):
+            v = profile_schedule(offsets, target, n)
+            assert all(0 <= s <= MAX_BLOCK_SPARSITY for s in v) and abs(sum(v) / n - target) < 1e-9
+    w = {"en": 0.2, "sw": 0.8, "zh": 0.0}
+    assert dirichlet(dirichlet_point(w)) == pytest.approx(w)
+
+
+def test_a_space_file_by_path(tmp_path):
+    from orchestrator.search_space import load_space
+    from tasks.errors import UserError
+
+    (tmp_path / "mine.yaml").write_text("params:\n  cwl_lambda: {type: float, low: -0.1, high: 0.1}\n")
+    assert load_space("./mine.yaml", tmp_path).names() == ["cwl_lambda"]
+    (tmp_path / "bad.yaml").write_text("params:\n  x: {type: float, low: 1, high: 0}\n")
+    with pytest.raises(UserError):
+        load_space("bad.yaml", tmp_path)
+
+
+# ---------------------------------------------------------------- bad files (no Ray)
+
+BAD = {
+    "unknown space": ({"space": "mwanda_nope"}, "space: unknown space 'mwanda_nope'"),
+    "metric not produced": ({"objectives": [{"metric": "ppl.zh"}]}, "objectives[0].metric: 'ppl.zh' is not produced"),
+    "parallel 0": ({"parallel": 0}, "parallel:"),
+    "parallel negative": ({"parallel": -2}, "parallel:"),
+    "unknown language": ({"calibration": {"languages": ["en", "xx"], "data": "./text", "nsamples": 6, "seqlen": 32}},
+                         "calibration.languages[1]"),
+    "unknown key": ({"colour": "red"}, "colour: unknown key"),
+    "space param not a hyperparameter of the method": ({"method": "wanda"}, "space: mwanda_mix searches 'lambda_var'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_search_file_is_one_line_exit_2_no_study(case, search_dir, capsys):
+    over, expected = BAD[case]
+    path = write_search(search_dir, **over)
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
+    assert not (search_dir / "optuna.db").exists() and not (search_dir / "mlflow.db").exists()
+
+
+def test_example_search_file_validates():
+    from orchestrator.search_config import load_search
+
+    cfg, space = load_search(ROOT / "searches" / "sw_mix.yaml")
+    assert cfg.name == "sw-mix-search" and space.name == "mwanda_mix" and len(cfg.objectives) == 2
+
+
+# ---------------------------------------------------------------- on Ray
+
+
+def test_search_then_resume_adds_trials(ray_local, search_dir, capsys):
+    path = write_search(search_dir)
+    assert main(["search", str(path)]) == 0
+    assert main(["search", str(path), "--n-trials", "2"]) == 0
+    ts = trials(search_dir)
+    assert [t.state.name for t in ts] == ["COMPLETE"] * 6
+    # the two baselines first: uniform mix with lambdas 0, then Swahili only
+    assert [t.user_attrs.get("polyprune.baseline") for t in ts[:2]] == ["uniform-wanda", "sw-only-wanda"]
+    assert mix_of(ts[0].user_attrs["calib"]) == pytest.approx({"de": 1 / 3, "en": 1 / 3, "sw": 1 / 3}, abs=1e-6)
+    assert ts[1].user_attrs["calib"] == "sw=1" and ts[0].user_attrs["hp"]["lambda_var"] == 0.0
+    mixes = [t.user_attrs["calib"] for t in ts]
+    assert len(set(mixes)) == 6
+    for m in mixes:
+        assert abs(sum(mix_of(m).values()) - 1) < 1e-5
+    runs = trial_runs(search_dir)
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(int(r.data.tags["polyprune.trial"]) for r in runs) == list(range(6))
+    assert all(r.data.tags["polyprune.study"] == "s" and r.data.params["calib"] in mixes for r in runs)
+    assert all("ppl.sw" in r.data.metrics and "lambda_prob" in r.data.params for r in runs)
+    # the parent: best trials, baselines and Optuna's figures
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(f"sqlite:///{search_dir / 'mlflow.db'}")
+    parent = cl.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["polyprune.role"] == "search" and parent.info.status == "FINISHED"
+    figs = {a.path for a in cl.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/pareto_front.png", "figures/optimization_history_ppl.sw.png"} <= figs
+    assert "baseline.sw-only-wanda.ppl.sw" in parent.data.metrics
+    out = capsys.readouterr().out
+    assert "baseline uniform-wanda" in out and "best (Pareto)" in out
+
+
+def test_failing_trials_are_told_fail_once(ray_local, search_dir, tmp_path):
+    # cwl with a huge lambda pushes block sparsities outside [0, 1): the engine refuses.
+    (search_dir / "space.yaml").write_text("params:\n  schedule: [cwl]\n  cwl_lambda: {type: float, low: 5, high: 6}\n")
+    path = write_search(search_dir, space="./space.yaml", baselines=False, n_trials=2, objectives=[{"metric": "ppl.mean"}])
+    assert main(["search", str(path)]) == 0
+    ts = trials(search_dir)
+    assert [t.state.name for t in ts] == ["FAIL", "FAIL"]
+    assert all("schedule" in t.user_attrs["polyprune.error"] for t in ts)
+    assert {r.info.status for r in trial_runs(search_dir)} == {"FAILED"}
+
+
+def _states(db: Path) -> dict[str, int]:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as con:
+            return dict(con.execute("select state, count(*) from trials group by state").fetchall())
+    except sqlite3.Error:  # not created yet
+        return {}
+
+
+def test_kill_9_driver_then_resume_loses_no_trial(ray_local, search_dir):
+    path = write_search(search_dir, n_trials=5, objectives=[{"metric": "ppl.sw"}])
+    env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "1.5"}  # trials in flight when the driver dies
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "search", str(path), "--ray-address", ray_local],
+                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    db = search_dir / "optuna.db"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            s = _states(db)
+            if s.get("COMPLETE", 0) >= 1 and s.get("RUNNING", 0) >= 1:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    before = trials(search_dir)
+    running = [t.number for t in before if t.state.name == "RUNNING"]
+    assert running
+
+    assert main(["search", str(path)]) == 0
+    after = trials(search_dir)
+    numbers = [t.number for t in after]
+    assert len(numbers) == len(set(numbers))
+    assert not any(t.state.name in ("RUNNING", "WAITING") for t in after)
+    lost = [t for t in after if "polyprune.lost" in t.user_attrs]
+    assert sorted(t.number for t in lost) == running and all(t.state.name == "FAIL" for t in lost)
+    # every lost trial was re-run from its own parameters and completed
+    retries = {t.user_attrs.get("polyprune.retry_of"): t for t in after if "polyprune.retry_of" in t.user_attrs}
+    for t in lost:
+        assert retries[t.number].state.name == "COMPLETE" and retries[t.number].params == t.params
+    assert sum(t.state.name == "COMPLETE" for t in after) == 5
+    assert not any(r.info.status == "RUNNING" for r in trial_runs(search_dir))
