@@ -1,0 +1,144 @@
+"""The search part of `polyprune report` (runs tagged polyprune.trial): optimization
+history, Pareto front, best mix against the baselines, parameter importances."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .report import IDENTITY, Run, eval_languages, slug, write_csv
+
+
+def objectives(parent, trials: list[Run]) -> list[tuple[str, str]]:
+    """[(metric, direction)] from the parent run's `objectives` param or tag (JSON list of
+    {metric, direction}, or 'ppl.sw:minimize,ppl.mean:minimize'); default ppl.mean, minimize."""
+    raw = None
+    if parent is not None:
+        d = {**parent.data.tags, **parent.data.params}
+        raw = d.get("objectives") or d.get("polyprune.objectives")
+    out = []
+    if raw:
+        try:
+            for o in json.loads(raw):
+                out.append((o["metric"], o.get("direction", "minimize")) if isinstance(o, dict) else (str(o), "minimize"))
+        except (ValueError, TypeError, KeyError):
+            for part in raw.split(","):
+                metric, _, direction = part.strip().partition(":")
+                out.append((metric, direction or "minimize"))
+    out = [(m, d) for m, d in out if any(m in t.metrics for t in trials)]
+    return out or [("ppl.mean", "minimize")]
+
+
+def is_baseline(t: Run) -> bool:
+    """Baselines a search enqueues first: single-language or equal-weight mixes (or tagged so)."""
+    if "polyprune.baseline" in t.tags:
+        return True
+    weights = {w.partition("=")[2] for w in t.params.get("calib", "").split(",")}
+    return "," not in t.calib or len(weights) == 1
+
+
+def pareto_mask(points, directions) -> list[bool]:
+    sign = [1 if d == "minimize" else -1 for d in directions]
+    p = [[s * v for s, v in zip(sign, pt)] for pt in points]
+    return [not any(all(b <= a for a, b in zip(pi, q)) and any(b < a for a, b in zip(pi, q)) for q in p) for pi in p]
+
+
+def importances(parent, name: str, trials: list[Run], metric: str, direction: str) -> tuple[dict, str]:
+    """Parameter importances (Optuna's default evaluator): from the study's own storage when the
+    parent run names it, else from a study rebuilt from the MLflow record, where every varying
+    param gets a float range or a category set and a mix becomes one weight per language."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    d = {**parent.data.tags, **parent.data.params} if parent is not None else {}
+    storage = d.get("storage") or d.get("optuna.storage") or d.get("polyprune.storage")
+    if storage:
+        try:
+            study = optuna.load_study(study_name=d.get("study") or d.get("polyprune.study") or name, storage=storage)
+            k = [o for o in range(len(study.directions))][0]
+            return optuna.importance.get_param_importances(study, target=lambda t: t.values[k]), f"Optuna storage {storage}"
+        except Exception:
+            pass  # storage gone or elsewhere: the MLflow record still has everything needed
+    rows = []
+    for t in trials:
+        if metric not in t.metrics:
+            continue
+        p = {k: v for k, v in t.params.items() if k not in IDENTITY and not k.startswith("eval.")}
+        for part in t.params.get("calib", "").split(","):
+            lang, _, w = part.partition("=")
+            p[f"w.{lang}"] = w or "1"
+        rows.append((p, t.metrics[metric]))
+    dists = {}
+    for k in sorted({k for p, _ in rows for k in p}):
+        vals = [p.get(k) for p, _ in rows]
+        if len(set(vals)) < 2:
+            continue
+        try:
+            nums = [float(v) if v is not None else 0.0 for v in vals]
+            dists[k] = optuna.distributions.FloatDistribution(min(nums), max(nums))
+        except ValueError:
+            dists[k] = optuna.distributions.CategoricalDistribution(sorted({str(v) for v in vals}))
+    if not dists or len(rows) < 3:
+        return {}, ""
+    study = optuna.create_study(direction=direction)
+    for p, v in rows:
+        params = {k: (float(p.get(k) or 0.0) if isinstance(dist, optuna.distributions.FloatDistribution) else str(p.get(k)))
+                  for k, dist in dists.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=v))
+    return optuna.importance.get_param_importances(study), "trials in the MLflow record"
+
+
+def search_sections(parent, name: str, runs: list[Run], out: Path) -> list:
+    from . import figures as fig
+
+    trials = sorted((r for r in runs if r.trial is not None), key=lambda r: r.trial)
+    if not trials:
+        return []
+    objs = objectives(parent, trials)
+    items = []
+    for metric, direction in objs:
+        pts = [(t.trial, t.metrics[metric]) for t in trials if metric in t.metrics]
+        if pts:
+            items.append(("img", fig.history(out / f"search_history_{slug(metric)}.png", *zip(*pts), metric=metric, direction=direction),
+                          f"Every trial's {metric} and the best so far."))
+    scored = [t for t in trials if all(m in t.metrics for m, _ in objs)]
+    front = pareto_mask([[t.metrics[m] for m, _ in objs] for t in scored], [d for _, d in objs])
+    if len(objs) >= 2 and scored:
+        (mx, _), (my, _) = objs[:2]
+        items.append(("img", fig.pareto(out / "search_pareto.png", [t.metrics[mx] for t in scored], [t.metrics[my] for t in scored],
+                                        front, [f"#{t.trial} {t.calib}" for t in scored], xmetric=mx, ymetric=my),
+                      "Trials in the plane of the first two objectives; the non-dominated ones joined."))
+    if scored:
+        m0, d0 = objs[0]
+        pool = [t for t, f in zip(scored, front) if f]
+        best = (min if d0 == "minimize" else max)(pool, key=lambda t: t.metrics[m0])
+        langs = eval_languages(trials)
+        keys = [f"ppl.{l}" for l in langs] + ["ppl.mean"]
+        series = {}
+        for t in trials:
+            if is_baseline(t) and t is not best:
+                series[f"#{t.trial} {t.calib}"] = [t.metrics.get(k) for k in keys]
+        series[f"best #{best.trial} {best.calib}"] = [best.metrics.get(k) for k in keys]
+        dense = [r for r in runs if r.dense]
+        ylabel = "perplexity"
+        if dense:  # differences of a few percent vanish on bars of absolute perplexity
+            ref = [dense[-1].metrics.get(k) for k in keys]
+            series = {s: [100 * (v / b - 1) if v is not None and b else None for v, b in zip(ys, ref)] for s, ys in series.items()}
+            ylabel = "perplexity change vs dense (%)"
+        items.append(("img", fig.grouped_bars(out / "search_best_vs_baselines.png", langs + ["mean"], series,
+                                              title=f"best trial ({d0} {m0}) vs baselines", ylabel=ylabel),
+                      f"Best trial #{best.trial}: calib {best.params.get('calib')}; " +
+                      ", ".join(f"{k}={v}" for k, v in best.params.items() if k not in IDENTITY and not k.startswith("eval."))))
+        imp, source = importances(parent, name, scored, m0, d0)
+        if imp:
+            items.append(("img", fig.importances(out / "search_importances.png", imp, title=f"parameter importances for {m0}"),
+                          f"Optuna parameter importances (fANOVA), from the {source}."))
+    metrics = sorted({k for t in trials for k in t.metrics if k.startswith(("ppl.", "lmeval."))})
+    write_csv(out / "search_trials.csv", ["trial", "calib", "baseline"] + metrics,
+              [[t.trial, t.params.get("calib"), is_baseline(t)] + [t.metrics.get(k, "") for k in metrics] for t in trials])
+    return [(f"Search: {len(trials)} trials", items)]
+
+
