@@ -58,8 +58,8 @@ def importances(parent, name: str, trials: list[Run], metric: str, direction: st
     if storage:
         try:
             study = optuna.load_study(study_name=d.get("study") or d.get("polyprune.study") or name, storage=storage)
-            k = [o for o in range(len(study.directions))][0]
-            return optuna.importance.get_param_importances(study, target=lambda t: t.values[k]), f"Optuna storage {storage}"
+            # the first objective, as in the MLflow fallback below
+            return optuna.importance.get_param_importances(study, target=lambda t: t.values[0]), f"Optuna storage {storage}"
         except Exception:
             pass  # storage gone or elsewhere: the MLflow record still has everything needed
     rows = []
