@@ -53,14 +53,21 @@ def run(args) -> int:
 
 def run_search(config, n_trials: int | None = None, storage: str | None = None, ray_address: str | None = None,
                tracking_uri: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the search in `config` (a search-file path). Returns
+    """Run (or resume) the search in `config` (a search-file path, or its contents as a dict
+    whose relative paths are relative to the cwd). Returns
     {"study", "status", "n_complete", "n_failed", "best": [...], "baselines": [...]}, each trial
     as {"number", "values", "calib", "schedule", "hp", "params", "baseline"}."""
-    from .search_config import evaluation, load_search, resolve_storage
+    from .search_config import evaluation, load_search, parse_search, resolve_storage
     from .sweep_config import resolve_tracking_uri
 
-    file = Path(config)
-    cfg, space = load_search(file)
+    if isinstance(config, dict):  # built in code (e.g. by `polyprune demo`): paths relative to the cwd
+        import yaml
+
+        cfg, space = parse_search(config, Path.cwd())
+        source = yaml.safe_dump(config, sort_keys=False).encode()
+    else:
+        cfg, space = load_search(config)
+        source = Path(config).read_bytes()
     if n_trials is not None and n_trials <= 0:
         raise UserError("n-trials", f"must be a positive integer, got {n_trials}")
     if storage:
@@ -71,7 +78,7 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
 
     tracking.client(cfg.tracking_uri, create=False)  # a missing sqlite folder is a UserError before anything exists
     study = open_study(cfg)
-    return Search(cfg, space, evaluation(cfg), study, file).run(n_trials, ray_address)
+    return Search(cfg, space, evaluation(cfg), study, source).run(n_trials, ray_address)
 
 
 # ---------------------------------------------------------------- the study
@@ -220,10 +227,10 @@ class Flight:
 
 
 class Search:
-    def __init__(self, cfg, space, ev: dict[str, Any], study, file: Path):
+    def __init__(self, cfg, space, ev: dict[str, Any], study, source: bytes):
         from tasks.pruning.sparsity import parse_sparsity
 
-        self.cfg, self.space, self.ev, self.study, self.file = cfg, space, ev, study, file
+        self.cfg, self.space, self.ev, self.study, self.source = cfg, space, ev, study, source
         self.langs = list(cfg.calibration.languages)
         self.target = parse_sparsity(cfg.sparsity).fraction
         self.n_blocks = _n_blocks(cfg) if space.profile_points else None
@@ -247,8 +254,8 @@ class Search:
                            {"model": cfg.model, "method": cfg.method, "sparsity": cfg.sparsity, "space": self.space.name,
                             "calib_languages": ",".join(self.langs), "objectives": ",".join(
                                 f"{o.metric}:{o.direction}" for o in cfg.objectives), "parallel": cfg.parallel,
-                            "storage": cfg.storage, "file": str(self.file.resolve())},
-                           {"search.yaml": self.file.read_bytes(), "space.yaml": Path(self.space.path).read_bytes()})
+                            "storage": cfg.storage},
+                           {"search.yaml": self.source, "space.yaml": Path(self.space.path).read_bytes()})
         status, owns_ray = "FINISHED", False
         previous = _sigterm_as_interrupt()
         try:

@@ -81,8 +81,6 @@ class SearchConfig(_Strict):
 
 def load_search(path: str | os.PathLike):
     """(config, space): parsed, paths resolved against the file's folder, everything checked."""
-    from .search_space import load_space
-
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -93,11 +91,17 @@ def load_search(path: str | os.PathLike):
         raise UserError("FILE", f"{str(path)!r} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
     if not isinstance(raw, dict):
         raise UserError("FILE", f"{str(path)!r} must be a mapping of keys (name, model, space, objectives, ...)")
+    return parse_search(raw, Path(os.path.abspath(path)).parent)
+
+
+def parse_search(raw: dict[str, Any], base: Path):
+    """(config, space) from a search file's contents; relative paths are relative to `base`."""
+    from .search_space import load_space
+
     try:
         cfg = SearchConfig.model_validate(raw)
     except ValidationError as e:
         raise _user_error(e) from None
-    base = Path(os.path.abspath(path)).parent
     _resolve_paths(cfg, base)
     space = load_space(cfg.space, base)
     check(cfg, space)
