@@ -19,6 +19,7 @@ COMMANDS = {
     "search": ("orchestrator.search", "Optuna search of calibration mixes / schedules on Ray"),
     "status": ("orchestrator.status", "progress of a sweep or search from MLflow"),
     "report": ("orchestrator.report", "tables and figures of a sweep or search"),
+    "compare": ("orchestrator.compare", "two runs side by side: params, metrics, mask overlap per block"),
     "ui": ("orchestrator.ui", "MLflow UI on the configured tracking URI"),
 }
 
