@@ -32,9 +32,10 @@ from typing import Any
 
 import yaml
 
+import search_spaces
 from tasks.errors import UserError
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(search_spaces.__file__).resolve().parent  # installed as package data
 PROFILE = "profile"  # the schedule kind whose per-block list comes from `profile`
 SCHEDULE_KINDS = ("uniform", "owl", "cwl", PROFILE)
 MAX_BLOCK_SPARSITY = 0.99  # the engine wants every block in [0, 1)

@@ -1,0 +1,1 @@
+"""Optuna search spaces shipped with polyprune: one YAML file per space (see orchestrator/search_space.py)."""
