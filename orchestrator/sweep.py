@@ -98,7 +98,9 @@ def _estimate(cfg, cells, done) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def execute(cfg, cells, ray_address: str | None, file: Path) -> int:
+def execute(cfg, cells, ray_address: str | None = None, file: Path | None = None) -> int:
+    """Run `cells` of `cfg` (from `sweep_config.expand`) and record them; the exit code.
+    Usable from Python (e.g. `polyprune demo` builds a SweepConfig in code: file=None)."""
     from . import tracking
 
     t0 = time.time()
@@ -108,9 +110,12 @@ def execute(cfg, cells, ray_address: str | None, file: Path) -> int:
     todo = [c for c in cells if c.cell_id not in done]
     owns_ray = bool(todo) and connect(ray_address or DEFAULTS["ray_address"])
     prov = tracking.provenance()
-    parent = tracking.begin_sweep(cl, exp, cfg.name, prov, {"file": str(file.resolve()), "cells": len(cells),
+    parent = tracking.begin_sweep(cl, exp, cfg.name, prov, {"file": str(file.resolve()) if file else "", "cells": len(cells),
                                                             "models": ",".join(cfg.models)})
-    tracking.log_artifacts(cl, parent, {"sweep.yaml": file.read_bytes(),
+    import yaml
+
+    source = file.read_bytes() if file else yaml.safe_dump(cfg.model_dump(), sort_keys=False).encode()
+    tracking.log_artifacts(cl, parent, {"sweep.yaml": source,
                                         "cells.json": json.dumps([{"cell_id": c.cell_id, **c.key} for c in cells],
                                                                  indent=1, default=str).encode()})
     rec = Recorder(cl, exp, parent, cfg.name, prov, total=len(cells), before=len(cells) - len(todo))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -132,25 +133,25 @@ class CellRunner:
         return out
 
 
+def _ray():
+    """The ray module when this process is a Ray worker or driver, else None (never imports it)."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
+
+
 def _device() -> str:
     import torch
 
-    try:
-        import ray
-
-        has_gpu = ray.is_initialized() and bool(ray.get_gpu_ids())
-    except Exception:
-        has_gpu = True  # outside Ray: use a GPU if there is one
+    ray = _ray()
+    # Under Ray only an actor given GPUs may use one (Ray sets CUDA_VISIBLE_DEVICES for it);
+    # outside Ray (the benchmark's fresh processes) any GPU there is.
+    has_gpu = bool(ray.get_gpu_ids()) if ray is not None else True
     return "cuda" if has_gpu and torch.cuda.is_available() else "cpu"
 
 
 def _node_id() -> str | None:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:
-        return None
+    ray = _ray()
+    return ray.get_runtime_context().get_node_id() if ray is not None else None
 
 
 def _free_cuda() -> None:

@@ -232,6 +232,23 @@ def test_kill_9_driver_then_resume_finishes_every_cell_once(ray_local, sweep_dir
     assert {r["status"] for r in after} <= {"FINISHED", "KILLED"}
 
 
+def test_ctrl_c_ends_in_flight_runs_killed(ray_local, sweep_dir):
+    path = write_sweep(sweep_dir)
+    env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "1.0"}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--ray-address", ray_local],
+                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    db = sweep_dir / "mlflow.db"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and not (db.exists() and _finished_safe(db) >= 1):
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, out[-3000:]
+    got = runs(db)
+    assert {r["status"] for r in got} == {"FINISHED", "KILLED"}, out[-3000:]
+    assert all("interrupted" in r["tags"]["polyprune.error"] for r in got if r["status"] == "KILLED")
+
+
 def _finished_safe(db: Path) -> int:
     try:
         return _finished(db)

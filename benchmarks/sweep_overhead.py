@@ -1,0 +1,135 @@
+"""How much does the sweep machinery cost? Three numbers from one run on the same cells:
+
+1. `polyprune sweep` wall time, CLI start to exit (Ray start, MLflow schema, worker
+   start, recording: everything);
+2. the cells' own work: sum over cells of calibration + prune + eval time as the
+   workers measured it, divided by the number of workers (the ideal wall time);
+3. a naive baseline: one fresh Python process per cell running the same code
+   (`worker.CellRunner`), W at a time: every cell pays imports and a model load.
+
+Targets (issue 4): (1) within 10% of (2) once cells are not trivially short, and
+(1) at least 2x faster than (3).
+
+    python benchmarks/sweep_overhead.py                 # defaults below, ~5 min on 2 cores
+    python benchmarks/sweep_overhead.py --seeds 0 1 2   # more cells: overhead amortises further
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Defaults: a small Llama (the demo model's shape) and calibration/eval sizes that make a
+# cell take seconds, not milliseconds, on a 2-core CPU.
+DEFAULTS = dict(hidden=256, layers=4, heads=4, ffn=672, nsamples=32, seqlen=128, ppl_nsamples=16,
+                methods=["wanda", "sparsegpt"], sparsities=["0.5", "2:4"], languages=["en", "sw", "en=0.5,sw=0.5"],
+                seeds=[0], workers=1)
+
+
+def make_model(path: Path, a) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, ByT5Tokenizer, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=384, hidden_size=a.hidden, intermediate_size=a.ffn, num_hidden_layers=a.layers,
+                      num_attention_heads=a.heads, num_key_value_heads=a.heads, max_position_embeddings=512,
+                      tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    ByT5Tokenizer().save_pretrained(path)
+
+
+def write_sweep(folder: Path, a) -> Path:
+    import yaml
+
+    sweep = {"name": "overhead", "models": ["./model"], "methods": a.methods, "sparsities": a.sparsities,
+             "calibration": {"languages": a.languages, "data": "builtin", "nsamples": a.nsamples, "seqlen": a.seqlen},
+             "seeds": a.seeds, "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": a.ppl_nsamples}},
+             "resources": {"cpu_workers": a.workers}}
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def one_cell(task_json: str) -> None:
+    """The naive baseline's unit: a fresh process runs one cell and exits."""
+    from orchestrator.worker import CellRunner
+
+    out = CellRunner().run(json.loads(task_json))
+    if not out["ok"]:
+        sys.exit(f"cell failed: {out['error']}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for k, v in DEFAULTS.items():
+        p.add_argument(f"--{k.replace('_', '-')}", type=type(v[0]) if isinstance(v, list) else type(v),
+                       nargs="+" if isinstance(v, list) else None, default=v)
+    p.add_argument("--one-cell", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one_cell:
+        one_cell(a.one_cell)
+        return 0
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "TOKENIZERS_PARALLELISM": "false"}
+    with tempfile.TemporaryDirectory(prefix="polyprune-bench-") as tmp:
+        tmp = Path(tmp)
+        make_model(tmp / "model", a)
+        path = write_sweep(tmp, a)
+        from orchestrator.sweep_config import expand, load_sweep
+
+        cells = expand(load_sweep(path))
+        # warm the token caches once so neither contender pays for building them
+        subprocess.run([sys.executable, __file__, "--one-cell", _task(cells[1])], cwd=ROOT, env=env, check=True)
+
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(path)], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sweep_wall = time.perf_counter() - t0
+        own, cell_s = _own_times(tmp / "mlflow.db")
+
+        t0 = time.perf_counter()
+        procs: list[subprocess.Popen] = []
+        for c in cells:  # W fresh processes at a time
+            while len([q for q in procs if q.poll() is None]) >= a.workers:
+                time.sleep(0.05)
+            procs.append(subprocess.Popen([sys.executable, __file__, "--one-cell", _task(c)], cwd=ROOT, env=env))
+        if any(q.wait() for q in procs):
+            raise SystemExit("a naive cell failed")
+        naive_wall = time.perf_counter() - t0
+
+    ideal = own / a.workers
+    report = {"cells": len(cells), "workers": a.workers, "sweep_wall_s": round(sweep_wall, 2),
+              "cells_own_work_s": round(own, 2), "cells_incl_load_s": round(cell_s, 2), "ideal_wall_s": round(ideal, 2),
+              "overhead_vs_ideal": round(sweep_wall / ideal - 1, 3), "naive_wall_s": round(naive_wall, 2),
+              "speedup_vs_naive": round(naive_wall / sweep_wall, 2)}
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _task(cell) -> str:
+    return json.dumps({"cell_id": cell.cell_id, "kind": cell.kind, "key": cell.key, "run": cell.run})
+
+
+def _own_times(db: Path) -> tuple[float, float]:
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(f"sqlite:///{db}")
+    exp = cl.get_experiment_by_name("overhead")
+    own = incl = 0.0
+    for r in cl.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=1000):
+        m = r.data.metrics
+        if "time.cell_s" in m:
+            own += m.get("time.calib_s", 0) + m.get("time.prune_s", 0) + m.get("time.eval_s", 0)
+            incl += m["time.cell_s"]
+    return own, incl
+
+
+if __name__ == "__main__":
+    sys.exit(main())
