@@ -64,7 +64,8 @@ def collect(name: str, uri: str) -> tuple[dict, dict]:
         if t.get(tracking.ROLE) in ("sweep", "search") or tracking.PARENT not in t:
             parent = {"status": r.info.status, "run_id": r.info.run_id, "driver": t.get(tracking.DRIVER, "")}
             continue
-        key = t.get(tracking.CELL) or (f"trial {t['polyprune.trial']}" if "polyprune.trial" in t else r.info.run_id)
+        # a trial is its own row even when two trials hit the same cell
+        key = f"trial {t['polyprune.trial']}" if "polyprune.trial" in t else t.get(tracking.CELL) or r.info.run_id
         rows[key] = {"cell": key, "state": r.info.status, "label": _label(r), "metrics": r.data.metrics,
                      "error": t.get(tracking.ERROR, ""), "runs": rows.get(key, {}).get("runs", 0) + 1}
     return parent, rows
