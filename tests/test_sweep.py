@@ -124,6 +124,15 @@ def test_example_sweep_files_validate(capsys):
     assert "2 dense baselines" in out and "estimate:" in out
 
 
+def test_tiny_local_example_validates(tmp_path, monkeypatch, tiny_llama, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".cache" / "polyprune").mkdir(parents=True)
+    (tmp_path / ".cache" / "polyprune" / "tiny-llama").symlink_to(tiny_llama)
+    db = tmp_path / "x.db"
+    assert main(["sweep", str(ROOT / "sweeps" / "tiny_local.yaml"), "--dry-run", "--tracking-uri", f"sqlite:///{db}"]) == 0
+    assert "65 cells (1 dense baselines + 64 pruned)" in capsys.readouterr().out and not db.exists()
+
+
 # ---------------------------------------------------------------- real runs on the session's Ray
 
 
