@@ -1,0 +1,32 @@
+"""`polyprune demo` end to end, shortened: a briefly trained demo model, a 3-cell sweep on the
+session's Ray, a 3-trial search and the report — the same code path as the full demo."""
+
+from __future__ import annotations
+
+import json
+
+from orchestrator.cli import main
+
+
+def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--steps", "8", "--calib", "en,sw", "--eval", "en,sw", "--nsamples", "4", "--limit", "2",
+            "--trials", "3", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for row in ("dense", "wanda 0.65 en", "wanda 0.65 sw"):
+        assert row in printed
+    assert "baseline uniform-wanda" in printed and "baseline sw-only-wanda" in printed
+    assert (out / "report" / "report.html").exists() and (out / "mlflow.db").exists() and (out / "optuna.db").exists()
+    # a second run resumes: nothing new is pruned
+    assert main(args) == 0
+    assert "(0 now, 3 before)" in capsys.readouterr().out
+
+
+def test_demo_bad_input(capsys, tmp_path):
+    for args, field in ((["--calib", "xx"], "calib"), (["--eval", ""], "eval"), (["--trials", "-1"], "trials"),
+                        (["--calib", "en"], "calib")):
+        assert main(["demo", "--out", str(tmp_path / "d"), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"polyprune demo: {field}:"), err
+    assert not (tmp_path / "d").exists()
