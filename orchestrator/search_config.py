@@ -14,13 +14,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import UserError
 
 from .sweep_config import (HUB_SOURCES, NAMED_SCHEDULES, CalibrationConfig, EvaluationConfig, PplConfig,
-                           ResourcesConfig, _local, resolve_tracking_uri)
+                           ResourcesConfig, _local, read_mapping, resolve_tracking_uri)
 
 # Metrics every trial reports besides its evaluation (worker.CellRunner).
 ALWAYS = ("sparsity.actual", "time.prune_s", "time.eval_s", "time.cell_s", "time.calib_s", "time.load_s")
@@ -82,15 +81,7 @@ class SearchConfig(_Strict):
 def load_search(path: str | os.PathLike):
     """(config, space): parsed, paths resolved against the file's folder, everything checked."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError("FILE", f"cannot read {str(path)!r}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError("FILE", f"{str(path)!r} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
-    if not isinstance(raw, dict):
-        raise UserError("FILE", f"{str(path)!r} must be a mapping of keys (name, model, space, objectives, ...)")
+    raw = read_mapping(path, "name, model, space, objectives")
     return parse_search(raw, Path(os.path.abspath(path)).parent)
 
 

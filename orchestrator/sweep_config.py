@@ -136,9 +136,8 @@ def cell_id(key: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- loading
 
 
-def load_sweep(path: str | os.PathLike) -> SweepConfig:
-    """Parse and schema-check a sweep file; resolve its relative paths against its folder."""
-    path = Path(path)
+def read_mapping(path: Path, keys: str) -> dict:
+    """The top-level mapping of a YAML file (safe_load), or one UserError naming the file."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
@@ -148,7 +147,14 @@ def load_sweep(path: str | os.PathLike) -> SweepConfig:
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError("FILE", f"{str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(raw, dict):
-        raise UserError("FILE", f"{str(path)!r} must be a mapping of keys (name, models, methods, ...)")
+        raise UserError("FILE", f"{str(path)!r} must be a mapping of keys ({keys}, ...)")
+    return raw
+
+
+def load_sweep(path: str | os.PathLike) -> SweepConfig:
+    """Parse and schema-check a sweep file; resolve its relative paths against its folder."""
+    path = Path(path)
+    raw = read_mapping(path, "name, models, methods")
     try:
         cfg = SweepConfig.model_validate(raw)
     except ValidationError as e:

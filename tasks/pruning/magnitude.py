@@ -2,8 +2,6 @@
 
 from dataclasses import dataclass, field
 
-import torch
-
 from .base import METHODS, Method
 from .sparsity import matrix_mask, nm_mask, row_mask
 
