@@ -147,6 +147,7 @@ def test_sweep_one_finished_run_per_cell_then_resume_skips(ray_local, sweep_dir,
     assert {r["status"] for r in got} == {"FINISHED"}
     for r in got:
         assert {"ppl.en", "ppl.sw", "ppl.mean", "sparsity.actual", "time.eval_s"} <= set(r["metrics"])
+        assert r["metrics"]["system.memory_usage_megabytes"] > 50  # a worker holding torch and a model
         assert r["tags"]["polyprune.sweep"] == "t" and "polyprune.versions" in r["tags"]
         if r["params"]["method"] == "dense":
             assert r["params"]["sparsity"] == "0" and r["metrics"]["sparsity.actual"] == 0
