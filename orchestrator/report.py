@@ -99,13 +99,7 @@ def load_record(name: str, uri: str):
     """(client, parent run or None, FINISHED child runs); a bad name or an empty sweep is a UserError."""
     from . import tracking
 
-    cl = tracking.client(uri, create=False)
-    if cl is None:
-        raise UserError("tracking-uri", f"no MLflow store at {uri}")
-    exp = tracking.experiment_id(cl, name, uri, create=False)
-    if exp is None:
-        known = ", ".join(e.name for e in cl.search_experiments(max_results=50) if e.name != "Default") or "none"
-        raise UserError("NAME", f"no sweep or search named {name!r} in {uri}; known: {known}")
+    cl, exp = tracking.open_experiment(name, uri)
     parent, runs = None, []
     for r in sorted(tracking.all_runs(cl, exp), key=lambda r: r.info.start_time or 0):
         t = r.data.tags

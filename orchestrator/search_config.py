@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.errors import UserError
 
-from .sweep_config import (HUB_SOURCES, NAMED_SCHEDULES, CalibrationConfig, EvaluationConfig, PplConfig,
-                           ResourcesConfig, _local, read_mapping, resolve_tracking_uri)
+from .sweep_config import (HUB_SOURCES, NAMED_SCHEDULES, CalibrationConfig, EvaluationConfig,
+                           ResourcesConfig, _local, read_mapping, resolve_evaluation, resolve_tracking_uri)
 
 # Metrics every trial reports besides its evaluation (worker.CellRunner).
 ALWAYS = ("sparsity.actual", "time.prune_s", "time.eval_s", "time.cell_s", "time.calib_s", "time.load_s")
@@ -146,17 +146,8 @@ def resolve_storage(uri: str | None, base: Path) -> str:
 
 
 def evaluation(cfg: SearchConfig) -> dict[str, Any]:
-    """The resolved evaluation set, in the sweep's cell form (worker.CellRunner reads it)."""
-    ev = cfg.evaluation or EvaluationConfig(ppl=PplConfig(languages=list(cfg.calibration.languages)))
-    if ev.ppl is None and ev.lm_eval is None:
-        raise UserError("evaluation", "give ppl and/or lm_eval (or leave evaluation out for ppl in the calibration languages)")
-    out: dict[str, Any] = {"ppl": None, "lm_eval": None}
-    if ev.ppl:
-        out["ppl"] = {"languages": list(ev.ppl.languages), "data": ev.ppl.data or cfg.calibration.data,
-                      "nsamples": ev.ppl.nsamples, "seqlen": ev.ppl.seqlen or cfg.calibration.seqlen}
-    if ev.lm_eval:
-        out["lm_eval"] = {"tasks": list(ev.lm_eval.tasks), "num_fewshot": ev.lm_eval.num_fewshot, "limit": ev.lm_eval.limit}
-    return out
+    """The resolved evaluation set, in the sweep's cell form (default: ppl in the calibration languages)."""
+    return resolve_evaluation(cfg.evaluation, cfg.calibration, list(cfg.calibration.languages))
 
 
 def produces(ev: dict[str, Any], metric: str) -> bool:

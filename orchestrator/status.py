@@ -13,7 +13,6 @@ import os
 import time
 from pathlib import Path
 
-from tasks.errors import UserError
 
 STATES = ("FINISHED", "RUNNING", "FAILED", "KILLED", "SCHEDULED", "todo")
 COLOURS = {"FINISHED": "green", "RUNNING": "cyan", "FAILED": "red", "KILLED": "yellow", "todo": "dim"}
@@ -51,13 +50,7 @@ def collect(name: str, uri: str) -> tuple[dict, dict]:
     """(parent info, {cell or trial id: row}) of the latest run per cell."""
     from . import tracking
 
-    cl = tracking.client(uri, create=False)
-    if cl is None:
-        raise UserError("tracking-uri", f"no MLflow store at {uri}")
-    exp = tracking.experiment_id(cl, name, uri, create=False)
-    if exp is None:
-        known = ", ".join(e.name for e in cl.search_experiments(max_results=50) if e.name != "Default") or "none"
-        raise UserError("NAME", f"no sweep or search named {name!r} in {uri}; known: {known}")
+    cl, exp = tracking.open_experiment(name, uri)
     parent, rows = {}, {}
     for r in sorted(tracking.all_runs(cl, exp), key=lambda r: r.info.start_time or 0):
         t = r.data.tags

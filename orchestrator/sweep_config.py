@@ -322,18 +322,22 @@ def _run_opts(cfg: SweepConfig) -> dict[str, Any]:
 
 def _evaluation(cfg: SweepConfig) -> dict[str, Any]:
     """The resolved evaluation set (part of every cell id)."""
-    ev = cfg.evaluation
-    if ev is None:  # perplexity in every language the sweep calibrates on
-        from tasks.data.langs import parse_mix
+    from tasks.data.langs import parse_mix
 
-        langs = sorted({l for spec in cfg.calibration.languages for l in _mix_or_raise(parse_mix, spec)})
-        ev = EvaluationConfig(ppl=PplConfig(languages=langs))
+    # default: perplexity in every language the sweep calibrates on
+    langs = sorted({l for spec in cfg.calibration.languages for l in _mix_or_raise(parse_mix, spec)})
+    return resolve_evaluation(cfg.evaluation, cfg.calibration, langs)
+
+
+def resolve_evaluation(ev: EvaluationConfig | None, calibration: CalibrationConfig, default_langs: list[str]) -> dict[str, Any]:
+    """An evaluation section in the plain form cells carry (worker.CellRunner reads it); sweeps and searches share it."""
+    ev = ev or EvaluationConfig(ppl=PplConfig(languages=list(default_langs)))
     if ev.ppl is None and ev.lm_eval is None:
         raise UserError("evaluation", "give ppl and/or lm_eval (or leave evaluation out for ppl in the calibration languages)")
     out: dict[str, Any] = {"ppl": None, "lm_eval": None}
     if ev.ppl:
-        out["ppl"] = {"languages": list(ev.ppl.languages), "data": ev.ppl.data or cfg.calibration.data,
-                      "nsamples": ev.ppl.nsamples, "seqlen": ev.ppl.seqlen or cfg.calibration.seqlen}
+        out["ppl"] = {"languages": list(ev.ppl.languages), "data": ev.ppl.data or calibration.data,
+                      "nsamples": ev.ppl.nsamples, "seqlen": ev.ppl.seqlen or calibration.seqlen}
     if ev.lm_eval:
         limit = ev.lm_eval.limit
         out["lm_eval"] = {"tasks": list(ev.lm_eval.tasks), "num_fewshot": ev.lm_eval.num_fewshot,

@@ -55,6 +55,18 @@ def experiment_id(cl, name: str, uri: str, create: bool) -> str | None:
     return cl.create_experiment(name, artifact_location=location)
 
 
+def open_experiment(name: str, uri: str):
+    """(client, experiment id) of an existing sweep or search; UserError naming what exists otherwise."""
+    cl = client(uri, create=False)
+    if cl is None:
+        raise UserError("tracking-uri", f"no MLflow store at {uri}")
+    exp = experiment_id(cl, name, uri, create=False)
+    if exp is None:
+        known = ", ".join(e.name for e in cl.search_experiments(max_results=50) if e.name != "Default") or "none"
+        raise UserError("NAME", f"no sweep or search named {name!r} in {uri}; known: {known}")
+    return cl, exp
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
