@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="lm-eval tasks or groups: T1,T2")
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="examples per lm-eval task")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR", help="folder of your own lm-eval task YAMLs (repeatable)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
@@ -54,8 +55,9 @@ def run(args) -> int:
     if args.tasks:  # every task name is checked before the model loads
         from tasks.evaluation.lmeval import check_args, resolve_tasks, task_manager
 
-        tasks = check_args(args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size)
-        resolve_tasks(tasks, task_manager())
+        tasks = check_args(args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
+                           include_paths=args.include_path)
+        resolve_tasks(tasks, task_manager(args.include_path))
     if args.masks and not Path(args.masks).is_file():
         raise UserError("masks", f"file {args.masks!r} does not exist")
     if args.out and not Path(args.out).resolve().parent.exists():
@@ -72,7 +74,8 @@ def run(args) -> int:
     if tasks:
         from tasks.evaluation.lmeval import run_lmeval
 
-        out = run_lmeval(model, tok, tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size)
+        out = run_lmeval(model, tok, tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
+                         include_paths=args.include_path)
         metrics.update(out["metrics"])
     text = json.dumps({"model": args.model, "masks": args.masks, "metrics": metrics}, indent=2)
     if args.out:

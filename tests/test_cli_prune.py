@@ -154,3 +154,13 @@ def test_eval_unknown_task_fails_before_loading_the_model(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "none"), "--tasks", "polyprune_nonsense_xx"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("polyprune eval: tasks: unknown task"), err
+
+
+def test_eval_task_input_is_checked_before_loading(tmp_path, capsys):
+    cases = ((["--tasks", "polyprune_cont_en", "--limit", "0"], "limit"),
+             (["--tasks", "polyprune_cont_en", "--include-path", str(tmp_path / "no-such-folder")], "tasks"),
+             (["--ppl", "xx", "--data", "builtin"], "ppl"))
+    for args, field in cases:
+        assert main(["eval", "--model", str(tmp_path / "none"), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"polyprune eval: {field}:"), err
