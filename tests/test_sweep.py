@@ -216,7 +216,7 @@ def _finished(db: Path) -> int:
 def test_kill_9_driver_then_resume_finishes_every_cell_once(ray_local, sweep_dir):
     path = write_sweep(sweep_dir, seeds=[0, 1])  # 17 cells
     n = len(cells_of(path))
-    env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "1.0"}  # slow cells down, so some are in flight when killed
+    env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "2.0"}  # slow cells down, so some are in flight when killed
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--ray-address", ray_local],
                             cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     db = sweep_dir / "mlflow.db"
@@ -244,7 +244,7 @@ def test_kill_9_driver_then_resume_finishes_every_cell_once(ray_local, sweep_dir
 
 def test_ctrl_c_ends_in_flight_runs_killed(ray_local, sweep_dir):
     path = write_sweep(sweep_dir)
-    env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "1.0"}
+    env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "3.0"}  # 9 slow cells: the interrupt lands mid-sweep even on a fast machine
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--ray-address", ray_local],
                             cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     db = sweep_dir / "mlflow.db"
