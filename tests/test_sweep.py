@@ -246,8 +246,11 @@ def test_kill_9_driver_then_resume_finishes_every_cell_once(ray_local, sweep_dir
 def test_ctrl_c_ends_in_flight_runs_killed(ray_local, sweep_dir):
     path = write_sweep(sweep_dir)
     env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "3.0"}  # 9 slow cells: the interrupt lands mid-sweep
+    # A CI runner may start us with SIGINT ignored (background jobs of a non-interactive shell), and
+    # children inherit that; give the driver a terminal's default Ctrl-C, as a user's shell does.
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--ray-address", ray_local],
-                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # The driver's own progress lines say when a cell has finished; polling sqlite from here
     # could be starved by the driver's writes and miss the window.
     seen = []
