@@ -231,3 +231,34 @@ def test_analysis_imports_no_ray_mlflow_optuna_or_matplotlib():
             "print(sorted(m for m in ('ray', 'mlflow', 'optuna', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_prune_folders_are_analysed_as_the_pruned_models_compute(synthetic, tmp_path):
+    """Wanda runs are rebuilt from masks, SparseGPT runs from their saved weights; layer 0's
+    CKA and cosine equal those of the pruned model's own forward on the same windows."""
+    from tasks.api import PruneSpec, prune, save_outputs
+
+    path, text = synthetic
+    folders, pruned = {}, {}
+    for method in ("wanda", "sparsegpt"):
+        model, tok = load_model(str(path))
+        res = prune(model, tok, PruneSpec(model=str(path), method=method, sparsity="0.5", calib="en,ru", data=str(text),
+                                          nsamples=8, seqlen=64), progress=False)
+        folders[method], pruned[method] = save_outputs(tmp_path / method, model, tok, res), model
+    base, tok = load_model(str(path))
+    spec = spec_for(text)
+    out = analyze(base, tok, {m: str(p) for m, p in folders.items()}, spec, progress=False)
+    kept = {(r["run"], r["lang"]): r for r in out["kept"]}
+    rows = {(r["run"], r["lang"], r["layer"]): r for r in out["layers"]}
+    windows = text_windows(get_source(str(text)), tok, "sw", "eval", 64, 8)
+    with torch.no_grad():
+        dense_h = base(input_ids=windows, output_hidden_states=True).hidden_states[1]
+    for m, model in pruned.items():
+        downs = [b.mlp.down_proj.weight != 0 for b in model.model.layers]
+        assert kept[(m, "all")]["down_kept"] == pytest.approx(sum(d.sum().item() for d in downs) / sum(d.numel() for d in downs))
+        with torch.no_grad():
+            h = model(input_ids=windows, output_hidden_states=True).hidden_states[1]
+        assert rows[(m, "sw", 0)]["cka"] == pytest.approx(linear_cka(dense_h.reshape(-1, 64), h.reshape(-1, 64)), abs=1e-6)
+        cos = torch.nn.functional.cosine_similarity(dense_h.reshape(-1, 64).double(), h.reshape(-1, 64).double(), dim=1).mean()
+        assert rows[(m, "sw", 0)]["cosine"] == pytest.approx(cos.item(), abs=1e-6)
+        assert rows[(m, "sw", 0)]["cka"] < 1
