@@ -223,7 +223,7 @@ def test_search_report(search, tmp_path):
 
 
 def test_compare(sweep, capsys, monkeypatch):
-    monkeypatch.setitem(cli.COMMANDS, "compare", ("orchestrator.compare", "two runs side by side"))
+    monkeypatch.setitem(cli.COMMANDS, "compare", ("orchestrator.cli.compare", "two runs side by side"))
     a, b = sweep.runs["0.5/en"], sweep.runs["0.5/sw"]
     capsys.readouterr()
     assert cli.main(["compare", a, b, "--tracking-uri", sweep.uri]) == 0

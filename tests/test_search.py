@@ -69,7 +69,7 @@ def mix_of(calib: str) -> dict[str, float]:
 
 
 def test_every_shipped_space_loads():
-    from orchestrator.search_space import load_space, shipped
+    from orchestrator.search.space import load_space, shipped
 
     assert {"mwanda_mix", "mwanda_schedule", "mwanda_full"} <= set(shipped())
     for name in shipped():
@@ -84,7 +84,7 @@ def test_sampled_points_are_valid(name):
     """Mixes are simplex points; per-block profiles keep the target mean and stay in [0, 1)."""
     import optuna
 
-    from orchestrator.search_space import load_space, sample
+    from orchestrator.search.space import load_space, sample
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(name)
@@ -107,7 +107,7 @@ def test_sampled_points_are_valid(name):
 
 
 def test_profile_clipping_keeps_the_mean():
-    from orchestrator.search_space import MAX_BLOCK_SPARSITY, dirichlet, dirichlet_point, profile_schedule
+    from orchestrator.search.space import MAX_BLOCK_SPARSITY, dirichlet, dirichlet_point, profile_schedule
 
     for offsets, target in (([0.9, -0.9, 0.9], 0.8), ([-1.0, 0.0, 1.0], 0.1), ([0.0], 0.5), ([0.3, -0.2], 0.95)):
         for n in (1, 2, 5, 32):
@@ -118,7 +118,7 @@ def test_profile_clipping_keeps_the_mean():
 
 
 def test_a_space_file_by_path(tmp_path):
-    from orchestrator.search_space import load_space
+    from orchestrator.search.space import load_space
     from tasks.errors import UserError
 
     (tmp_path / "mine.yaml").write_text("params:\n  cwl_lambda: {type: float, low: -0.1, high: 0.1}\n")
@@ -153,7 +153,7 @@ def test_bad_search_file_is_one_line_exit_2_no_study(case, search_dir, capsys):
 
 
 def test_example_search_file_validates():
-    from orchestrator.search_config import load_search
+    from orchestrator.search.file import load_search
 
     cfg, space = load_search(ROOT / "searches" / "sw_mix.yaml")
     assert cfg.name == "sw-mix-search" and space.name == "mwanda_mix" and len(cfg.objectives) == 2

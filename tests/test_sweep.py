@@ -66,7 +66,7 @@ def runs(db: Path, sweep: str = "t") -> list[dict]:
 
 
 def cells_of(path: Path) -> list:
-    from orchestrator.sweep_config import expand, load_sweep
+    from orchestrator.sweep.file import expand, load_sweep
 
     return expand(load_sweep(path))
 
@@ -276,7 +276,7 @@ def _finished_safe(db: Path) -> int:
 
 
 def test_ui_command_points_mlflow_at_the_store(tmp_path, capsys):
-    from orchestrator.ui import command
+    from orchestrator.cli.ui import command
 
     cmd = command("sqlite:////x/mlflow.db", "127.0.0.1", 5001)
     assert cmd[1:4] == ["-m", "mlflow", "server"] and "sqlite:////x/mlflow.db" in cmd and "127.0.0.1" in cmd
