@@ -155,6 +155,16 @@ def model_path(model: str, base: Path) -> str:
     return local_path(model, base, loose=model.count("/") > 1)
 
 
+def check_model(model: str, field: str) -> None:
+    """A resolved local model folder (hub ids stay relative) must exist and hold a saved model."""
+    if not os.path.isabs(model):
+        return
+    if not os.path.isdir(model):
+        raise UserError(field, f"folder {model!r} does not exist")
+    if not os.access(model, os.R_OK | os.X_OK) or not os.path.isfile(os.path.join(model, "config.json")):
+        raise UserError(field, f"{model!r} is not a readable model folder (needs config.json from save_pretrained)")
+
+
 def resolve_paths(cfg: Any, base: Path) -> None:
     """THE resolver of the sections sweep and search files share: calibration data, evaluation
     data and lm-eval task folders, the schedule file, the MLflow store. A file's own path

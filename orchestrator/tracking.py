@@ -52,7 +52,7 @@ def experiment_id(cl, name: str, uri: str, create: bool) -> str | None:
         return None
     # Next to a sqlite store, artifacts go beside the database, not into whatever the cwd is.
     path = sqlite_path(uri)
-    location = (path.parent / "mlartifacts" / _safe(name)).as_uri() if path is not None else None
+    location = (path.parent / "mlartifacts" / safe_name(name)).as_uri() if path is not None else None
     return cl.create_experiment(name, artifact_location=location)
 
 
@@ -68,7 +68,8 @@ def open_experiment(name: str, uri: str):
     return cl, exp
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A name usable as a file name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
@@ -93,15 +94,19 @@ def finished_cells(cl, exp_id: str | None, sweep: str) -> dict[str, Any]:
     return {r.data.tags[CELL]: r for r in child_runs(cl, exp_id, sweep) if r.info.status == "FINISHED"}
 
 
-def _driver_alive(tag: str | None) -> bool:
-    host, _, pid = (tag or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine: cannot tell; the parent being RUNNING is taken as stale
+def holder_alive(holder: str | None) -> bool:
+    """Is `host:pid` (a driver tag) a live process of this host, other than this one? A holder on
+    another machine cannot be checked from here: False (callers judge it by its heartbeat)."""
+    host, _, pid = (holder or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
     try:
         os.kill(int(pid), 0)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
         return False
-    return int(pid) != os.getpid()
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def begin_parent(cl, exp_id: str, name: str, role: str, tags: dict[str, str], params: dict[str, Any]) -> str:
@@ -111,7 +116,7 @@ def begin_parent(cl, exp_id: str, name: str, role: str, tags: dict[str, str], pa
     stays RUNNING and their cells run again."""
     parents = [r for r in all_runs(cl, exp_id, f"tags.`{ROLE}` = '{role}'") if r.data.tags.get(SWEEP) == name]
     parent = min(parents, key=lambda r: r.info.start_time) if parents else None
-    if parent is not None and parent.info.status == "RUNNING" and _driver_alive(parent.data.tags.get(DRIVER)):
+    if parent is not None and parent.info.status == "RUNNING" and holder_alive(parent.data.tags.get(DRIVER)):
         raise UserError("FILE", f"{role} {name!r} is being run by process {parent.data.tags[DRIVER]}; wait for it or stop it")
     for r in child_runs(cl, exp_id, name):
         if r.info.status in ("RUNNING", "SCHEDULED"):

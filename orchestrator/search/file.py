@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tasks.errors import UserError
 
-from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, available, check_evaluation,
+from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, available, check_evaluation, check_model,
                       model_path, produces, read_mapping, resolve_evaluation, resolve_paths, validate)
 
 
@@ -125,8 +125,7 @@ def check(cfg: SearchConfig, space) -> None:
     from tasks.pruning.base import hp_names
     from tasks.pruning.sparsity import parse_sparsity
 
-    if os.path.isabs(cfg.model) and not os.path.isfile(os.path.join(cfg.model, "config.json")):
-        raise UserError("model", f"{cfg.model!r} is not a model folder (needs config.json from save_pretrained)")
+    check_model(cfg.model, "model")
     try:
         source = get_source(cfg.calibration.data)
     except UserError as e:

@@ -75,7 +75,7 @@ def figures(study, metrics: list[str]) -> dict[str, bytes]:
     jobs = []
     for i, m in enumerate(metrics):
         target = (lambda t, i=i: t.values[i]) if multi else None
-        tag = f"_{_safe(m)}" if multi else ""
+        tag = f"_{tracking.safe_name(m)}" if multi else ""
         jobs.append((f"figures/optimization_history{tag}.png",
                      lambda target=target, m=m: ovm.plot_optimization_history(study, target=target, target_name=m)))
         if len(complete) >= 2:
@@ -100,10 +100,6 @@ def figures(study, metrics: list[str]) -> dict[str, bytes]:
     if notes:
         out["figures/figures.txt"] = ("\n".join(notes) + "\n").encode()
     return out
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def finite(x: Any) -> bool:

@@ -16,6 +16,8 @@ from typing import Any
 
 from tasks.errors import UserError
 
+from ..tracking import holder_alive
+
 DEFAULTS = {
     "beat_s": 10.0,  # the driver's heartbeat on the study (user attr), so a resume can tell it is gone
     "stale_s": 120.0,  # a driver on another host whose beat is older than this is taken as dead
@@ -74,10 +76,10 @@ def take_over(study, storage, max_retries: int) -> int:
 
     attrs = study.user_attrs
     holder, beat = attrs.get(DRIVER) or "", attrs.get(BEAT) or 0
-    host, _, pid = holder.rpartition(":")
+    host = holder.rpartition(":")[0]
     me = f"{socket.gethostname()}:{os.getpid()}"
     if holder and holder != me:
-        if host == socket.gethostname() and pid.isdigit() and alive(int(pid)):
+        if holder_alive(holder):
             raise UserError("FILE", f"study {study.study_name!r} is being run by process {holder}; wait for it or stop it")
         if host != socket.gethostname() and time.time() - float(beat) < DEFAULTS["stale_s"]:
             raise UserError("FILE", f"study {study.study_name!r} is being run by {holder} "
@@ -88,16 +90,6 @@ def take_over(study, storage, max_retries: int) -> int:
     for t in stale:
         lose(study, storage, t, "the driver stopped while this trial ran (found RUNNING on resume)", max_retries)
     return len(stale)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def lose(study, storage, trial, reason: str, max_retries: int) -> None:

@@ -18,7 +18,7 @@ from pydantic import Field, StrictInt, field_validator
 
 from tasks.errors import UserError
 
-from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, check_evaluation, model_path,
+from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, check_evaluation, check_model, model_path,
                       read_mapping, resolve_evaluation, resolve_paths, run_options, validate)
 from .cells import Cell, baseline_cell, prune_cell
 
@@ -78,7 +78,8 @@ def expand(cfg: SweepConfig) -> list[Cell]:
     from tasks.api import PruneSpec, check_spec  # heavy (torch); only once a file has parsed
 
     ev = _evaluation(cfg)
-    _check_models(cfg)
+    for i, m in enumerate(cfg.models):
+        check_model(m, f"models[{i}]")
     check_evaluation(cfg, ev)
     checked: dict[str, Any] = {}  # check_spec does not depend on the model: once per spec
     cells: list[Cell] = []
@@ -144,12 +145,3 @@ def _mix_or_raise(parse_mix, spec: str):
         return parse_mix(spec)
     except UserError as e:
         raise UserError("calibration.languages", e.message) from None
-
-
-def _check_models(cfg: SweepConfig) -> None:
-    for i, m in enumerate(cfg.models):
-        if os.path.isabs(m):  # resolved local folder (hub ids stay relative)
-            if not os.path.isdir(m):
-                raise UserError(f"models[{i}]", f"folder {m!r} does not exist")
-            if not os.access(m, os.R_OK | os.X_OK) or not os.path.isfile(os.path.join(m, "config.json")):
-                raise UserError(f"models[{i}]", f"{m!r} is not a readable model folder (needs config.json from save_pretrained)")
