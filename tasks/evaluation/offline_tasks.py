@@ -1,5 +1,5 @@
 """polyprune's own offline lm-eval tasks, generated at run time from the built-in
-corpus's held-out ("eval") split, so no third-party text is committed.
+corpus's held-out `test` split, so no third-party text is committed.
 
     path = offline_task_dir(seed=0)          # ~/.cache/polyprune/lm_tasks/<hash>/
     TaskManager(include_path=str(path))      # polyprune_offline, polyprune_cont, ...
@@ -59,7 +59,7 @@ def _corpus_languages() -> tuple[tuple[str, ...], tuple[str, ...]]:
 def _eval_documents(lang: str) -> list[str]:
     from ..data import builtin
 
-    return builtin.documents(lang, "eval")
+    return builtin.documents(lang, "test")
 
 
 def offline_task_dir(seed: int = 0, langs=None) -> Path:
