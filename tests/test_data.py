@@ -178,3 +178,46 @@ def test_perplexity_reads_the_split_it_is_asked_for(tiny_llama, text_dir):
     with pytest.raises(UserError) as e:
         perplexity(model, tok, ["de"], data=str(text_dir), seqlen=32, split="calib")
     assert e.value.field == "split"
+
+
+def test_mbs_mix_restricts_and_renormalises_the_training_shares(tmp_path):
+    from tasks.data.langs import mix_from_distribution
+
+    shares = {"en": 0.6, "de": 0.2, "sw": 0.05, "zh": 0.15}
+    # by hand: en, sw, zh hold 0.8 of the training text -> 0.6/0.8, 0.05/0.8, 0.15/0.8
+    assert mix_from_distribution(shares, ["en", "sw", "zh"]) == "en=0.75,sw=0.0625,zh=0.1875"
+    # en, sw hold 0.65 -> 12/13 and 1/13, rounded to 6 decimals
+    assert mix_from_distribution(shares, ["sw", "en"]) == "en=0.923077,sw=0.076923"
+    assert parse_mix(mix_from_distribution(shares, ["en", "sw"])) == pytest.approx({"en": 12 / 13, "sw": 1 / 13}, abs=1e-6)
+    (tmp_path / "bare.yaml").write_text("en: 60\nde: 20\nsw: 5\nzh: 15\n")  # percentages are fine: renormalised
+    (tmp_path / "cited.yaml").write_text("source: made-up numbers for a test\nshares: {en: 0.6, de: 0.2, sw: 0.05, zh: 0.15}\n")
+    for f in ("bare.yaml", "cited.yaml"):
+        assert mix_from_distribution(str(tmp_path / f), ["en", "sw", "zh"]) == "en=0.75,sw=0.0625,zh=0.1875"
+
+
+@pytest.mark.parametrize(("shares", "langs", "says"), [
+    ({"en": 0.6}, ["en", "sw"], "'sw' has no training share"),
+    ({"en": 0.6, "sw": -0.1}, ["en", "sw"], ">= 0"),
+    ({"en": 0.6, "sw": "lots"}, ["en", "sw"], ">= 0"),
+    ({"en": 0.0, "sw": 0}, ["en", "sw"], "all zero"),
+    ({}, ["en"], "must map language codes"),
+    ({"en": 1.0}, [], "no calibration languages"),
+])
+def test_mbs_mix_bad_shares_name_the_problem(shares, langs, says):
+    from tasks.data.langs import mix_from_distribution
+
+    with pytest.raises(UserError) as e:
+        mix_from_distribution(shares, langs)
+    assert e.value.field == "calib" and says in e.value.message
+
+
+def test_mbs_mix_bad_files(tmp_path):
+    from tasks.data.langs import mix_from_distribution
+
+    (tmp_path / "extra.yaml").write_text("shares: {en: 1}\nsources: typo\n")
+    (tmp_path / "broken.yaml").write_text("en: [1\n")
+    for path, says in ((tmp_path / "extra.yaml", "unknown key 'sources'"), (tmp_path / "broken.yaml", "cannot read"),
+                       (tmp_path / "missing.yaml", "cannot read")):
+        with pytest.raises(UserError) as e:
+            mix_from_distribution(str(path), ["en"])
+        assert says in e.value.message
