@@ -123,6 +123,39 @@ def summary(path: Path) -> None:
         print()
 
 
+def blocks(args) -> None:
+    """Per block: what owl and cwl score, and the per-block sparsities they give (seed 0 calibration)."""
+    import torch
+
+    from tasks.data.builtin import TARGETS as langs
+    from tasks.data.calibration import sample_calibration
+    from tasks.data.sources import get_source
+    from tasks.demo_model import DemoConfig, demo_model_path
+    from tasks.pruning.pipeline import schedule_targets
+    from tasks.pruning.schedules import CWL, OWL
+
+    model, tok = load_model(str(demo_model_path(DemoConfig())))
+    calib = sample_calibration(get_source("builtin"), tok, {l: 1 / len(langs) for l in langs}, args.nsamples, args.seqlen, 0)
+    n_lang = len(calib.languages)
+    rows = []
+
+    class Probe(CWL):
+        def block_score(self, linears, stats):
+            a = torch.cat([stats[n].rms() for n in linears], dim=1)
+            log_rho = torch.corrcoef(a.clamp_min(1e-12).log()).triu(1)
+            rows.append({"rho": 1 - super().block_score(linears, stats),
+                         "rho_log": (log_rho.sum() / (n_lang * (n_lang - 1) / 2)).item(),
+                         "owl": OWL(OWL.Params()).block_score(linears, stats)})
+            return 1 - rows[-1]["rho"]
+
+    for lam in (0.08, -0.08):
+        targets = schedule_targets(model, Probe(CWL.Params(cwl_lambda=lam)), float(args.sparsities.split(",")[0]),
+                                   calib.input_ids, calib.language, n_lang, 8, "cpu")
+        print(f"cwl_lambda={lam:+}: per-block sparsity {[round(t, 3) for t in targets]}")
+    for b, r in enumerate(rows[: len(rows) // 2]):
+        print(f"block {b}: pearson rho {r['rho']:.4f}, pearson on log activations {r['rho_log']:.4f}, owl D {r['owl']:.4f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
@@ -132,7 +165,10 @@ def main():
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "mwanda_ablation.jsonl"))
     p.add_argument("--summary", action="store_true", help="only print the tables of --out")
+    p.add_argument("--blocks", action="store_true", help="only print what owl and cwl score per block (first sparsity)")
     args = p.parse_args()
+    if args.blocks:
+        return blocks(args)
     if not args.summary:
         run(args)
     summary(Path(args.out))
