@@ -9,40 +9,18 @@ with sorts and loops.
 
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
-from archs import arch_configs  # noqa: E402
+from test_pruning import calib as calibration, linear_inputs, make, tiny  # noqa: E402  (the same tiny models and forwards)
 
 from tasks.models import block_linears, find_blocks
-from tasks.pruning import METHODS
 from tasks.pruning.pipeline import prune_blocks
 from tasks.pruning.sparsity import parse_sparsity
-
-N, L = 6, 32
-
-
-def tiny(arch="llama", dtype=torch.float64, seed=0):
-    cfg = copy.deepcopy(arch_configs()[arch])
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
-
-
-def calibration(n=N, seed=1, n_lang=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, 384, (n, L), generator=g), torch.arange(n) % n_lang
-
-
-def make(method, **hp):
-    cls = METHODS.get(method)
-    return cls(cls.Params(**hp))
 
 
 def run(model, method, sparsity, ids, lang, n_lang):
@@ -50,18 +28,6 @@ def run(model, method, sparsity, ids, lang, n_lang):
     n_blocks = len(find_blocks(model)[1])
     masks, _ = prune_blocks(model, method, [sp.fraction] * n_blocks, sp.nm, ids, lang, n_lang, batch_size=4, device="cpu")
     return masks
-
-
-@torch.no_grad()
-def linear_inputs(model, block, ids):
-    got = {n: [] for n in block_linears(block)}
-    hooks = [lin.register_forward_hook(lambda m, i, o, n=n: got[n].append(i[0].reshape(-1, i[0].shape[-1]).clone()))
-             for n, lin in block_linears(block).items()]
-    for row in ids:
-        model(input_ids=row[None], use_cache=False)
-    for h in hooks:
-        h.remove()
-    return {n: torch.cat(x) for n, x in got.items()}
 
 
 def ref_ria(W, X, s, nm, a, scope):
