@@ -26,7 +26,7 @@ def main():
     print(f"model: {path}\ntraining: {training['time_s']:.0f} s, final loss {training['losses'][-1]:.3f}\n")
     print("| lang | demo model bits/byte | unigram bits/byte | gain |\n|---|---|---|---|")
     for lang in builtin.TARGETS:
-        held_out = builtin.documents(lang, "eval")
+        held_out = builtin.documents(lang, "test")
         model_bpb = bits_per_byte(model, tokenizer, held_out, seqlen=args.seqlen)
         unigram = unigram_bits_per_byte(builtin.documents(lang, "calib"), held_out)
         print(f"| {lang} | {model_bpb:.2f} | {unigram:.2f} | {unigram - model_bpb:.2f} |")

@@ -57,7 +57,7 @@ def main() -> None:
         "space": "mwanda_mix", "objectives": [{"metric": "ppl.sw"}], "n_trials": a.trials, "parallel": 1,
         "resources": {"cpu_workers": 1}, "sampler_seed": 0}, sort_keys=False))
 
-    from orchestrator.search import run_search
+    from orchestrator.search.driver import run_search
 
     t0 = time.perf_counter()
     summary = run_search(search)

@@ -60,7 +60,7 @@ def write_sweep(folder: Path, a) -> Path:
 
 def one_cell(task_json: str) -> None:
     """The naive baseline's unit: a fresh process runs one cell and exits."""
-    from orchestrator.worker import CellRunner
+    from orchestrator.sweep.worker import CellRunner
 
     out = CellRunner().run(json.loads(task_json))
     if not out["ok"]:
@@ -82,7 +82,7 @@ def main() -> int:
         tmp = Path(tmp)
         make_model(tmp / "model", a)
         path = write_sweep(tmp, a)
-        from orchestrator.sweep_config import expand, load_sweep
+        from orchestrator.sweep.file import expand, load_sweep
 
         cells = expand(load_sweep(path))
         # warm the token caches once so neither contender pays for building them
@@ -114,7 +114,7 @@ def main() -> int:
 
 
 def _task(cell) -> str:
-    return json.dumps({"cell_id": cell.cell_id, "kind": cell.kind, "key": cell.key, "run": cell.run})
+    return json.dumps(cell.task())
 
 
 def _own_times(db: Path) -> tuple[float, float]:

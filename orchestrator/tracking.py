@@ -1,9 +1,10 @@
-"""The MLflow record of a sweep (SPEC "MLflow record"). Only the driver calls this.
+"""MLflow helpers both sweeps and searches use (SPEC "MLflow record"). Only drivers call this.
 
-experiment = sweep name; one parent run per sweep, tagged `polyprune.role=sweep`
-and reused on every rerun; one child run per cell, tagged `polyprune.cell_id`.
-A cell counts as done when a child run with its id is FINISHED; anything else
-(FAILED, KILLED) is run again on the next invocation.
+experiment = sweep or search name; one parent run per sweep / study, tagged
+`polyprune.role=sweep|search` and reused on every rerun; one child run per cell or
+trial, tagged `polyprune.cell_id`. A sweep cell counts as done when a child run with
+its id is FINISHED; anything else (FAILED, KILLED) is run again on the next invocation.
+The tag names here are the record's contract with `status`, `report` and the tests.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def experiment_id(cl, name: str, uri: str, create: bool) -> str | None:
         return None
     # Next to a sqlite store, artifacts go beside the database, not into whatever the cwd is.
     path = sqlite_path(uri)
-    location = (path.parent / "mlartifacts" / _safe(name)).as_uri() if path is not None else None
+    location = (path.parent / "mlartifacts" / safe_name(name)).as_uri() if path is not None else None
     return cl.create_experiment(name, artifact_location=location)
 
 
@@ -67,7 +68,8 @@ def open_experiment(name: str, uri: str):
     return cl, exp
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A name usable as a file name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
@@ -92,32 +94,36 @@ def finished_cells(cl, exp_id: str | None, sweep: str) -> dict[str, Any]:
     return {r.data.tags[CELL]: r for r in child_runs(cl, exp_id, sweep) if r.info.status == "FINISHED"}
 
 
-def _driver_alive(tag: str | None) -> bool:
-    host, _, pid = (tag or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine: cannot tell; the parent being RUNNING is taken as stale
+def holder_alive(holder: str | None) -> bool:
+    """Is `host:pid` (a driver tag) a live process of this host, other than this one? A holder on
+    another machine cannot be checked from here: False (callers judge it by its heartbeat)."""
+    host, _, pid = (holder or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
     try:
         os.kill(int(pid), 0)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
         return False
-    return int(pid) != os.getpid()
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
-def begin_sweep(cl, exp_id: str, sweep: str, tags: dict[str, str], params: dict[str, Any]) -> str:
-    """The sweep's parent run (reused on resume), marked RUNNING by this driver.
+def begin_parent(cl, exp_id: str, name: str, role: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """The parent run of a sweep or study (`role`), reused on resume, marked RUNNING by this driver.
 
     Children left RUNNING by a driver that died are ended KILLED first, so nothing
     stays RUNNING and their cells run again."""
-    parents = [r for r in all_runs(cl, exp_id, f"tags.`{ROLE}` = 'sweep'") if r.data.tags.get(SWEEP) == sweep]
+    parents = [r for r in all_runs(cl, exp_id, f"tags.`{ROLE}` = '{role}'") if r.data.tags.get(SWEEP) == name]
     parent = min(parents, key=lambda r: r.info.start_time) if parents else None
-    if parent is not None and parent.info.status == "RUNNING" and _driver_alive(parent.data.tags.get(DRIVER)):
-        raise UserError("FILE", f"sweep {sweep!r} is being run by process {parent.data.tags[DRIVER]}; wait for it or stop it")
-    for r in child_runs(cl, exp_id, sweep):
+    if parent is not None and parent.info.status == "RUNNING" and holder_alive(parent.data.tags.get(DRIVER)):
+        raise UserError("FILE", f"{role} {name!r} is being run by process {parent.data.tags[DRIVER]}; wait for it or stop it")
+    for r in child_runs(cl, exp_id, name):
         if r.info.status in ("RUNNING", "SCHEDULED"):
-            cl.set_tag(r.info.run_id, ERROR, "the driver stopped while this cell ran (found RUNNING on resume)")
+            cl.set_tag(r.info.run_id, ERROR, f"the driver stopped while this {'trial' if role == 'search' else 'cell'} ran (found RUNNING on resume)")
             cl.set_terminated(r.info.run_id, "KILLED")
     if parent is None:
-        run = cl.create_run(exp_id, run_name=sweep, tags={ROLE: "sweep", SWEEP: sweep})
+        run = cl.create_run(exp_id, run_name=name, tags={ROLE: role, SWEEP: name})
         run_id = run.info.run_id
         log_params(cl, run_id, params)
     else:
@@ -127,10 +133,12 @@ def begin_sweep(cl, exp_id: str, sweep: str, tags: dict[str, str], params: dict[
     return run_id
 
 
-def start_cell(cl, exp_id: str, parent_id: str, sweep: str, cell, tags: dict[str, str]) -> str:
-    run = cl.create_run(exp_id, run_name=f"{cell.cell_id[:8]} {cell.label()}",
-                        tags={**tags, PARENT: parent_id, SWEEP: sweep, CELL: cell.cell_id, "polyprune.kind": cell.kind})
-    log_params(cl, run.info.run_id, cell_params(cell))
+def start_cell(cl, exp_id: str, parent_id: str, sweep: str, cell, tags: dict[str, str], run_name: str | None = None,
+               params: dict[str, Any] | None = None) -> str:
+    """A cell's child run (a search trial's adds its own tags, name and params)."""
+    run = cl.create_run(exp_id, run_name=run_name or f"{cell.cell_id[:8]} {cell.label()}",
+                        tags={PARENT: parent_id, SWEEP: sweep, CELL: cell.cell_id, "polyprune.kind": cell.kind, **tags})
+    log_params(cl, run.info.run_id, {**cell_params(cell), **(params or {})})
     return run.info.run_id
 
 

@@ -3,7 +3,7 @@
     model, tok = load_model("path/or/hub-id")
     res = prune(model, tok, PruneSpec(model="...", method="wanda", sparsity="0.5", calib="en,sw"))
     save_outputs("out/", model, tok, res)
-    ppl = perplexity(model, tok, ["en", "sw"], data="builtin")   # {"en": 12.3, "sw": 20.1}
+    ppl = perplexity(model, tok, ["en", "sw"], data="builtin")   # {"en": 12.3, "sw": 20.1}, on split "test"
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .data.calibration import Calibration, sample_calibration
+from .data.calibration import HELD_OUT, Calibration, sample_calibration
 from .data.langs import canonical_mix, parse_mix
 from .data.sources import get_source
 from .errors import UserError
@@ -240,8 +240,11 @@ def save_outputs(out: str | os.PathLike, model, tokenizer, res: PruneResult, sav
 
 
 def perplexity(model, tokenizer, languages: list[str], data: str = "builtin", seqlen: int | None = None,
-               nsamples: int | None = None, batch_size: int = 8) -> dict[str, float]:
-    """{lang: perplexity} on the source's held-out text (never the calibration text)."""
+               nsamples: int | None = None, batch_size: int = 8, split: str = "test") -> dict[str, float]:
+    """{lang: perplexity} on the source's held-out text (never the calibration text): split "test"
+    (what results quote) or "valid" (what searches and any tuning look at)."""
+    if split not in HELD_OUT:
+        raise UserError("split", f"perplexity reads held-out text; allowed: {', '.join(HELD_OUT)}, got {split!r}")
     source = get_source(data)
     for lang in languages:
         source.check_language(lang, "ppl")
@@ -249,7 +252,7 @@ def perplexity(model, tokenizer, languages: list[str], data: str = "builtin", se
     seqlen = seqlen or min(2048, positions or 2048)
     if positions and seqlen > positions:
         raise UserError("seqlen", f"{seqlen} is beyond the model's {positions} positions")
-    return _ppl.perplexity(model, tokenizer, source, languages, seqlen, nsamples, batch_size)
+    return _ppl.perplexity(model, tokenizer, source, languages, seqlen, nsamples, batch_size, split)
 
 
 def ppl_metrics(ppl: dict[str, float]) -> dict[str, float]:

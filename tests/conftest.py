@@ -96,3 +96,12 @@ def ray_local():
     ctx = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ctx.address_info["gcs_address"]
     ray.shutdown()
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_llama, text_dir):
+    """A folder with the tiny model and the text linked in (./tiny, ./text), so the sweep
+    and search files written there use relative paths."""
+    from helpers import link_inputs
+
+    return link_inputs(tmp_path, tiny_llama, text_dir)

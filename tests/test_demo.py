@@ -3,8 +3,6 @@ session's Ray, a 3-trial search and the report — the same code path as the ful
 
 from __future__ import annotations
 
-import json
-
 from orchestrator.cli import main
 
 

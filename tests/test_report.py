@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import link_inputs
 from orchestrator import cli, tracking
 from tasks.analysis.overlap import jaccard_total, mask_overlap
 from tasks.pruning.masks import load_masks
@@ -223,7 +224,7 @@ def test_search_report(search, tmp_path):
 
 
 def test_compare(sweep, capsys, monkeypatch):
-    monkeypatch.setitem(cli.COMMANDS, "compare", ("orchestrator.compare", "two runs side by side"))
+    monkeypatch.setitem(cli.COMMANDS, "compare", ("orchestrator.cli.compare", "two runs side by side"))
     a, b = sweep.runs["0.5/en"], sweep.runs["0.5/sw"]
     capsys.readouterr()
     assert cli.main(["compare", a, b, "--tracking-uri", sweep.uri]) == 0
@@ -272,8 +273,7 @@ def test_report_of_a_real_tiny_sweep(ray_local, tmp_path, tiny_llama, text_dir):
     """The record `polyprune sweep` writes is the one the report reads."""
     import yaml
 
-    (tmp_path / "tiny").symlink_to(tiny_llama)
-    (tmp_path / "text").symlink_to(text_dir)
+    link_inputs(tmp_path, tiny_llama, text_dir)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({
         "name": "real", "models": ["./tiny"], "methods": ["wanda"], "sparsities": [0.5], "seeds": [0],

@@ -6,22 +6,17 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
+from helpers import ROOT, child_runs, sqlite_rows, write_yaml
 from orchestrator.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_search(folder: Path, **over) -> Path:
-    cfg = {
+SEARCH = {
         "name": "s",
         "model": "./tiny",
         "method": "mwanda",
@@ -33,18 +28,11 @@ def write_search(folder: Path, **over) -> Path:
         "n_trials": 4,
         "parallel": 2,
         "sampler_seed": 0,
-    }
-    cfg.update(over)
-    path = folder / "search.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+}
 
 
-@pytest.fixture
-def search_dir(tmp_path, tiny_llama, text_dir):
-    (tmp_path / "tiny").symlink_to(tiny_llama)
-    (tmp_path / "text").symlink_to(text_dir)
-    return tmp_path
+def write_search(folder: Path, **over) -> Path:
+    return write_yaml(folder / "search.yaml", SEARCH, **over)
 
 
 def trials(folder: Path, name: str = "s") -> list:
@@ -54,11 +42,7 @@ def trials(folder: Path, name: str = "s") -> list:
 
 
 def trial_runs(folder: Path, name: str = "s") -> list:
-    from mlflow import MlflowClient
-
-    cl = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    exp = cl.get_experiment_by_name(name)
-    return [r for r in cl.search_runs([exp.experiment_id], max_results=1000) if "polyprune.trial" in r.data.tags]
+    return child_runs(folder / "mlflow.db", name, "polyprune.trial")
 
 
 def mix_of(calib: str) -> dict[str, float]:
@@ -69,7 +53,7 @@ def mix_of(calib: str) -> dict[str, float]:
 
 
 def test_every_shipped_space_loads():
-    from orchestrator.search_space import load_space, shipped
+    from orchestrator.search.space import load_space, shipped
 
     assert {"mwanda_mix", "mwanda_schedule", "mwanda_full"} <= set(shipped())
     for name in shipped():
@@ -84,7 +68,7 @@ def test_sampled_points_are_valid(name):
     """Mixes are simplex points; per-block profiles keep the target mean and stay in [0, 1)."""
     import optuna
 
-    from orchestrator.search_space import load_space, sample
+    from orchestrator.search.space import load_space, sample
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(name)
@@ -107,7 +91,7 @@ def test_sampled_points_are_valid(name):
 
 
 def test_profile_clipping_keeps_the_mean():
-    from orchestrator.search_space import MAX_BLOCK_SPARSITY, dirichlet, dirichlet_point, profile_schedule
+    from orchestrator.search.space import MAX_BLOCK_SPARSITY, dirichlet, dirichlet_point, profile_schedule
 
     for offsets, target in (([0.9, -0.9, 0.9], 0.8), ([-1.0, 0.0, 1.0], 0.1), ([0.0], 0.5), ([0.3, -0.2], 0.95)):
         for n in (1, 2, 5, 32):
@@ -118,7 +102,7 @@ def test_profile_clipping_keeps_the_mean():
 
 
 def test_a_space_file_by_path(tmp_path):
-    from orchestrator.search_space import load_space
+    from orchestrator.search.space import load_space
     from tasks.errors import UserError
 
     (tmp_path / "mine.yaml").write_text("params:\n  cwl_lambda: {type: float, low: -0.1, high: 0.1}\n")
@@ -143,30 +127,47 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_search_file_is_one_line_exit_2_no_study(case, search_dir, capsys):
+def test_bad_search_file_is_one_line_exit_2_no_study(case, run_dir, capsys):
     over, expected = BAD[case]
-    path = write_search(search_dir, **over)
+    path = write_search(run_dir, **over)
     assert main(["search", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
-    assert not (search_dir / "optuna.db").exists() and not (search_dir / "mlflow.db").exists()
+    assert not (run_dir / "optuna.db").exists() and not (run_dir / "mlflow.db").exists()
 
 
 def test_example_search_file_validates():
-    from orchestrator.search_config import load_search
+    from orchestrator.search.file import load_search
 
     cfg, space = load_search(ROOT / "searches" / "sw_mix.yaml")
     assert cfg.name == "sw-mix-search" and space.name == "mwanda_mix" and len(cfg.objectives) == 2
 
 
+def test_relative_paths_are_relative_to_the_search_file_not_the_cwd(run_dir, tmp_path_factory, monkeypatch):
+    """Sweep and search files share one resolver; searches used to keep lm-eval task folders
+    as given, so a run started from another folder looked for them there."""
+    from orchestrator.search.file import evaluation, load_search
+
+    (run_dir / "mytasks").mkdir()  # an own lm-eval task folder, next to the file only
+    ev = {"ppl": {"languages": ["en"], "data": "./text"},
+          "lm_eval": {"tasks": ["polyprune_cont_en"], "limit": 2, "include_paths": ["./mytasks"]}}
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    cfg, _ = load_search(write_search(run_dir, evaluation=ev, objectives=[{"metric": "ppl.en"}]))
+    here = os.path.abspath(run_dir)
+    assert evaluation(cfg)["lm_eval"]["include_paths"] == [os.path.join(here, "mytasks")]
+    assert evaluation(cfg)["ppl"]["data"] == os.path.join(here, "text")
+    assert cfg.tracking_uri == f"sqlite:///{os.path.join(here, 'mlflow.db')}"
+    assert cfg.storage == f"sqlite:///{os.path.join(here, 'optuna.db')}"
+
+
 # ---------------------------------------------------------------- on Ray
 
 
-def test_search_then_resume_adds_trials(ray_local, search_dir, capsys):
-    path = write_search(search_dir)
+def test_search_then_resume_adds_trials(ray_local, run_dir, capsys):
+    path = write_search(run_dir)
     assert main(["search", str(path)]) == 0
     assert main(["search", str(path), "--n-trials", "2"]) == 0
-    ts = trials(search_dir)
+    ts = trials(run_dir)
     assert [t.state.name for t in ts] == ["COMPLETE"] * 6
     # the two baselines first: uniform mix with lambdas 0, then Swahili only
     assert [t.user_attrs.get("polyprune.baseline") for t in ts[:2]] == ["uniform-wanda", "sw-only-wanda"]
@@ -176,7 +177,7 @@ def test_search_then_resume_adds_trials(ray_local, search_dir, capsys):
     assert len(set(mixes)) == 6
     for m in mixes:
         assert abs(sum(mix_of(m).values()) - 1) < 1e-5
-    runs = trial_runs(search_dir)
+    runs = trial_runs(run_dir)
     assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
     assert sorted(int(r.data.tags["polyprune.trial"]) for r in runs) == list(range(6))
     assert all(r.data.tags["polyprune.study"] == "s" and r.data.params["calib"] in mixes for r in runs)
@@ -184,7 +185,7 @@ def test_search_then_resume_adds_trials(ray_local, search_dir, capsys):
     # the parent: best trials, baselines and Optuna's figures
     from mlflow import MlflowClient
 
-    cl = MlflowClient(f"sqlite:///{search_dir / 'mlflow.db'}")
+    cl = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     parent = cl.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.data.tags["polyprune.role"] == "search" and parent.info.status == "FINISHED"
     figs = {a.path for a in cl.list_artifacts(parent.info.run_id, "figures")}
@@ -194,35 +195,31 @@ def test_search_then_resume_adds_trials(ray_local, search_dir, capsys):
     assert "baseline uniform-wanda" in out and "best (Pareto)" in out
 
 
-def test_failing_trials_are_told_fail_once(ray_local, search_dir, tmp_path):
+def test_failing_trials_are_told_fail_once(ray_local, run_dir, tmp_path):
     # cwl with a huge lambda pushes block sparsities outside [0, 1): the engine refuses.
-    (search_dir / "space.yaml").write_text("params:\n  schedule: [cwl]\n  cwl_lambda: {type: float, low: 5, high: 6}\n")
-    path = write_search(search_dir, space="./space.yaml", baselines=False, n_trials=2, objectives=[{"metric": "ppl.mean"}])
+    (run_dir / "space.yaml").write_text("params:\n  schedule: [cwl]\n  cwl_lambda: {type: float, low: 5, high: 6}\n")
+    path = write_search(run_dir, space="./space.yaml", baselines=False, n_trials=2, objectives=[{"metric": "ppl.mean"}])
     assert main(["search", str(path)]) == 0
-    ts = trials(search_dir)
+    ts = trials(run_dir)
     assert [t.state.name for t in ts] == ["FAIL", "FAIL"]
     assert all("schedule" in t.user_attrs["polyprune.error"] for t in ts)
-    assert {r.info.status for r in trial_runs(search_dir)} == {"FAILED"}
+    assert {r.info.status for r in trial_runs(run_dir)} == {"FAILED"}
 
 
-def _states(db: Path) -> dict[str, int]:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as con:
-            return dict(con.execute("select state, count(*) from trials group by state").fetchall())
-    except sqlite3.Error:  # not created yet
-        return {}
+def states(db: Path) -> dict[str, int]:
+    return dict(sqlite_rows(db, "select state, count(*) from trials group by state"))
 
 
-def test_kill_9_driver_then_resume_loses_no_trial(ray_local, search_dir):
-    path = write_search(search_dir, n_trials=5, objectives=[{"metric": "ppl.sw"}])
+def test_kill_9_driver_then_resume_loses_no_trial(ray_local, run_dir):
+    path = write_search(run_dir, n_trials=5, objectives=[{"metric": "ppl.sw"}])
     env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "1.5"}  # trials in flight when the driver dies
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "search", str(path), "--ray-address", ray_local],
                             cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    db = search_dir / "optuna.db"
+    db = run_dir / "optuna.db"
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            s = _states(db)
+            s = states(db)
             if s.get("COMPLETE", 0) >= 1 and s.get("RUNNING", 0) >= 1:
                 break
             time.sleep(0.2)
@@ -230,12 +227,12 @@ def test_kill_9_driver_then_resume_loses_no_trial(ray_local, search_dir):
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)
-    before = trials(search_dir)
+    before = trials(run_dir)
     running = [t.number for t in before if t.state.name == "RUNNING"]
     assert running
 
     assert main(["search", str(path)]) == 0
-    after = trials(search_dir)
+    after = trials(run_dir)
     numbers = [t.number for t in after]
     assert len(numbers) == len(set(numbers))
     assert not any(t.state.name in ("RUNNING", "WAITING") for t in after)
@@ -244,6 +241,10 @@ def test_kill_9_driver_then_resume_loses_no_trial(ray_local, search_dir):
     # every lost trial was re-run from its own parameters and completed
     retries = {t.user_attrs.get("polyprune.retry_of"): t for t in after if "polyprune.retry_of" in t.user_attrs}
     for t in lost:
-        assert retries[t.number].state.name == "COMPLETE" and retries[t.number].params == t.params
+        again = retries[t.number]
+        assert again.state.name == "COMPLETE"
+        # in flight (its cell made and sent): exactly its parameters; killed while still being asked
+        # (Optuna stores the parameters one by one): the ones it had, the rest sampled on the re-run
+        assert again.params == t.params if "cell_id" in t.user_attrs else t.params.items() <= again.params.items()
     assert sum(t.state.name == "COMPLETE" for t in after) == 5
-    assert not any(r.info.status == "RUNNING" for r in trial_runs(search_dir))
+    assert not any(r.info.status == "RUNNING" for r in trial_runs(run_dir))

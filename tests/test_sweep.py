@@ -6,28 +6,22 @@ test_sweep_cluster.py and runs in a subprocess."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import save_tiny_model, tiny_llama_config
+from helpers import ROOT, child_runs, sqlite_rows, write_yaml
 from orchestrator.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_sweep(folder: Path, **over) -> Path:
-    cfg = {
+SWEEP = {
         "name": "t",
         "models": ["./tiny"],
         "methods": ["wanda", "magnitude"],
@@ -36,37 +30,21 @@ def write_sweep(folder: Path, **over) -> Path:
         "seeds": [0],
         "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": 4}},
         "resources": {"cpu_workers": 2},
-    }
-    cfg.update(over)
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+}
 
 
-@pytest.fixture
-def sweep_dir(tmp_path, tiny_llama, text_dir):
-    """A folder with the model and text linked in, so the sweep file uses relative paths."""
-    (tmp_path / "tiny").symlink_to(tiny_llama)
-    (tmp_path / "text").symlink_to(text_dir)
-    return tmp_path
+def write_sweep(folder: Path, **over) -> Path:
+    return write_yaml(folder / "sweep.yaml", SWEEP, **over)
 
 
 def runs(db: Path, sweep: str = "t") -> list[dict]:
-    """Child runs of a sweep straight from the sqlite store: cell id, status, metrics, tags."""
-    from mlflow import MlflowClient
-
-    cl = MlflowClient(f"sqlite:///{db}")
-    exp = cl.get_experiment_by_name(sweep)
-    out = []
-    for r in cl.search_runs([exp.experiment_id], max_results=1000):
-        if "polyprune.cell_id" in r.data.tags:
-            out.append({"id": r.info.run_id, "cell": r.data.tags["polyprune.cell_id"], "status": r.info.status,
-                        "metrics": r.data.metrics, "params": r.data.params, "tags": r.data.tags})
-    return out
+    """Child runs of a sweep from the sqlite store: cell id, status, metrics, tags."""
+    return [{"id": r.info.run_id, "cell": r.data.tags["polyprune.cell_id"], "status": r.info.status,
+             "metrics": r.data.metrics, "params": r.data.params, "tags": r.data.tags} for r in child_runs(db, sweep)]
 
 
 def cells_of(path: Path) -> list:
-    from orchestrator.sweep_config import expand, load_sweep
+    from orchestrator.sweep.file import expand, load_sweep
 
     return expand(load_sweep(path))
 
@@ -92,14 +70,14 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-def test_invalid_sweep_file_is_one_line_exit_2_nothing_created(case, sweep_dir, capsys):
+def test_invalid_sweep_file_is_one_line_exit_2_nothing_created(case, run_dir, capsys):
     over, expected = BAD[case]
-    path = write_sweep(sweep_dir, **over)
+    path = write_sweep(run_dir, **over)
     assert main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("polyprune sweep: "), err
     assert expected in err, err
-    assert not (sweep_dir / "mlflow.db").exists() and not (sweep_dir / "mlartifacts").exists()
+    assert not (run_dir / "mlflow.db").exists() and not (run_dir / "mlartifacts").exists()
 
 
 def test_unreadable_file_and_bad_yaml(tmp_path, capsys):
@@ -110,9 +88,9 @@ def test_unreadable_file_and_bad_yaml(tmp_path, capsys):
     assert "cannot read" in err[0] and "not valid YAML" in err[1]
 
 
-def test_cell_ids_are_stable_and_canonical(sweep_dir):
-    a = cells_of(write_sweep(sweep_dir))
-    b = cells_of(write_sweep(sweep_dir, sparsities=["0.50", "2:4"], calibration={
+def test_cell_ids_are_stable_and_canonical(run_dir):
+    a = cells_of(write_sweep(run_dir))
+    b = cells_of(write_sweep(run_dir, sparsities=["0.50", "2:4"], calibration={
         "languages": ["en=1", "sw=2,en=2"], "data": "./text", "nsamples": 4, "seqlen": 32}))
     assert [c.cell_id for c in a] == [c.cell_id for c in b]
     assert len(a) == 9 and a[0].kind == "baseline" and len({c.cell_id for c in a}) == 9
@@ -137,13 +115,13 @@ def test_tiny_local_example_validates(tmp_path, monkeypatch, tiny_llama, capsys)
 # ---------------------------------------------------------------- real runs on the session's Ray
 
 
-def test_sweep_one_finished_run_per_cell_then_resume_skips(ray_local, sweep_dir, tiny_llama, capsys):
-    second = save_tiny_model(sweep_dir / "tiny2", tiny_llama_config(), seed=1)
-    path = write_sweep(sweep_dir, models=["./tiny", "./tiny2"])
+def test_sweep_one_finished_run_per_cell_then_resume_skips(ray_local, run_dir, tiny_llama, capsys):
+    save_tiny_model(run_dir / "tiny2", tiny_llama_config(), seed=1)
+    path = write_sweep(run_dir, models=["./tiny", "./tiny2"])
     cells = cells_of(path)
     assert len(cells) == 18  # 2 models x (dense + 2 methods x 2 sparsities x 2 languages)
     assert main(["sweep", str(path)]) == 0
-    got = runs(sweep_dir / "mlflow.db")
+    got = runs(run_dir / "mlflow.db")
     assert sorted(r["cell"] for r in got) == sorted(c.cell_id for c in cells)
     assert {r["status"] for r in got} == {"FINISHED"}
     for r in got:
@@ -158,7 +136,7 @@ def test_sweep_one_finished_run_per_cell_then_resume_skips(ray_local, sweep_dir,
     # artifacts of a pruned cell
     from mlflow import MlflowClient
 
-    cl = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    cl = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     pruned = next(r for r in got if r["params"]["method"] == "wanda")
     assert {"result.json", "masks.safetensors"} <= {a.path for a in cl.list_artifacts(pruned["id"])}
     # workers keep their model: each of the 2 workers loads each of the 2 models at most once
@@ -168,7 +146,7 @@ def test_sweep_one_finished_run_per_cell_then_resume_skips(ray_local, sweep_dir,
 
     capsys.readouterr()
     assert main(["sweep", str(path)]) == 0  # resume: nothing left
-    assert len(runs(sweep_dir / "mlflow.db")) == 18
+    assert len(runs(run_dir / "mlflow.db")) == 18
     assert main(["sweep", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "18 already FINISHED" in out and "todo" not in out.split("\n", 2)[2].split("estimate")[0]
@@ -176,16 +154,16 @@ def test_sweep_one_finished_run_per_cell_then_resume_skips(ray_local, sweep_dir,
     assert "FINISHED 18" in capsys.readouterr().out
 
 
-def test_failing_cells_are_recorded_and_the_sweep_goes_on(ray_local, sweep_dir, tiny_llama, capsys):
-    broken = sweep_dir / "broken"
+def test_failing_cells_are_recorded_and_the_sweep_goes_on(ray_local, run_dir, tiny_llama, capsys):
+    broken = run_dir / "broken"
     broken.mkdir()
     shutil.copy(Path(tiny_llama) / "config.json", broken / "config.json")
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    path = write_sweep(sweep_dir, models=["./tiny", "./broken"], methods=["wanda"], sparsities=[0.5],
+    path = write_sweep(run_dir, models=["./tiny", "./broken"], methods=["wanda"], sparsities=[0.5],
                        calibration={"languages": ["en"], "data": "./text", "nsamples": 4, "seqlen": 32}, seeds=[0, 1])
     assert main(["sweep", str(path)]) == 1
     out = capsys.readouterr().out
-    got = runs(sweep_dir / "mlflow.db")
+    got = runs(run_dir / "mlflow.db")
     by_model = {}
     for r in got:
         by_model.setdefault(Path(r["params"]["model"]).name, []).append(r)
@@ -195,36 +173,35 @@ def test_failing_cells_are_recorded_and_the_sweep_goes_on(ray_local, sweep_dir, 
     assert "3 FAILED" in out and out.count("  FAILED ") == 3
 
 
-def test_lm_eval_metrics_are_recorded(ray_local, sweep_dir):
-    path = write_sweep(sweep_dir, methods=["wanda"], sparsities=[0.5], calibration={
+def test_lm_eval_metrics_are_recorded(ray_local, run_dir):
+    path = write_sweep(run_dir, methods=["wanda"], sparsities=[0.5], calibration={
         "languages": ["en"], "data": "./text", "nsamples": 4, "seqlen": 32},
         evaluation={"ppl": {"languages": ["en"], "nsamples": 2}, "lm_eval": {"tasks": ["polyprune_cont_en"], "limit": 4}})
     assert main(["sweep", str(path)]) == 0
-    got = runs(sweep_dir / "mlflow.db")
+    got = runs(run_dir / "mlflow.db")
     assert len(got) == 2
     for r in got:
         assert any(k.startswith("lmeval.polyprune_cont_en.") for k in r["metrics"]), r["metrics"]
         assert r["params"]["eval.lm_eval_tasks"] == "polyprune_cont_en"
 
 
-def _finished(db: Path) -> int:
-    # sqlite directly: no MLflow import in the polling loop, and read-only.
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as con:
-        return con.execute("select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
-                           "where t.key = 'polyprune.cell_id' and r.status = 'FINISHED'").fetchone()[0]
+def count_finished(db: Path) -> int:
+    rows = sqlite_rows(db, "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+                           "where t.key = 'polyprune.cell_id' and r.status = 'FINISHED'")
+    return rows[0][0] if rows else 0
 
 
-def test_kill_9_driver_then_resume_finishes_every_cell_once(ray_local, sweep_dir):
-    path = write_sweep(sweep_dir, seeds=[0, 1])  # 17 cells
+def test_kill_9_driver_then_resume_finishes_every_cell_once(ray_local, run_dir):
+    path = write_sweep(run_dir, seeds=[0, 1])  # 17 cells
     n = len(cells_of(path))
     env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "2.0"}  # slow cells down, so some are in flight when killed
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--ray-address", ray_local],
                             cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    db = sweep_dir / "mlflow.db"
+    db = run_dir / "mlflow.db"
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if db.exists() and _finished_safe(db) >= 3:
+            if count_finished(db) >= 3:
                 break
             time.sleep(0.3)
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
@@ -243,8 +220,8 @@ def test_kill_9_driver_then_resume_finishes_every_cell_once(ray_local, sweep_dir
     assert {r["status"] for r in after} <= {"FINISHED", "KILLED"}
 
 
-def test_ctrl_c_ends_in_flight_runs_killed(ray_local, sweep_dir):
-    path = write_sweep(sweep_dir)
+def test_ctrl_c_ends_in_flight_runs_killed(ray_local, run_dir):
+    path = write_sweep(run_dir)
     env = {**os.environ, "POLYPRUNE_CELL_DELAY_S": "3.0"}  # 9 slow cells: the interrupt lands mid-sweep
     # A CI runner may start us with SIGINT ignored (background jobs of a non-interactive shell), and
     # children inherit that; give the driver a terminal's default Ctrl-C, as a user's shell does.
@@ -261,22 +238,15 @@ def test_ctrl_c_ends_in_flight_runs_killed(ray_local, sweep_dir):
     assert proc.poll() is None, "".join(seen)[-3000:]
     proc.send_signal(signal.SIGINT)
     out = "".join(seen) + proc.communicate(timeout=120)[0].decode()
-    db = sweep_dir / "mlflow.db"
+    db = run_dir / "mlflow.db"
     assert proc.returncode == 130, out[-3000:]
     got = runs(db)
     assert {r["status"] for r in got} == {"FINISHED", "KILLED"}, out[-3000:]
     assert all("interrupted" in r["tags"]["polyprune.error"] for r in got if r["status"] == "KILLED")
 
 
-def _finished_safe(db: Path) -> int:
-    try:
-        return _finished(db)
-    except sqlite3.Error:  # schema still being created
-        return 0
-
-
 def test_ui_command_points_mlflow_at_the_store(tmp_path, capsys):
-    from orchestrator.ui import command
+    from orchestrator.cli.ui import command
 
     cmd = command("sqlite:////x/mlflow.db", "127.0.0.1", 5001)
     assert cmd[1:4] == ["-m", "mlflow", "server"] and "sqlite:////x/mlflow.db" in cmd and "127.0.0.1" in cmd

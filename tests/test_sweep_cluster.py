@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,10 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_node_lost_mid_cell_is_retried_elsewhere(tmp_path, tiny_llama, text_dir):
     sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import link_inputs
     from test_sweep import runs, write_sweep
 
-    (tmp_path / "tiny").symlink_to(tiny_llama)
-    (tmp_path / "text").symlink_to(text_dir)
+    link_inputs(tmp_path, tiny_llama, text_dir)
     # 9 cells; resources default to one worker per GPU
     path = write_sweep(tmp_path, resources={"gpus_per_cell": 1})
     out = tmp_path / "result.json"
@@ -48,13 +47,12 @@ def test_node_lost_mid_cell_is_retried_elsewhere(tmp_path, tiny_llama, text_dir)
 # ---------------------------------------------------------------- the subprocess
 
 
-def _finished_on(db: Path, node_id: str) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as con:
-            return con.execute("select count(*) from runs r join tags t on t.run_uuid = r.run_uuid where "
-                               "t.key = 'polyprune.node' and t.value = ? and r.status = 'FINISHED'", (node_id,)).fetchone()[0]
-    except sqlite3.Error:
-        return 0
+def finished_on(db: Path, node_id: str) -> int:
+    from helpers import sqlite_rows
+
+    rows = sqlite_rows(db, "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid where "
+                           "t.key = 'polyprune.node' and t.value = ? and r.status = 'FINISHED'", (node_id,))
+    return rows[0][0] if rows else 0
 
 
 def cluster_main(sweep: str, result: str) -> int:
@@ -75,7 +73,7 @@ def cluster_main(sweep: str, result: str) -> int:
     def kill_victim_mid_cell():
         # once the victim has finished a cell it is running its queued next one: kill it now
         db = Path(sweep).parent / "mlflow.db"
-        while _finished_on(db, victim.node_id) < 1:
+        while finished_on(db, victim.node_id) < 1:
             time.sleep(0.2)
         time.sleep(0.5)
         cluster.remove_node(victim, allow_graceful=False)

@@ -10,11 +10,17 @@ into the repository):
 A language here is a Django locale (regional variants dropped, `zh_Hans` is
 `zh`) plus that language's UDHR sample in the same script. The unit of text is a
 paragraph (one catalog string or one UDHR line). A hash of the paragraph puts
-~18% of them in the `eval` split for good; a `calib` paragraph is dropped when it
-shares a 32-byte window with eval text of ANY language, because catalogs copy
+~18% of them in the held-out part for good; a `calib` paragraph is dropped when it
+shares a 32-byte window with held-out text of ANY language, because catalogs copy
 placeholders and untranslated English and UDHR varieties are parallel text.
+A second hash divides the held-out part into `valid` (what tuning looks at) and
+`test` (what results quote), and a `valid` paragraph sharing a window with `test`
+text of any language is dropped too, so tuning never sees text it is judged on.
 The UDHR samples of all other languages form `rest_documents()`, filtered the
 same way, for training the demo model.
+
+`corpus_version()` identifies what training can see (calib and rest); carving
+valid from test left it, and so the cached demo model, unchanged.
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ from pathlib import Path
 from ..errors import UserError
 
 TARGETS = ("ar", "de", "en", "es", "ru", "sw", "zh", "hi", "fr", "ja")  # the papers' languages + hi, fr, ja
-SPLITS = ("calib", "eval")
-EVAL_SHARE = 0.18
+SPLITS = ("calib", "valid", "test")
+HELD_OUT_SHARE = 0.18  # valid + test
+VALID_SHARE = 0.5  # of the held-out paragraphs
 WINDOW = 32  # bytes; a shared window this long counts as leaked text
 DOC_CHARS = 1500  # consecutive paragraphs are grouped into documents of about this length
-MIN_EVAL_CHARS = 2000  # a language needs this much held-out text to be offered
+MIN_HELD_OUT_CHARS = 2000  # a language needs this much held-out text to be offered
 PACKAGES = {"gflanguages": "Apache-2.0", "django": "BSD-3-Clause"}
-BUILD = 2  # bump when the construction below changes, so caches are rebuilt
+BUILD = 2  # bump when calib or rest text changes, so caches (the demo model's too) are rebuilt
+HELD_OUT_BUILD = 1  # bump when only the valid/test carving changes: the demo model stays valid
 
 
 def cache_root() -> Path:
@@ -48,6 +56,12 @@ def cache_root() -> Path:
 def corpus_version() -> str:
     """Identifies the corpus: package versions and the construction; keys every cache built on it."""
     key = json.dumps({"build": BUILD, **{p: version(p) for p in PACKAGES}}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def held_out_version() -> str:
+    """Identifies the whole corpus, held-out carving included; keys evaluation caches."""
+    key = json.dumps({"corpus": corpus_version(), "held_out": HELD_OUT_BUILD, "valid_share": VALID_SHARE})
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -148,9 +162,14 @@ def _same_script_record(code: str, django_text: str, records: dict[str, list]) -
 
 # --- split, leak filter, documents ---------------------------------------------
 
-def _is_eval(paragraph: str) -> bool:
+def _is_held_out(paragraph: str) -> bool:
     # Identical text lands on the same side in every language, so copies never straddle the split.
-    return int(hashlib.sha256(paragraph.encode()).hexdigest()[:8], 16) < EVAL_SHARE * 2**32
+    return int(hashlib.sha256(paragraph.encode()).hexdigest()[:8], 16) < HELD_OUT_SHARE * 2**32
+
+
+def _is_valid(paragraph: str) -> bool:
+    # Salted, so this choice is independent of _is_held_out's (an unsalted hash below 0.18 would be skewed).
+    return int(hashlib.sha256(b"valid/" + paragraph.encode()).hexdigest()[:8], 16) < VALID_SHARE * 2**32
 
 
 def _windows(text: str) -> set[bytes]:
@@ -194,15 +213,20 @@ def _build() -> dict:
         return [(s, p) for s, p in paras if not (p in seen or seen.add(p))]
 
     langs = {c: dedup(p) for c, p in langs.items()}
-    held_out = set().union(*(_windows(p) for paras in langs.values() for _, p in paras if _is_eval(p)))
-    corpus = {"version": corpus_version(), "languages": {}, "rest": []}
+    held_out = set().union(*(_windows(p) for paras in langs.values() for _, p in paras if _is_held_out(p)))
+    test_windows = set().union(*(_windows(p) for paras in langs.values() for _, p in paras
+                                 if _is_held_out(p) and not _is_valid(p)))
+    corpus = {"version": held_out_version(), "languages": {}, "rest": []}
     for code, paras in sorted(langs.items()):
-        ev = [p for _, p in paras if _is_eval(p)]
-        cal = [p for _, p in paras if not _is_eval(p) and not _leaks(p, held_out)]
-        if sum(map(len, ev)) < MIN_EVAL_CHARS:
+        ev = [p for _, p in paras if _is_held_out(p)]
+        cal = [p for _, p in paras if not _is_held_out(p) and not _leaks(p, held_out)]
+        # Offered languages (and so the demo model's training text) depend on the whole held-out part only.
+        if sum(map(len, ev)) < MIN_HELD_OUT_CHARS:
             continue
+        test = [p for p in ev if not _is_valid(p)]
+        valid = [p for p in ev if _is_valid(p) and not _leaks(p, test_windows)]
         sources = sorted({s for s, _ in paras})
-        corpus["languages"][code] = {"calib": _group(cal), "eval": _group(ev), "sources": sources}
+        corpus["languages"][code] = {"calib": _group(cal), "valid": _group(valid), "test": _group(test), "sources": sources}
     for rec_id in sorted(set(udhr) - used):
         paras = [p for _, p in udhr[rec_id] if not _leaks(p, held_out)]
         corpus["rest"].extend(_group(paras))
@@ -211,7 +235,7 @@ def _build() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _corpus() -> dict:
-    path = cache_root() / "builtin" / f"corpus-{corpus_version()}.json"
+    path = cache_root() / "builtin" / f"corpus-{held_out_version()}.json"
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
     corpus = _build()
@@ -229,7 +253,7 @@ def languages() -> tuple[str, ...]:
 
 
 def documents(lang: str, split: str) -> list[str]:
-    """The documents of one language and split ("calib" or "eval"), ~DOC_CHARS characters each."""
+    """The documents of one language and split ("calib", "valid" or "test"), ~DOC_CHARS characters each."""
     if split not in SPLITS:
         raise UserError("split", f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     table = _corpus()["languages"]
@@ -239,7 +263,7 @@ def documents(lang: str, split: str) -> list[str]:
 
 
 def rest_documents() -> list[str]:
-    """UDHR text of the languages not in LANGUAGES: training-only, leak-filtered against all eval text."""
+    """UDHR text of the languages not in LANGUAGES: training-only, leak-filtered against all held-out text."""
     return list(_corpus()["rest"])
 
 
@@ -247,8 +271,7 @@ def describe() -> dict:
     """Characters per language and split, the sources, and the packages' versions and licences."""
     info: dict = {
         lang: {
-            "calib_chars": sum(map(len, v["calib"])),
-            "eval_chars": sum(map(len, v["eval"])),
+            **{f"{split}_chars": sum(map(len, v[split])) for split in SPLITS},
             "sources": v["sources"],
         }
         for lang, v in _corpus()["languages"].items()

@@ -24,6 +24,8 @@ from ..errors import UserError
 from .langs import split_counts
 from .sources import Source
 
+HELD_OUT = ("valid", "test")  # the splits evaluation may read; "test" is what results quote
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("POLYPRUNE_CACHE") or Path.home() / ".cache" / "polyprune")
@@ -92,16 +94,19 @@ def sample_calibration(source: Source, tokenizer, mix: dict[str, float], nsample
     return Calibration(t["input_ids"], t["language"], languages)
 
 
-def eval_windows(source: Source, tokenizer, lang: str, seqlen: int, nsamples: int | None = None) -> torch.Tensor:
-    """Non-overlapping `seqlen`-token windows of the language's held-out text: int64 [n, seqlen]."""
+def eval_windows(source: Source, tokenizer, lang: str, seqlen: int, nsamples: int | None = None,
+                 split: str = "test") -> torch.Tensor:
+    """Non-overlapping `seqlen`-token windows of the language's held-out text ("valid" or "test"): int64 [n, seqlen]."""
+    if split not in HELD_OUT:
+        raise UserError("split", f"evaluation reads held-out text; allowed: {', '.join(HELD_OUT)}, got {split!r}")
     source.check_language(lang, "ppl")
-    key = {"source": source.fingerprint, "tok": tokenizer_fingerprint(tokenizer), "lang": lang, "seqlen": seqlen}
+    key = {"source": source.fingerprint, "tok": tokenizer_fingerprint(tokenizer), "lang": lang, "seqlen": seqlen, "split": split}
 
     def build():
-        ids = _tokenize(tokenizer, ["\n\n".join(source.documents(lang, "eval"))])[0]
+        ids = _tokenize(tokenizer, ["\n\n".join(source.documents(lang, split))])[0]
         n = len(ids) // seqlen
         if n == 0:
-            raise UserError("ppl", f"held-out text of {lang!r} in {source.name!r} has {len(ids)} tokens, fewer than seqlen={seqlen}")
+            raise UserError("ppl", f"{split} text of {lang!r} in {source.name!r} has {len(ids)} tokens, fewer than seqlen={seqlen}")
         return {"input_ids": torch.tensor(ids[: n * seqlen], dtype=torch.int64).view(n, seqlen)}
 
     windows = _cached("eval", key, build)["input_ids"]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+from pathlib import Path
+
+import yaml
 
 from ..errors import UserError
 
@@ -55,3 +59,41 @@ def split_counts(weights: dict[str, float], n: int) -> dict[str, int]:
     for l in by_remainder[:left]:
         counts[l] += 1
     return counts
+
+
+def mix_from_distribution(shares, languages, field: str = "calib") -> str:
+    """The MBS mix (Zeng et al., "Multilingual Brain Surgeon"): the model's training-language shares
+    restricted to the calibration `languages` and renormalised, as a canonical mix string.
+
+    `shares` is {lang: share} or a YAML file holding one, either bare or as
+    `{shares: {...}, source: "where the numbers come from"}`; shares need not sum to 1.
+    """
+    where = "the shares"
+    if isinstance(shares, (str, os.PathLike)):
+        where = repr(str(shares))
+        try:
+            shares = yaml.safe_load(Path(shares).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise UserError(field, f"cannot read training-language shares from {where}: {e}") from None
+        if isinstance(shares, dict) and "shares" in shares:
+            extra = set(shares) - {"shares", "source"}
+            if extra:
+                raise UserError(field, f"unknown key {sorted(extra)[0]!r} in {where}; allowed: shares, source")
+            shares = shares["shares"]
+    if not isinstance(shares, dict) or not shares:
+        raise UserError(field, f"{where} must map language codes to training shares, e.g. {{en: 0.6, sw: 0.01}}")
+    languages = list(languages)
+    if not languages:
+        raise UserError(field, "no calibration languages to restrict the shares to")
+    picked = {}
+    for lang in languages:
+        if lang not in shares:
+            raise UserError(field, f"language {lang!r} has no training share in {where}; it has: {', '.join(sorted(map(str, shares)))}")
+        value = shares[lang]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise UserError(field, f"training share of {lang!r} in {where} must be a finite number >= 0, got {value!r}")
+        picked[lang] = float(value)
+    total = sum(picked.values())
+    if total <= 0:
+        raise UserError(field, f"the training shares of {', '.join(languages)} in {where} are all zero; at least one must be > 0")
+    return canonical_mix({lang: v / total for lang, v in picked.items()})

@@ -1,9 +1,11 @@
-"""Text sources. A source gives a language's documents for a split ("calib" or "eval");
-the two splits of a source never share text.
+"""Text sources. A source gives a language's documents for a split: "calib" (what
+calibration draws from), "valid" (what tuning and searches look at) and "test" (what
+results quote). The three splits of a source never share text.
 
 - a local folder: `<lang>.txt` (documents separated by a blank line) or `<lang>.jsonl`
-  (field `text`); held-out text from `<lang>.eval.txt|jsonl` if present, else the last
-  10% of the documents (a single document is cut at 90% of its length);
+  (field `text`); `valid` from `<lang>.valid.txt|jsonl` and `test` from
+  `<lang>.test.txt|jsonl` when present, else slices of the documents: the last 10% are
+  `test`, the 10% before them `valid` (too few documents: the text is cut by length);
 - `builtin`: the offline corpus installed with polyprune (tasks/data/builtin.py);
 - hub corpora streamed through `datasets`: mc4, culturax, wikipedia, flores.
 """
@@ -18,9 +20,16 @@ from pathlib import Path
 from ..errors import UserError
 from ..registry import Registry
 
-SPLITS = ("calib", "eval")
+SPLITS = ("calib", "valid", "test")
 HUB = Registry("data source")  # name -> function(lang, split) -> list[str]
-MAX_HUB_DOCS = {"calib": 5000, "eval": 500}
+MAX_HUB_DOCS = {"calib": 5000, "valid": 500, "test": 500}
+SLICE = 0.1  # share of a folder's documents sliced off for each of valid and test
+
+
+def check_split(split: str, field: str = "split") -> str:
+    if split not in SPLITS:
+        raise UserError(field, f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    return split
 
 
 class Source:
@@ -42,7 +51,11 @@ class Source:
 
 class FolderSource(Source):
     def __init__(self, path: Path):
-        files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".jsonl") and not p.stem.endswith(".eval"))
+        files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".jsonl") and "." not in p.stem)
+        old = sorted(p.name for p in path.iterdir() if p.suffix in (".txt", ".jsonl") and p.stem.endswith(".eval"))
+        if old:
+            # Silently ignoring them would move the held-out text into calibration's slices.
+            raise UserError("data", f"{old[0]} in {str(path)!r}: held-out files are now <lang>.valid.* and <lang>.test.*; rename it")
         langs = sorted({p.stem for p in files})
         if not langs:
             raise UserError("data", f"folder {str(path)!r} has no <lang>.txt or <lang>.jsonl files")
@@ -69,18 +82,32 @@ class FolderSource(Source):
 
     def documents(self, lang: str, split: str) -> list[str]:
         self.check_language(lang, "lang")
+        check_split(split)
+        given = {s: self._read(f"{lang}.{s}") for s in ("valid", "test")}
+        if split != "calib" and given[split] is not None:
+            return given[split]
+        sliced = [s for s in ("valid", "test") if given[s] is None]  # taken from the end, test last
         docs = self._read(lang) or []
-        held_out = self._read(f"{lang}.eval")
-        if held_out is not None:
-            return docs if split == "calib" else held_out
-        if len(docs) == 1:
-            text = docs[0]
-            cut = text.rfind(" ", 0, int(len(text) * 0.9)) + 1 or int(len(text) * 0.9)
-            docs = [text[:cut], text[cut:]]
-        if len(docs) < 2:
+        if 0 < len(docs) <= len(sliced):  # too few documents to slice: cut the text by length instead
+            docs = _cut("\n\n".join(docs), [1 - SLICE * k for k in range(len(sliced), 0, -1)])
+        if len(docs) <= len(sliced):
             return []
-        n_eval = max(1, round(len(docs) * 0.1))
-        return docs[:-n_eval] if split == "calib" else docs[-n_eval:]
+        n = max(1, round(len(docs) * SLICE))
+        parts = {"calib": docs[: len(docs) - n * len(sliced)]}
+        for i, s in enumerate(sliced):
+            start = len(docs) - n * (len(sliced) - i)
+            parts[s] = docs[start : start + n]
+        return parts[split]
+
+
+def _cut(text: str, fractions: list[float]) -> list[str]:
+    """`text` cut at these fractions of its length (moved back to a space, so words stay whole)."""
+    pieces, start = [], 0
+    for f in fractions:
+        cut = text.rfind(" ", start, int(len(text) * f)) + 1 or int(len(text) * f)
+        pieces.append(text[start:cut])
+        start = cut
+    return pieces + [text[start:]]
 
 
 class BuiltinSource(Source):
@@ -90,12 +117,12 @@ class BuiltinSource(Source):
         from . import builtin
 
         self._builtin = builtin
-        fp = json.dumps(["builtin", version("gflanguages"), version("django"), builtin.corpus_version()])
+        fp = json.dumps(["builtin", version("gflanguages"), version("django"), builtin.held_out_version()])
         super().__init__("builtin", fp, list(builtin.LANGUAGES))
 
     def documents(self, lang: str, split: str) -> list[str]:
         self.check_language(lang, "lang")
-        return self._builtin.documents(lang, split)
+        return self._builtin.documents(lang, check_split(split))
 
 
 class HubSource(Source):
@@ -105,6 +132,7 @@ class HubSource(Source):
 
     @functools.lru_cache(maxsize=64)
     def documents(self, lang: str, split: str) -> list[str]:
+        check_split(split)
         try:
             docs = self._fetch(lang, split)
         except UserError:
@@ -134,15 +162,18 @@ def _stream(*args, **kwargs):
 
 @HUB.register("mc4")
 def _mc4(lang: str, split: str) -> list[str]:
-    # allenai/c4 has one config per mC4 language, with its own validation split.
-    stream = _stream("allenai/c4", lang, split="train" if split == "calib" else "validation")
-    return _take(stream, MAX_HUB_DOCS[split])
+    # allenai/c4 has one config per mC4 language, with its own validation split: its head is
+    # `valid`, the documents right after it `test`.
+    if split == "calib":
+        return _take(_stream("allenai/c4", lang, split="train"), MAX_HUB_DOCS["calib"])
+    skip = 0 if split == "valid" else MAX_HUB_DOCS["valid"]
+    return _take(_stream("allenai/c4", lang, split="validation"), MAX_HUB_DOCS[split], skip=skip)
 
 
 def _train_only(path: str, config: str, split: str) -> list[str]:
-    # One split only: calibration from the head of the stream, held-out text right after it.
+    # One split only: consecutive slices of the stream, calib then valid then test.
     stream = _stream(path, config, split="train")
-    skip = 0 if split == "calib" else MAX_HUB_DOCS["calib"]
+    skip = sum(MAX_HUB_DOCS[s] for s in SPLITS[: SPLITS.index(split)])
     return _take(stream, MAX_HUB_DOCS[split], skip=skip)
 
 
@@ -167,6 +198,9 @@ def _flores(lang: str, split: str) -> list[str]:
     code = FLORES_CODES.get(lang, lang)
     rows = _stream("openlanguagedata/flores_plus", code, split="dev" if split == "calib" else "devtest")
     sentences = [r["text"] for r in rows]
+    if split != "calib":  # devtest's first half is `valid`, its second `test` (sentences align across languages)
+        half = len(sentences) // 2
+        sentences = sentences[:half] if split == "valid" else sentences[half:]
     # FLORES sentences are short; consecutive ones come from the same article, so join
     # them into documents long enough for calibration windows.
     return [" ".join(sentences[i:i + 10]) for i in range(0, len(sentences), 10)]

@@ -1,5 +1,5 @@
 """polyprune's own offline lm-eval tasks, generated at run time from the built-in
-corpus's held-out ("eval") split, so no third-party text is committed.
+corpus's held-out `test` split, so no third-party text is committed.
 
     path = offline_task_dir(seed=0)          # ~/.cache/polyprune/lm_tasks/<hash>/
     TaskManager(include_path=str(path))      # polyprune_offline, polyprune_cont, ...
@@ -38,6 +38,7 @@ N_ITEMS = 64  # per language and kind
 CONTEXT_BYTES = (100, 200)
 CONTINUATION_BYTES = (30, 60)
 N_DISTRACTORS = 3
+MIN_BYTES = 1500  # of a language's test text (sw has ~1.7K); languages with less get no tasks; items overlap more
 # Scripts written without spaces between words: any character boundary is a cut.
 UNSPACED = {"zh", "ja", "th", "lo", "km", "my", "bo"}
 TEMPLATES = Path(__file__).parent / "lm_tasks"
@@ -48,18 +49,26 @@ def cache_root() -> Path:
 
 
 def _corpus_languages() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(every language of the built-in corpus, the default ones: the papers' languages)."""
+    """(the built-in corpus's languages with enough test text, the default ones: the papers' languages)."""
     from ..data import builtin  # imported late: the corpus is only needed when generating
 
-    available = tuple(builtin.LANGUAGES)
+    available = tuple(lang for lang in builtin.LANGUAGES if _nbytes(_eval_documents(lang)) >= MIN_BYTES)
     targets = tuple(lang for lang in getattr(builtin, "TARGETS", available) if lang in available)
     return available, targets or available
+
+
+def _normalised(docs: list[str]) -> str:
+    return " ".join(" ".join(d.split()) for d in docs if d.strip())
+
+
+def _nbytes(docs: list[str]) -> int:
+    return len(_normalised(docs).encode("utf-8"))
 
 
 def _eval_documents(lang: str) -> list[str]:
     from ..data import builtin
 
-    return builtin.documents(lang, "eval")
+    return builtin.documents(lang, "test")
 
 
 def offline_task_dir(seed: int = 0, langs=None) -> Path:
@@ -147,7 +156,7 @@ class _Text:
     model is byte-level, so lengths are measured in UTF-8 bytes)."""
 
     def __init__(self, lang: str, docs: list[str]):
-        self.s = " ".join(" ".join(d.split()) for d in docs if d.strip())
+        self.s = _normalised(docs)
         self.cum = [0]
         for ch in self.s:
             self.cum.append(self.cum[-1] + len(ch.encode("utf-8")))
@@ -156,7 +165,7 @@ class _Text:
         else:  # cut before a space: a continuation then starts with " word"
             self.cuts = [i for i, ch in enumerate(self.s) if ch == " "]
         self.cut_bytes = [self.cum[c] for c in self.cuts]
-        if len(self.cuts) < 20 or self.cum[-1] < 2000:
+        if len(self.cuts) < 20 or self.cum[-1] < MIN_BYTES:
             raise RuntimeError(f"held-out text of {lang!r} is too short for offline tasks ({self.cum[-1]} bytes)")
 
     @property

@@ -28,13 +28,13 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 8) -> tuple[float
 
 
 def perplexity(model, tokenizer, source: Source, languages: list[str], seqlen: int,
-               nsamples: int | None = None, batch_size: int = 8) -> dict[str, float]:
-    """{lang: perplexity}. `nsamples` caps the windows per language (None: all held-out text)."""
+               nsamples: int | None = None, batch_size: int = 8, split: str = "test") -> dict[str, float]:
+    """{lang: perplexity} on the `split` ("valid" or "test") text. `nsamples` caps the windows per language (None: all)."""
     was_training = model.training
     model.eval()
     out = {}
     for lang in languages:
-        total, count = window_nll(model, eval_windows(source, tokenizer, lang, seqlen, nsamples), batch_size)
+        total, count = window_nll(model, eval_windows(source, tokenizer, lang, seqlen, nsamples, split), batch_size)
         out[lang] = math.exp(total / count)
     model.train(was_training)
     return out

@@ -5,5 +5,5 @@ is one entry in SCHEDULES. Importing this package imports all of them.
 """
 
 from .base import METHODS, Method  # noqa: F401
-from . import magnitude, wanda, sparsegpt, mwanda  # noqa: F401  (registration)
+from . import magnitude, wanda, sparsegpt, mwanda, ria, mria  # noqa: F401  (registration)
 from .schedules import SCHEDULES  # noqa: F401

@@ -19,11 +19,21 @@ from .sparsity import select
 from .stats import ActStats
 
 
-def mwanda_score(weight, stats: ActStats, lambda_var: float, lambda_prob: float):
+def language_activation(stats: ActStats, lambda_var: float) -> torch.Tensor:
+    """mu_j + lambda_var * sigma_j over the per-language RMS activations: [C], float64."""
     a = stats.rms()
-    act = a.mean(0) + lambda_var * a.std(0, unbiased=False)
-    if stats.pos is not None:
-        act = act * (1 + lambda_prob * stats.fire_rate().max(0).values)
+    return a.mean(0) + lambda_var * a.std(0, unbiased=False)
+
+
+def probability_factor(stats: ActStats, lambda_prob: float) -> torch.Tensor | float:
+    """1 + lambda_prob * p_j for FFN down-projection inputs; 1 for other linears."""
+    if stats.pos is None:
+        return 1.0
+    return 1 + lambda_prob * stats.fire_rate().max(0).values
+
+
+def mwanda_score(weight, stats: ActStats, lambda_var: float, lambda_prob: float):
+    act = language_activation(stats, lambda_var) * probability_factor(stats, lambda_prob)
     dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
     return weight.detach().abs().to(dt) * act.to(weight.device, dt)
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-from . import tracking
+from .. import tracking
 
 TRIAL, STUDY, BASELINE = "polyprune.trial", "polyprune.study", "polyprune.baseline"
 
@@ -30,45 +28,17 @@ class SearchRecord:
         self.cl = tracking.client(uri, create=True)
         self.exp = tracking.experiment_id(self.cl, name, uri, create=True)  # creates the schema here, once
         self.name, self.tags = name, tags
-        self.parent = self._begin(params)
+        # trial runs a dead driver left RUNNING end KILLED first
+        self.parent = tracking.begin_parent(self.cl, self.exp, name, "search", {**tags, STUDY: name}, params)
         tracking.log_artifacts(self.cl, self.parent, files)
 
-    def _begin(self, params: dict[str, Any]) -> str:
-        """The study's parent run; trial runs a dead driver left RUNNING end KILLED first."""
-        cl = self.cl
-        mine = [r for r in tracking.all_runs(cl, self.exp, f"tags.`{tracking.SWEEP}` = '{self.name}'")]
-        for r in mine:
-            if TRIAL in r.data.tags and r.info.status in ("RUNNING", "SCHEDULED"):
-                tracking.log_tags(cl, r.info.run_id, {tracking.ERROR: "the driver stopped while this trial ran (found RUNNING on resume)"})
-                cl.set_terminated(r.info.run_id, "KILLED")
-        parents = [r for r in mine if r.data.tags.get(tracking.ROLE) == "search"]
-        if parents:
-            run_id = min(parents, key=lambda r: r.info.start_time).info.run_id
-            cl.update_run(run_id, status="RUNNING")
-        else:
-            run_id = cl.create_run(self.exp, run_name=self.name, tags={tracking.ROLE: "search", tracking.SWEEP: self.name,
-                                                                       STUDY: self.name}).info.run_id
-            tracking.log_params(cl, run_id, params)
-        tracking.log_tags(cl, run_id, {**self.tags, tracking.DRIVER: f"{socket.gethostname()}:{os.getpid()}"})
-        return run_id
-
     def start_trial(self, number: int, cell, optuna_params: dict[str, Any], baseline: str | None) -> str:
-        tags = {**self.tags, tracking.PARENT: self.parent, tracking.SWEEP: self.name, STUDY: self.name,
-                TRIAL: str(number), tracking.CELL: cell.cell_id, "polyprune.kind": "trial"}
+        tags = {**self.tags, STUDY: self.name, TRIAL: str(number), "polyprune.kind": "trial"}
         if baseline:
             tags[BASELINE] = baseline
-        name = f"trial {number}" + (f" ({baseline})" if baseline else "")
-        run_id = self.cl.create_run(self.exp, run_name=name, tags=tags).info.run_id
-        params = tracking.cell_params(cell)
-        params.update({f"optuna.{k}": v for k, v in optuna_params.items()})
-        tracking.log_params(self.cl, run_id, params)
-        return run_id
-
-    def finish_trial(self, run_id: str, out: dict[str, Any]) -> None:
-        tracking.finish_cell(self.cl, run_id, out)
-
-    def fail_trial(self, run_id: str, error: str, detail: str = "", status: str = "FAILED", tags: dict | None = None) -> None:
-        tracking.fail_cell(self.cl, run_id, error, detail, status, tags)
+        return tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags,
+                                   run_name=f"trial {number}" + (f" ({baseline})" if baseline else ""),
+                                   params={f"optuna.{k}": v for k, v in optuna_params.items()})
 
     def end(self, study, summary: dict[str, Any], metrics: list[str], status: str) -> None:
         """Best trials, baselines and figures on the parent; then its status."""
@@ -105,7 +75,7 @@ def figures(study, metrics: list[str]) -> dict[str, bytes]:
     jobs = []
     for i, m in enumerate(metrics):
         target = (lambda t, i=i: t.values[i]) if multi else None
-        tag = f"_{_safe(m)}" if multi else ""
+        tag = f"_{tracking.safe_name(m)}" if multi else ""
         jobs.append((f"figures/optimization_history{tag}.png",
                      lambda target=target, m=m: ovm.plot_optimization_history(study, target=target, target_name=m)))
         if len(complete) >= 2:
@@ -130,10 +100,6 @@ def figures(study, metrics: list[str]) -> dict[str, bytes]:
     if notes:
         out["figures/figures.txt"] = ("\n".join(notes) + "\n").encode()
     return out
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def finite(x: Any) -> bool:

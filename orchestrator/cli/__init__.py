@@ -1,6 +1,8 @@
-"""`polyprune` command line. Each subcommand lives in its own module exposing
-`add_arguments(parser)` and `run(args) -> int`; modules import lazily so
-`polyprune prune` never pays for importing Ray or MLflow.
+"""`polyprune` command line. Each subcommand is one module of this package exposing
+`add_arguments(parser)` and `run(args) -> int`, listed in COMMANDS; modules import
+lazily so `polyprune prune` never pays for importing Ray or MLflow. A command
+parses and checks its arguments and calls into `orchestrator.sweep`, `.search` or
+`.report`, where the work is. A new command: a module here plus a COMMANDS line.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import sys
 from tasks.errors import UserError
 
 COMMANDS = {
-    "demo": ("orchestrator.demo", "prune, evaluate and compare the offline demo model"),
-    "prune": ("orchestrator.cmd_prune", "prune one model and write it with masks, calibration ids and result.json"),
-    "eval": ("orchestrator.cmd_eval", "per-language perplexity and lm-eval tasks of a (pruned) model"),
-    "sweep": ("orchestrator.sweep", "run a sweep file's grid on Ray, recorded in MLflow"),
-    "search": ("orchestrator.search", "Optuna search of calibration mixes / schedules on Ray"),
-    "status": ("orchestrator.status", "progress of a sweep or search from MLflow"),
-    "report": ("orchestrator.report", "tables and figures of a sweep or search"),
-    "compare": ("orchestrator.compare", "two runs side by side: params, metrics, mask overlap per block"),
-    "ui": ("orchestrator.ui", "MLflow UI on the configured tracking URI"),
+    "demo": ("orchestrator.cli.demo", "prune, evaluate and compare the offline demo model"),
+    "prune": ("orchestrator.cli.prune", "prune one model and write it with masks, calibration ids and result.json"),
+    "eval": ("orchestrator.cli.eval", "per-language perplexity and lm-eval tasks of a (pruned) model"),
+    "sweep": ("orchestrator.cli.sweep", "run a sweep file's grid on Ray, recorded in MLflow"),
+    "search": ("orchestrator.cli.search", "Optuna search of calibration mixes / schedules on Ray"),
+    "status": ("orchestrator.cli.status", "progress of a sweep or search from MLflow"),
+    "report": ("orchestrator.cli.report", "tables and figures of a sweep or search"),
+    "compare": ("orchestrator.cli.compare", "two runs side by side: params, metrics, mask overlap per block"),
+    "ui": ("orchestrator.cli.ui", "MLflow UI on the configured tracking URI"),
 }
 
 
@@ -59,5 +61,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

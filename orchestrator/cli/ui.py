@@ -30,15 +30,15 @@ def command(uri: str, host: str, port: int) -> list[str]:
 
 
 def run(args) -> int:
-    from . import tracking
-    from .status import default_uri
+    from .. import tracking
+    from ..config import default_tracking_uri
 
     if not 0 < args.port < 65536:
         raise UserError("port", f"must be in 1..65535, got {args.port}")
     if args.tracking_uri or not args.file:
-        uri = default_uri(args.tracking_uri)
+        uri = default_tracking_uri(args.tracking_uri)
     else:
-        from .sweep_config import load_sweep
+        from ..sweep.file import load_sweep
 
         uri = load_sweep(args.file).tracking_uri
     path = tracking.sqlite_path(uri)

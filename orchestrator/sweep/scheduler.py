@@ -1,7 +1,10 @@
-"""Run cells on a pool of long-lived Ray actors (`worker.CellRunner`), in completion order.
+"""THE execution loop of sweeps and searches: cells on a pool of long-lived Ray actors
+(`worker.CellRunner`), in completion order.
 
-The scheduler knows Ray and nothing of MLflow: the caller gets `start`, `done`,
-`failed` and `retry` events and owns the record. Rules:
+The scheduler is fed by a `Source` of cells (a fixed list for sweeps, `FixedCells`;
+the study's ask side for searches, `search.driver.Search`) and knows Ray and nothing
+of MLflow or Optuna: the caller gets `start`, `done`, `failed` and `retry` events
+and owns the record. Rules:
 - one actor per `gpus_per_cell` GPUs when the cluster has GPUs (Ray gives each its
   own devices), else `cpu_workers` CPU actors;
 - at most two cells queued per actor (one running, one waiting, so the actor never
@@ -9,19 +12,38 @@ The scheduler knows Ray and nothing of MLflow: the caller gets `start`, `done`,
 - an actor prefers cells of the model it already holds, so it reloads rarely;
 - an actor or node that dies fails its queued calls: the cell it was running is
   retried elsewhere up to `max_retries` times, the ones only waiting behind it are
-  requeued for free, and a replacement actor is started.
+  requeued for free (both before any new cell), and a replacement actor is started;
+- an actor that cannot even start is replaced; after 2 x pool size such failures with
+  no actor up, the run stops (RuntimeError);
+- when no actor can be placed for `WORKER_WAIT_S`, the cells still owed fail.
+`driving()` wraps a driver's run: Ray connected (or started), SIGTERM taken as Ctrl-C.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections import Counter, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
+
+from tasks.errors import UserError
 
 PER_WORKER = 2
 WORKER_WAIT_S = float(os.environ.get("POLYPRUNE_WORKER_WAIT_S", 600))  # give up when no actor can be placed this long
+CELL_DELAY_S = float(os.environ.get("POLYPRUNE_CELL_DELAY_S", 0))  # test hook: slow cells to kill them mid-flight
+RAY_LOGS = os.environ.get("POLYPRUNE_RAY_LOGS", "") == "1"  # forward worker stdout/stderr to the driver
+
+
+class Source(Protocol):
+    """Where cells come from. `more` is asked once per scheduler turn (about every second)."""
+
+    def take(self, model: str | None): ...  # the next cell, preferring `model`; None when none is due now
+    def more(self) -> bool: ...  # will `take` give cells later? (the loop ends when not, and nothing is in flight)
+    def close(self, why: str) -> list: ...  # no worker can be placed: stop; the cells still owed, to fail
 
 
 class Events(Protocol):
@@ -31,8 +53,33 @@ class Events(Protocol):
     def retry(self, cell, error: str, attempt: int) -> None: ...
 
 
+class FixedCells:
+    """A sweep's cells, each taken once."""
+
+    def __init__(self, cells: list):
+        self.pending = deque(cells)
+
+    def take(self, model: str | None):
+        """The next cell, preferring the model the actor already holds (so it reloads rarely)."""
+        if not self.pending:
+            return None
+        if model is not None:
+            for i, cell in enumerate(self.pending):
+                if cell.model == model:
+                    del self.pending[i]
+                    return cell
+        return self.pending.popleft()
+
+    def more(self) -> bool:
+        return bool(self.pending)
+
+    def close(self, why: str) -> list:
+        owed, self.pending = list(self.pending), deque()
+        return owed
+
+
 @dataclass
-class _Worker:
+class Worker:
     actor: Any
     ready_ref: Any
     info: dict[str, Any] | None = None  # set once the actor answered ready()
@@ -66,21 +113,21 @@ class WorkerPool:
         self._cls = ray.remote(CellRunner).options(**opts, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD")
         self._threads = threads
         self.max_in_flight = resources.max_in_flight or PER_WORKER * self.size
-        self.workers: list[_Worker] = []
+        self.workers: list[Worker] = []
         for _ in range(self.size):
             self.spawn()
 
     def spawn(self) -> None:
         actor = self._cls.remote(self._threads)
-        self.workers.append(_Worker(actor, actor.ready.remote()))
+        self.workers.append(Worker(actor, actor.ready.remote()))
 
-    def starting(self) -> dict[Any, _Worker]:
+    def starting(self) -> dict[Any, Worker]:
         return {w.ready_ref: w for w in self.workers if w.info is None and not w.dead}
 
-    def ready(self) -> list[_Worker]:
+    def ready(self) -> list[Worker]:
         return [w for w in self.workers if w.info is not None and not w.dead]
 
-    def retire(self, w: _Worker) -> None:
+    def retire(self, w: Worker) -> None:
         import ray
 
         w.dead = True
@@ -95,68 +142,69 @@ class WorkerPool:
                 self.retire(w)
 
 
-def _death_errors():
+def death_errors():
     from ray import exceptions as rx
 
     return (rx.RayActorError, rx.WorkerCrashedError, rx.ObjectLostError, rx.OwnerDiedError,
             rx.LocalRayletDiedError, rx.NodeDiedError, rx.OutOfMemoryError)
 
 
-def run_cells(cells: list, resources, events: Events, delay_s: float = 0.0, log: Callable[[str], None] = print) -> None:
-    """Run every cell once (plus retries after worker deaths). KeyboardInterrupt propagates
-    after the actors are killed; the caller ends its in-flight records."""
+def run_cells(source: Source, resources, events: Events, log: Callable[[str], None] = print, delay_s: float = CELL_DELAY_S) -> None:
+    """Run every cell `source` gives once (plus retries after worker deaths). KeyboardInterrupt
+    propagates after the actors are killed; the caller ends its in-flight records."""
     import ray
 
-    death = _death_errors()
+    death = death_errors()
     pool = WorkerPool(resources, log)
-    pending = deque(cells)
-    inflight: dict[Any, tuple[Any, _Worker]] = {}
-    attempts: Counter = Counter()
+    again: deque = deque()  # cells back from a dead worker: sent before new ones
+    inflight: dict[Any, tuple[Any, Worker]] = {}
+    attempts: Counter = Counter()  # by cell identity: two trials may share a cell id
     start_failures, idle_since = 0, time.monotonic()
 
     def dispatch() -> None:
         # Fill every actor's first slot before anyone's second, so all actors start at once.
         for slot in range(PER_WORKER):
             for w in sorted(pool.ready(), key=lambda w: len(w.queue)):
-                if not pending or len(inflight) >= pool.max_in_flight or len(w.queue) > slot:
+                if len(inflight) >= pool.max_in_flight or len(w.queue) > slot:
                     continue
-                cell = _pick(pending, w.model)
+                cell = again.popleft() if again else source.take(w.model)
+                if cell is None:
+                    return
                 events.start(cell)
-                task = {"cell_id": cell.cell_id, "kind": cell.kind, "key": cell.key, "run": cell.run, "delay_s": delay_s}
-                ref = w.actor.run.remote(task)
+                ref = w.actor.run.remote(cell.task(delay_s))
                 w.model = cell.model
                 w.queue.append(ref)
                 inflight[ref] = (cell, w)
 
-    def worker_died(w: _Worker, error: str) -> None:
+    def worker_died(w: Worker, error: str) -> None:
         """Settle every call queued on a dead actor: keep finished results, charge the running one."""
         pool.retire(w)
-        charged = False
+        charged, back = False, []
         for ref in list(w.queue):
             cell, _ = inflight.pop(ref)
             try:
                 out = ray.get(ref)  # a result may have come back before the death
             except death as e:
-                out = None
-                error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                out, error = None, one_line(e)
             if out is not None:
-                _deliver(events, cell, out)
+                deliver(events, cell, out)
             elif not charged:  # the first unfinished call is the one that was running
                 charged = True
-                attempts[cell.cell_id] += 1
-                if attempts[cell.cell_id] > resources.max_retries:
-                    events.failed(cell, f"worker died {attempts[cell.cell_id]} times; last: {error}", error, {})
+                attempts[id(cell)] += 1
+                if attempts[id(cell)] > resources.max_retries:
+                    events.failed(cell, f"worker died {attempts[id(cell)]} times; last: {error}", error, {})
                 else:
-                    events.retry(cell, error, attempts[cell.cell_id])
-                    pending.appendleft(cell)
+                    events.retry(cell, error, attempts[id(cell)])
+                    back.append(cell)
             else:
-                pending.appendleft(cell)
+                back.append(cell)
+        again.extendleft(reversed(back))
         w.queue.clear()
-        if pending:
+        if again or source.more():
             pool.spawn()
 
     try:
-        while pending or inflight:
+        while source.more() or again or inflight:
             dispatch()
             starting = pool.starting()
             refs = list(inflight) + list(starting)
@@ -167,9 +215,9 @@ def run_cells(cells: list, resources, events: Events, delay_s: float = 0.0, log:
             if inflight or pool.ready():
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > WORKER_WAIT_S:
-                while pending:
-                    events.failed(pending.popleft(), f"no worker could be placed in {WORKER_WAIT_S:g}s "
-                                  f"(cluster resources: {ray.cluster_resources()})", "", {})
+                why = f"no worker could be placed in {WORKER_WAIT_S:g}s (cluster resources: {ray.cluster_resources()})"
+                for cell in [*again, *source.close(why)]:
+                    events.failed(cell, why, "", {})
                 break
             if not ready:
                 continue
@@ -181,7 +229,7 @@ def run_cells(cells: list, resources, events: Events, delay_s: float = 0.0, log:
                 except Exception as e:  # the actor could not even start
                     start_failures += 1
                     pool.retire(w)
-                    log(f"worker failed to start: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    log(f"worker failed to start: {one_line(e)}")
                     if start_failures > 2 * pool.size and not pool.ready():
                         raise RuntimeError(f"workers cannot start: {e}") from None
                     pool.spawn()
@@ -190,29 +238,68 @@ def run_cells(cells: list, resources, events: Events, delay_s: float = 0.0, log:
             try:
                 out = ray.get(ref)
             except death as e:
-                worker_died(w, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                worker_died(w, one_line(e))
                 continue
             except Exception as e:  # RayTaskError: run() itself broke (it catches cell errors)
                 out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}", "traceback": str(e)}
             del inflight[ref]
             w.queue.remove(ref)
-            _deliver(events, cell, out)
+            deliver(events, cell, out)
     finally:
         pool.shutdown()
 
 
-def _deliver(events: Events, cell, out: dict[str, Any]) -> None:
+def deliver(events: Events, cell, out: dict[str, Any]) -> None:
     if out.get("ok"):
         events.done(cell, out)
     else:
         events.failed(cell, out.get("error", "unknown error"), out.get("traceback", ""), out.get("tags", {}))
 
 
-def _pick(pending: deque, model: str | None):
-    """The next cell, preferring the model the actor already holds."""
-    if model is not None:
-        for i, cell in enumerate(pending):
-            if cell.model == model:
-                del pending[i]
-                return cell
-    return pending.popleft()
+def one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+# ---------------------------------------------------------------- the driver's session
+
+
+@contextmanager
+def driving(address: str | None, needed: bool = True) -> Iterator[None]:
+    """A driver's run: Ray joined or started (when `needed`; a Ray this call started is shut
+    down after) and SIGTERM raised as KeyboardInterrupt meanwhile: `ray job stop` and batch
+    schedulers send SIGTERM, and in-flight runs should then end KILLED, as on Ctrl-C."""
+    owns_ray = needed and connect(address)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def connect(address: str | None) -> bool:
+    """Join (or start) Ray; False when this process is already connected (tests, notebooks)."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": RAY_LOGS}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs["include_dashboard"] = False  # a private local Ray: nobody to show a dashboard to
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise UserError("ray-address", f"cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from None
+    return True

@@ -9,32 +9,24 @@ trial configuration through the engine's `check_spec`.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tasks.errors import UserError
 
-from .sweep_config import (HUB_SOURCES, NAMED_SCHEDULES, CalibrationConfig, EvaluationConfig,
-                           ResourcesConfig, _local, read_mapping, resolve_evaluation, resolve_tracking_uri)
-
-# Metrics every trial reports besides its evaluation (worker.CellRunner).
-ALWAYS = ("sparsity.actual", "time.prune_s", "time.eval_s", "time.cell_s", "time.calib_s", "time.load_s")
+from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, available, check_evaluation, check_model,
+                      model_path, produces, read_mapping, resolve_evaluation, resolve_paths, validate)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Objective(_Strict):
+class Objective(Strict):
     metric: str
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
-class Constraint(_Strict):
+class Constraint(Strict):
     """Feasible when min <= metric <= max (Optuna: constraint value <= 0)."""
 
     metric: str
@@ -48,7 +40,7 @@ class Constraint(_Strict):
         return self
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[\w][\w.\- ]*$")  # MLflow experiment and Optuna study name
     model: str
     method: str = "mwanda"
@@ -87,46 +79,15 @@ def load_search(path: str | os.PathLike):
 
 def parse_search(raw: dict[str, Any], base: Path):
     """(config, space) from a search file's contents; relative paths are relative to `base`."""
-    from .search_space import load_space
+    from .space import load_space
 
-    try:
-        cfg = SearchConfig.model_validate(raw)
-    except ValidationError as e:
-        raise _user_error(e) from None
-    _resolve_paths(cfg, base)
+    cfg = validate(SearchConfig, raw)
+    cfg.model = model_path(cfg.model, base)
+    resolve_paths(cfg, base)
+    cfg.storage = resolve_storage(cfg.storage, base)
     space = load_space(cfg.space, base)
     check(cfg, space)
     return cfg, space
-
-
-def _user_error(e: ValidationError) -> UserError:
-    err = e.errors()[0]
-    where = ""
-    for part in err["loc"]:
-        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
-    where = where or "FILE"
-    if err["type"] == "extra_forbidden":
-        return UserError(where, "unknown key")
-    if err["type"] == "missing":
-        return UserError(where, "required")
-    got = f", got {err['input']!r}" if "input" in err and not isinstance(err["input"], (dict, list)) else ""
-    return UserError(where, f"{err['msg'][0].lower()}{err['msg'][1:]}{got}")
-
-
-def _resolve_paths(cfg: SearchConfig, base: Path) -> None:
-    cfg.model = _local(cfg.model, base, loose=cfg.model.count("/") > 1)
-    if cfg.calibration.data not in HUB_SOURCES:
-        cfg.calibration.data = _local(cfg.calibration.data, base, loose=True)
-    ev = cfg.evaluation
-    if ev and ev.ppl and ev.ppl.data and ev.ppl.data not in HUB_SOURCES:
-        ev.ppl.data = _local(ev.ppl.data, base, loose=True)
-    if cfg.schedule not in NAMED_SCHEDULES:
-        cfg.schedule = _local(cfg.schedule, base, loose=True)
-    if cfg.tracking_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
-        cfg.tracking_uri = resolve_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], Path.cwd())
-    else:
-        cfg.tracking_uri = resolve_tracking_uri(cfg.tracking_uri, base)
-    cfg.storage = resolve_storage(cfg.storage, base)
 
 
 def resolve_storage(uri: str | None, base: Path) -> str:
@@ -150,19 +111,6 @@ def evaluation(cfg: SearchConfig) -> dict[str, Any]:
     return resolve_evaluation(cfg.evaluation, cfg.calibration, list(cfg.calibration.languages))
 
 
-def produces(ev: dict[str, Any], metric: str) -> bool:
-    """Does a trial with evaluation `ev` report `metric`?"""
-    if metric in ALWAYS:
-        return True
-    if ev["ppl"] and metric in {f"ppl.{l}" for l in ev["ppl"]["languages"]} | {"ppl.mean"}:
-        return True
-    if ev["lm_eval"] and metric.startswith("lmeval."):
-        # lmeval.<task>.<metric>[.<filter>]; task names may themselves hold dots rarely: match by prefix
-        rest = metric[len("lmeval."):]
-        return any(fnmatch.fnmatch(rest.split(".", 1)[0], t) or rest.startswith(t + ".") for t in ev["lm_eval"]["tasks"])
-    return False
-
-
 def target_language(cfg: SearchConfig) -> str | None:
     """The first objective's language (ppl.sw -> sw): the single-language baseline."""
     m = cfg.objectives[0].metric
@@ -177,8 +125,7 @@ def check(cfg: SearchConfig, space) -> None:
     from tasks.pruning.base import hp_names
     from tasks.pruning.sparsity import parse_sparsity
 
-    if os.path.isabs(cfg.model) and not os.path.isfile(os.path.join(cfg.model, "config.json")):
-        raise UserError("model", f"{cfg.model!r} is not a model folder (needs config.json from save_pretrained)")
+    check_model(cfg.model, "model")
     try:
         source = get_source(cfg.calibration.data)
     except UserError as e:
@@ -202,20 +149,18 @@ def check(cfg: SearchConfig, space) -> None:
     except UserError as e:
         raise UserError("sparsity", e.message) from None
     ev = evaluation(cfg)
-    from .sweep_config import _check_evaluation
-
-    _check_evaluation(cfg, ev)
+    check_evaluation(cfg, ev)
     names = [o.metric for o in cfg.objectives]
     for i, o in enumerate(cfg.objectives):
         if not produces(ev, o.metric):
             raise UserError(f"objectives[{i}].metric", f"{o.metric!r} is not produced by the evaluation; "
-                                                       f"available: {', '.join(_available(ev))}")
+                                                       f"available: {', '.join(available(ev))}")
     if len(set(names)) != len(names):
         raise UserError("objectives", "an objective metric is listed twice")
     for i, c in enumerate(cfg.constraints):
         if not produces(ev, c.metric):
             raise UserError(f"constraints[{i}].metric", f"{c.metric!r} is not produced by the evaluation; "
-                                                        f"available: {', '.join(_available(ev))}")
+                                                        f"available: {', '.join(available(ev))}")
     # The space's parameters must be hyperparameters of this method or of a schedule.
     method_cls = METHODS.get(cfg.method, "method")
     known = set(hp_names(method_cls.Params)) | {n for s in SCHEDULES.names() for n in hp_names(SCHEDULES.get(s).Params)}
@@ -263,12 +208,3 @@ def fixed_hp(cfg: SearchConfig, space, schedule_kind: str) -> dict[str, Any]:
     if schedule_kind in SCHEDULES.names():
         keep |= set(hp_names(SCHEDULES.get(schedule_kind).Params))
     return {k: v for k, v in hp.items() if k in keep}
-
-
-def _available(ev: dict[str, Any]) -> list[str]:
-    out = []
-    if ev["ppl"]:
-        out += [f"ppl.{l}" for l in ev["ppl"]["languages"]] + ["ppl.mean"]
-    if ev["lm_eval"]:
-        out += [f"lmeval.{t}.<metric>" for t in ev["lm_eval"]["tasks"]]
-    return out + list(ALWAYS)

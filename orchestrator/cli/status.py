@@ -9,7 +9,6 @@ of its latest run, so a cell that failed and later finished counts as FINISHED.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -25,22 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="redraw every SECONDS (default 5) while the sweep runs")
 
 
-def default_uri(explicit: str | None) -> str:
-    from .sweep_config import resolve_tracking_uri
-
-    return resolve_tracking_uri(explicit or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db", Path.cwd())
-
-
-def resolve(name: str, tracking_uri: str | None) -> tuple[str, str, list | None]:
-    """(experiment name, tracking uri, the file's cells or None)."""
-    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
-        from .sweep_config import expand, load_sweep
-
-        cfg = load_sweep(name)
-        return cfg.name, default_uri(tracking_uri) if tracking_uri else cfg.tracking_uri, expand(cfg)
-    return name, default_uri(tracking_uri), None
-
-
 def add_cells(rows: dict, cells: list | None) -> None:
     for c in cells or []:
         rows.setdefault(c.cell_id, {"cell": c.cell_id, "state": "todo", "label": c.label(), "metrics": {}, "error": ""})
@@ -48,7 +31,7 @@ def add_cells(rows: dict, cells: list | None) -> None:
 
 def collect(name: str, uri: str) -> tuple[dict, dict]:
     """(parent info, {cell or trial id: row}) of the latest run per cell."""
-    from . import tracking
+    from .. import tracking
 
     cl, exp = tracking.open_experiment(name, uri)
     parent, rows = {}, {}
@@ -105,7 +88,9 @@ def run(args) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    name, uri, cells = resolve(args.name, args.tracking_uri)
+    from .common import resolve_name
+
+    name, uri, cells = resolve_name(args.name, args.tracking_uri)
     console = Console()
 
     def view():

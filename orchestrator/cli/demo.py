@@ -67,7 +67,6 @@ def run(args) -> int:
     if not out.parent.is_dir():
         raise UserError("out", f"parent folder {str(out.parent)!r} does not exist")
 
-    from orchestrator import sweep, sweep_config
     from tasks.demo_model import DemoConfig, demo_model_path
 
     model = str(demo_model_path(DemoConfig() if args.steps is None else DemoConfig(steps=args.steps), progress=True))
@@ -84,8 +83,11 @@ def run(args) -> int:
     out.mkdir(exist_ok=True)
     path = out / "demo_sweep.yaml"
     path.write_text(yaml.safe_dump(sweep_file, sort_keys=False))
-    cfg = sweep_config.load_sweep(path)
-    code = sweep.execute(cfg, sweep_config.expand(cfg), file=path)
+    from ..sweep.driver import execute
+    from ..sweep.file import expand, load_sweep
+
+    cfg = load_sweep(path)
+    code = execute(cfg, expand(cfg), file=path)
     _print_table(cfg, evals, bool(args.limit))
     if args.trials:
         code = code or _search(out, model, args, calibs, evals)
@@ -98,7 +100,7 @@ def _print_table(cfg, evals: list[str], downstream: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator import tracking
+    from .. import tracking
 
     cl = tracking.client(cfg.tracking_uri, create=False)
     exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=False)
@@ -139,7 +141,7 @@ def _print_table(cfg, evals: list[str], downstream: bool) -> None:
 def _search(out: Path, model: str, args, calibs: list[str], evals: list[str]) -> int:
     import yaml
 
-    from orchestrator.search import run_search
+    from ..search.driver import run_search
 
     target = calibs[1] if len(calibs) > 1 else calibs[0]  # e.g. sw: the non-English language to keep
     search = {
@@ -162,6 +164,6 @@ def _search(out: Path, model: str, args, calibs: list[str], evals: list[str]) ->
 
 
 def _report(out: Path, cfg) -> int:
-    from orchestrator.cli import main
+    from . import main
 
     return main(["report", "polyprune-demo", "--tracking-uri", cfg.tracking_uri, "--out", str(out / "report")])

@@ -9,7 +9,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from .report import (Run, acc_columns, eval_languages, fetch, mean, mix_languages, order_calibs, slug, sparsity_value,
+from .record import (Run, acc_columns, eval_languages, fetch, mean, mix_languages, order_calibs, slug, sparsity_value,
                      task_language, write_csv)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .report import IDENTITY, Run, eval_languages, slug, write_csv
+from .record import IDENTITY, Run, eval_languages, slug, write_csv
 
 
 def objectives(parent, trials: list[Run]) -> list[tuple[str, str]]:

@@ -1,0 +1,40 @@
+"""`polyprune search FILE`: Optuna search of calibration mixes / M-Wanda coefficients /
+layerwise schedules, trials on the sweep's Ray workers, recorded in MLflow (work in `orchestrator.search`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="search file (YAML; SPEC 'Sweep and search files')")
+    p.add_argument("--n-trials", type=int, default=None, help="run N more trials (default: up to the file's n_trials in all)")
+    p.add_argument("--storage", default=None, help="Optuna storage: sqlite:///F, journal:///F, postgresql://... (default: the file's)")
+    p.add_argument("--ray-address", default=None, help="auto | HOST:PORT | ray://HOST:10001 (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: the file's tracking_uri, else sqlite:///mlflow.db beside the file)")
+
+
+def run(args) -> int:
+    from ..search.driver import run_search
+
+    summary = run_search(args.file, args.n_trials, args.storage, args.ray_address, args.tracking_uri)
+    print_summary(summary)
+    return 0 if summary["status"] == "FINISHED" else (130 if summary["status"] == "KILLED" else 1)
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    print(f"search {s['study']}: {s['status']}; {s['n_complete']} trials complete, {s['n_failed']} failed "
+          f"(storage {s['storage']})")
+    objs = s["objectives"]
+
+    def line(t):
+        vals = ", ".join(f"{k}={v:.4g}" for k, v in zip(objs, t["values"] or []))
+        sched = t["schedule"] if isinstance(t["schedule"], str) else "per-block profile"
+        return f"trial {t['number']:>3}: {vals}  calib={t['calib']} schedule={sched} hp={t['hp']}"
+
+    for t in s["baselines"]:
+        print(f"  baseline {t['baseline']:<16} {line(t)}")
+    for t in s["best"]:
+        print(f"  best{' (Pareto)' if len(objs) > 1 else ''}{'':12} {line(t)}")
+    print(f"record: {s.get('tracking_uri')} (experiment {s['study']!r})")

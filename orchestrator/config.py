@@ -1,0 +1,282 @@
+"""What sweep files and search files share (SPEC "Sweep and search files").
+
+The sections both files have (calibration, evaluation, resources), the error format
+of a bad file (one `UserError` whose field is the file path of the value:
+`calibration.nsamples`, `methods[2].hp`), THE path resolver (relative paths are
+relative to the file, for sweeps and searches alike), the evaluation set in the
+plain form cells carry, its checks, and which metrics it produces.
+`orchestrator.sweep.file` and `orchestrator.search.file` build on this module; a
+check both kinds of file need goes here, once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.errors import UserError
+
+NAMED_SCHEDULES = ("uniform", "owl", "cwl")
+HUB_SOURCES = ("builtin", "mc4", "culturax", "wikipedia", "flores")
+# Metrics every cell reports besides its evaluation (sweep.worker.CellRunner).
+ALWAYS = ("sparsity.actual", "time.prune_s", "time.eval_s", "time.cell_s", "time.calib_s", "time.load_s")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors, in every section of every file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CalibrationConfig(Strict):
+    languages: list[str] = Field(min_length=1)  # one cell value each: "en" or a mix "en=0.5,sw=0.5"
+    data: str = "builtin"
+    nsamples: int = Field(128, gt=0)
+    seqlen: int | None = Field(None, gt=0)  # None: min(2048, the model's positions)
+    batch_size: int = Field(8, gt=0)  # forward batch; does not change the result, so not in the cell id
+
+
+class PplConfig(Strict):
+    languages: list[str] = Field(min_length=1)
+    data: str | None = None  # default: calibration.data (its held-out split)
+    nsamples: int | None = Field(None, gt=0)  # windows per language; None: all held-out text
+    seqlen: int | None = Field(None, gt=0)  # default: calibration.seqlen
+    batch_size: int = Field(8, gt=0)
+
+
+class LmEvalConfig(Strict):
+    tasks: list[str] = Field(min_length=1)
+    num_fewshot: int = Field(0, ge=0)
+    limit: float | None = Field(None, gt=0)  # examples per task (int) or a fraction (< 1)
+    batch_size: int = Field(8, gt=0)
+    include_paths: list[str] = Field(default_factory=list)  # folders of custom lm-eval task YAMLs
+
+
+class EvaluationConfig(Strict):
+    ppl: PplConfig | None = None
+    lm_eval: LmEvalConfig | None = None
+
+
+class ResourcesConfig(Strict):
+    gpus_per_cell: float = Field(1, gt=0)  # per worker actor when the cluster has GPUs
+    cpu_workers: int = Field(1, gt=0)  # worker actors when it has none
+    cpus_per_worker: int | None = Field(None, gt=0)  # default: the cluster's CPUs / cpu_workers
+    max_in_flight: int | None = Field(None, gt=0)  # default: 2 per worker (one running, one queued)
+    max_retries: int = Field(2, ge=0)  # re-runs of a cell whose worker or node died
+
+
+# ---------------------------------------------------------------- reading a file
+
+
+def read_mapping(path: Path, keys: str) -> dict:
+    """The top-level mapping of a YAML file (safe_load), or one UserError naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError("FILE", f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError("FILE", f"{str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise UserError("FILE", f"{str(path)!r} must be a mapping of keys ({keys}, ...)")
+    return raw
+
+
+def validate(model: type[BaseModel], raw: dict) -> Any:
+    """`model.model_validate(raw)`; its first error as one UserError naming the file path of the value."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise user_error(model, e) from None
+
+
+def user_error(model: type[BaseModel], e: ValidationError) -> UserError:
+    err = e.errors()[0]
+    loc = list(err["loc"])
+    if err["type"] == "extra_forbidden":
+        return UserError(dotted(loc), f"unknown key; allowed here: {', '.join(fields_at(model, loc[:-1]))}")
+    if err["type"] == "missing":
+        return UserError(dotted(loc), "required")
+    if err["type"] == "too_short":
+        return UserError(dotted(loc), "must not be empty")
+    got = f", got {err['input']!r}" if "input" in err and not isinstance(err["input"], (dict, list)) else ""
+    return UserError(dotted(loc), f"{err['msg'][0].lower()}{err['msg'][1:]}{got}")
+
+
+def dotted(loc: list) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "FILE"
+
+
+def fields_at(model: Any, loc: list) -> list[str]:
+    """Field names of the section that `loc` points into (for "allowed here")."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        ann = model.model_fields[part].annotation
+        model = next((a for a in _flatten(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _flatten(ann) -> list:
+    args = typing.get_args(ann)
+    return [x for a in args for x in _flatten(a)] if args else [ann]
+
+
+# ---------------------------------------------------------------- paths
+
+
+def local_path(value: str, base: Path, loose: bool) -> str:
+    """Resolve a value that may be a path against the file's folder.
+
+    Existing paths resolve; so do path-looking values (./x, ../x, /x, ~/x, or with
+    a slash when `loose`), so that a missing folder is reported as missing rather
+    than taken for a hub name. Everything else (hub ids, named sources) is kept."""
+    p = Path(os.path.expanduser(value))
+    full = p if p.is_absolute() else base / p
+    if full.exists() or value.startswith((".", "/", "~")) or (loose and "/" in value):
+        return os.path.abspath(full)  # abspath, not resolve: keep the names of linked folders
+    return value
+
+
+def model_path(model: str, base: Path) -> str:
+    # A hub id has one slash (org/name), as tasks.models.load_model decides.
+    return local_path(model, base, loose=model.count("/") > 1)
+
+
+def check_model(model: str, field: str) -> None:
+    """A resolved local model folder (hub ids stay relative) must exist and hold a saved model."""
+    if not os.path.isabs(model):
+        return
+    if not os.path.isdir(model):
+        raise UserError(field, f"folder {model!r} does not exist")
+    if not os.access(model, os.R_OK | os.X_OK) or not os.path.isfile(os.path.join(model, "config.json")):
+        raise UserError(field, f"{model!r} is not a readable model folder (needs config.json from save_pretrained)")
+
+
+def resolve_paths(cfg: Any, base: Path) -> None:
+    """THE resolver of the sections sweep and search files share: calibration data, evaluation
+    data and lm-eval task folders, the schedule file, the MLflow store. A file's own path
+    fields (its model(s), a search's storage) go through `model_path` / `local_path` in its loader."""
+    if cfg.calibration.data not in HUB_SOURCES:
+        cfg.calibration.data = local_path(cfg.calibration.data, base, loose=True)
+    ev = cfg.evaluation
+    if ev and ev.ppl and ev.ppl.data and ev.ppl.data not in HUB_SOURCES:
+        ev.ppl.data = local_path(ev.ppl.data, base, loose=True)
+    if ev and ev.lm_eval:
+        ev.lm_eval.include_paths = [local_path(p, base, loose=True) for p in ev.lm_eval.include_paths]
+    if cfg.schedule not in NAMED_SCHEDULES:
+        cfg.schedule = local_path(cfg.schedule, base, loose=True)
+    if cfg.tracking_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
+        cfg.tracking_uri = resolve_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], Path.cwd())
+    else:
+        cfg.tracking_uri = resolve_tracking_uri(cfg.tracking_uri, base)
+
+
+def resolve_tracking_uri(uri: str | None, base: Path) -> str:
+    """sqlite and plain-file stores relative to `base` become absolute: Ray workers and
+    `polyprune status` run from other folders."""
+    if not uri:
+        return f"sqlite:///{os.path.abspath(base / 'mlflow.db')}"
+    if uri.startswith("sqlite:///"):
+        rest = uri[len("sqlite:///"):]
+        return uri if rest.startswith("/") or rest == ":memory:" else f"sqlite:///{os.path.abspath(base / rest)}"
+    if "://" not in uri and ":" not in uri.split("/")[0]:
+        return os.path.abspath(base / os.path.expanduser(uri))
+    return uri
+
+
+def default_tracking_uri(explicit: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd."""
+    return resolve_tracking_uri(explicit or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db", Path.cwd())
+
+
+def run_options(cfg: Any) -> dict[str, Any]:
+    """How a file's cells run without changing their result (batch sizes, remote code, saving)."""
+    ev = cfg.evaluation
+    return {"batch_size": cfg.calibration.batch_size, "trust_remote_code": cfg.trust_remote_code,
+            "save_model": cfg.save_model,
+            "ppl_batch_size": ev.ppl.batch_size if ev and ev.ppl else 8,
+            "lm_eval_batch_size": ev.lm_eval.batch_size if ev and ev.lm_eval else 8}
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def resolve_evaluation(ev: EvaluationConfig | None, calibration: CalibrationConfig, default_langs: list[str]) -> dict[str, Any]:
+    """An evaluation section in the plain form cells carry (sweep.worker.CellRunner reads it)."""
+    ev = ev or EvaluationConfig(ppl=PplConfig(languages=list(default_langs)))
+    if ev.ppl is None and ev.lm_eval is None:
+        raise UserError("evaluation", "give ppl and/or lm_eval (or leave evaluation out for ppl in the calibration languages)")
+    out: dict[str, Any] = {"ppl": None, "lm_eval": None}
+    if ev.ppl:
+        out["ppl"] = {"languages": list(ev.ppl.languages), "data": ev.ppl.data or calibration.data,
+                      "nsamples": ev.ppl.nsamples, "seqlen": ev.ppl.seqlen or calibration.seqlen}
+    if ev.lm_eval:
+        limit = ev.lm_eval.limit
+        out["lm_eval"] = {"tasks": list(ev.lm_eval.tasks), "num_fewshot": ev.lm_eval.num_fewshot,
+                          "limit": int(limit) if limit is not None and limit >= 1 else limit,
+                          "include_paths": list(ev.lm_eval.include_paths)}
+    return out
+
+
+def check_evaluation(cfg: Any, ev: dict[str, Any]) -> None:
+    """Every evaluation language in its source and every lm-eval task known, before anything runs."""
+    from tasks.data.sources import get_source
+
+    if ev["ppl"]:
+        where = "evaluation.ppl.data" if cfg.evaluation and cfg.evaluation.ppl and cfg.evaluation.ppl.data else "calibration.data"
+        try:
+            source = get_source(ev["ppl"]["data"])
+        except UserError as e:
+            raise UserError(where, e.message) from None
+        for i, lang in enumerate(ev["ppl"]["languages"]):
+            try:
+                source.check_language(lang, "ppl")
+            except UserError as e:
+                raise UserError(f"evaluation.ppl.languages[{i}]", e.message) from None
+    if ev["lm_eval"]:
+        from tasks.evaluation.lmeval import check_args, resolve_tasks, task_manager
+
+        le = ev["lm_eval"]
+        try:
+            names = check_args(le["tasks"], num_fewshot=le["num_fewshot"], limit=le["limit"],
+                               batch_size=cfg.evaluation.lm_eval.batch_size, include_paths=le["include_paths"])
+            resolve_tasks(names, task_manager(le["include_paths"]))  # indexes lm-eval's tasks: ~15 s, once
+        except UserError as e:
+            field_ = {"tasks": "tasks", "num_fewshot": "num_fewshot", "limit": "limit", "batch_size": "batch_size"}
+            raise UserError(f"evaluation.lm_eval.{field_.get(e.field, e.field)}", e.message) from None
+
+
+def produces(ev: dict[str, Any], metric: str) -> bool:
+    """Does a cell with evaluation `ev` report `metric`?"""
+    if metric in ALWAYS:
+        return True
+    if ev["ppl"] and metric in {f"ppl.{l}" for l in ev["ppl"]["languages"]} | {"ppl.mean"}:
+        return True
+    if ev["lm_eval"] and metric.startswith("lmeval."):
+        # lmeval.<task>.<metric>[.<filter>]; task names may themselves hold dots rarely: match by prefix
+        rest = metric[len("lmeval."):]
+        return any(fnmatch.fnmatch(rest.split(".", 1)[0], t) or rest.startswith(t + ".") for t in ev["lm_eval"]["tasks"])
+    return False
+
+
+def available(ev: dict[str, Any]) -> list[str]:
+    """The metric names `produces` accepts, for messages."""
+    out = []
+    if ev["ppl"]:
+        out += [f"ppl.{l}" for l in ev["ppl"]["languages"]] + ["ppl.mean"]
+    if ev["lm_eval"]:
+        out += [f"lmeval.{t}.<metric>" for t in ev["lm_eval"]["tasks"]]
+    return out + list(ALWAYS)

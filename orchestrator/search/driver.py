@@ -1,0 +1,283 @@
+"""A search's run: Optuna's ask-and-tell around the sweeps' scheduler.
+
+Order of work: validate the file, its space and one representative trial (nothing
+is created on a bad file) -> open the study (named after `name`; created or
+resumed) -> take the study over: trials a dead driver left RUNNING are failed,
+marked lost and re-enqueued -> enqueue the baselines on a new study -> trials run
+through `sweep.scheduler.run_cells`, `parallel` in flight: `Search` is the
+scheduler's source of cells (each asked trial becomes a cell) and receives its
+events (each result is told) -> best trials and figures on the MLflow parent run.
+
+Budget: the file's `n_trials` is the study's total; `--n-trials N` adds N to what
+the study already has. Counted are COMPLETE and FAIL trials, except lost ones
+(killed driver), which are re-run from the same parameters up to
+`resources.max_retries` times. A trial whose worker dies is retried in place,
+as a sweep's cell is (same trial, same MLflow run, up to `max_retries`); a trial
+that fails by itself is not retried.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import UserError
+
+from .. import tracking
+from ..sweep.record import log, retry_tags
+from ..sweep.scheduler import driving, run_cells
+from .record import SearchRecord, finite
+from .study import BASELINE, BEAT, DEFAULTS, DRIVER, OVERRIDE, counted, enqueue_baselines, lose, open_study, take_over
+
+
+def run_search(config, n_trials: int | None = None, storage: str | None = None, ray_address: str | None = None,
+               tracking_uri: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the search in `config` (a search-file path, or its contents as a dict
+    whose relative paths are relative to the cwd). Returns
+    {"study", "status", "n_complete", "n_failed", "best": [...], "baselines": [...]}, each trial
+    as {"number", "values", "calib", "schedule", "hp", "params", "baseline"}."""
+    from ..config import resolve_tracking_uri
+    from .file import evaluation, load_search, parse_search, resolve_storage
+
+    if isinstance(config, dict):  # built in code (e.g. by `polyprune demo`): paths relative to the cwd
+        import yaml
+
+        cfg, space = parse_search(config, Path.cwd())
+        source = yaml.safe_dump(config, sort_keys=False).encode()
+    else:
+        cfg, space = load_search(config)
+        source = Path(config).read_bytes()
+    if n_trials is not None and n_trials <= 0:
+        raise UserError("n-trials", f"must be a positive integer, got {n_trials}")
+    if storage:
+        cfg.storage = resolve_storage(storage, Path.cwd())
+    if tracking_uri:
+        cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    tracking.client(cfg.tracking_uri, create=False)  # a missing sqlite folder is a UserError before anything exists
+    study, store = open_study(cfg)
+    return Search(cfg, space, evaluation(cfg), study, store, source).run(n_trials, ray_address)
+
+
+@dataclass
+class Flight:
+    trial: Any  # optuna Trial (asked, not yet told)
+    run_id: str
+    baseline: str | None
+
+
+class Search:
+    """The study's ask side as the scheduler's `Source` of cells; its tell side as the scheduler's `Events`."""
+
+    def __init__(self, cfg, space, ev: dict[str, Any], study, storage, source: bytes):
+        from tasks.pruning.sparsity import parse_sparsity
+
+        self.cfg, self.space, self.ev, self.study, self.storage, self.source = cfg, space, ev, study, storage, source
+        self.langs = list(cfg.calibration.languages)
+        self.target = parse_sparsity(cfg.sparsity).fraction
+        self.n_blocks = n_blocks(cfg) if space.profile_points else None
+        self.metrics = [o.metric for o in cfg.objectives]
+        self.flights: dict[int, Flight] = {}  # id(cell) -> its trial
+        self.told, self.todo, self.last_beat = 0, 0, 0.0
+        self.rec: SearchRecord | None = None
+
+    def run(self, n_trials: int | None, ray_address: str | None) -> dict[str, Any]:
+        cfg = self.cfg
+        lost = take_over(self.study, self.storage, cfg.resources.max_retries)
+        enqueue_baselines(self.study, cfg, self.space)
+        before = counted(self.study)
+        budget = cfg.n_trials if n_trials is None else before + n_trials
+        self.todo = max(0, budget - before)
+        log(f"search {cfg.name}: study in {cfg.storage}: {before} trials counted"
+            + (f", {lost} left RUNNING by a stopped driver re-enqueued" if lost else "")
+            + f"; running until {budget} (space {self.space.name}, {cfg.parallel} in flight)")
+        status = "FINISHED"
+        try:
+            with driving(ray_address, needed=self.todo > 0):
+                rec = self.rec = SearchRecord(cfg.tracking_uri, cfg.name, tracking.provenance(), {
+                    "model": cfg.model, "method": cfg.method, "sparsity": cfg.sparsity, "space": self.space.name,
+                    "calib_languages": ",".join(self.langs), "parallel": cfg.parallel, "storage": cfg.storage,
+                    "objectives": ",".join(f"{o.metric}:{o.direction}" for o in cfg.objectives)},
+                    {"search.yaml": self.source, "space.yaml": Path(self.space.path).read_bytes()})
+                try:
+                    if self.todo:
+                        run_cells(self, self.resources(), self, log)
+                except KeyboardInterrupt:
+                    status = "KILLED"
+                except BaseException:
+                    status = "FAILED"
+                    raise
+                finally:
+                    for f in self.flights.values():  # interrupted: nothing stays RUNNING, no trial is lost
+                        quiet(lambda f=f: tracking.fail_cell(rec.cl, f.run_id, "the driver stopped", status="KILLED"))
+                        quiet(lambda f=f: lose(self.study, self.storage, f.trial, "the driver stopped while this trial ran",
+                                               cfg.resources.max_retries))
+                    summary = self.summary(status)
+                    quiet(lambda: rec.end(self.study, summary, self.metrics, status))
+        finally:
+            self.study.set_user_attr(DRIVER, "")
+        summary["tracking_uri"] = cfg.tracking_uri
+        return summary
+
+    def resources(self):
+        from ..config import ResourcesConfig
+
+        res = self.cfg.resources
+        if "cpu_workers" not in res.model_fields_set:  # one CPU worker per trial in flight
+            res = ResourcesConfig(**{**res.model_dump(), "cpu_workers": self.cfg.parallel})
+        return res
+
+    # ------------------------------------------------------------ the scheduler's source
+
+    def more(self) -> bool:
+        if time.monotonic() - self.last_beat >= DEFAULTS["beat_s"]:  # once per scheduler turn: the heartbeat
+            self.study.set_user_attr(BEAT, time.time())
+            self.last_beat = time.monotonic()
+        return self.told + len(self.flights) < self.todo
+
+    def take(self, model: str | None):
+        while self.told + len(self.flights) < self.todo and len(self.flights) < self.cfg.parallel:
+            cell = self.ask()
+            if cell is not None:
+                return cell
+        return None
+
+    def close(self, why: str) -> list:
+        raise RuntimeError(why)  # trials in flight are lost and re-enqueued on the way out
+
+    def ask(self):
+        """Ask a trial and make its cell; None when it failed before running (told FAIL, counted)."""
+        from optuna.trial import TrialState
+
+        from .space import sample
+
+        trial = self.study.ask(self.space.distributions(self.langs))
+        baseline = trial.user_attrs.get(BASELINE)
+        try:
+            point = sample(trial, self.space, self.langs, self.target, self.n_blocks)
+            cell = self.cell(point, trial.user_attrs.get(OVERRIDE) or {})
+        except UserError as e:
+            trial.set_user_attr("polyprune.error", f"{e}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.told += 1
+            log(f"FAILED   trial {trial.number}: {e}")
+            return None
+        k = cell.key
+        trial.set_user_attr("calib", k["calib"])  # the canonical mix: what ran, whatever the parametrisation
+        trial.set_user_attr("schedule", k["schedule"] if isinstance(k["schedule"], str) else [round(x, 6) for x in k["schedule"]])
+        trial.set_user_attr("hp", k["hp"])
+        trial.set_user_attr("cell_id", cell.cell_id)
+        run_id = self.rec.start_trial(trial.number, cell, trial.params, baseline)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        self.flights[id(cell)] = Flight(trial, run_id, baseline)
+        return cell
+
+    def cell(self, point, override: dict[str, Any]):
+        """The trial's cell (a sweep cell's key, so the worker runs it unchanged)."""
+        from tasks.api import PruneSpec, check_spec
+        from tasks.data.langs import canonical_mix
+
+        from ..config import run_options
+        from ..sweep.cells import prune_cell
+        from .file import fixed_hp
+        from .space import PROFILE
+
+        cfg = self.cfg
+        mix = point.mix or {l: 1 / len(self.langs) for l in self.langs}
+        calib = override.get("calib") or canonical_mix(mix)
+        kind = point.schedule or cfg.schedule
+        schedule = point.profile if kind == PROFILE else kind
+        hp = {**fixed_hp(cfg, self.space, kind), **point.hp, **override.get("hp", {})}
+        spec = check_spec(PruneSpec(model=cfg.model, method=cfg.method, sparsity=cfg.sparsity, calib=calib,
+                                    data=cfg.calibration.data, nsamples=cfg.calibration.nsamples,
+                                    seqlen=cfg.calibration.seqlen, seed=cfg.seed, schedule=schedule, hp=hp))
+        return prune_cell(cfg.model, spec, cfg.dtype, self.ev, run_options(cfg))
+
+    # ------------------------------------------------------------ the scheduler's events
+
+    def start(self, cell) -> None:
+        pass  # the trial's run was created when it was asked
+
+    def retry(self, cell, error: str, attempt: int) -> None:
+        f = self.flights[id(cell)]
+        tracking.log_tags(self.rec.cl, f.run_id, retry_tags(error, attempt))
+        log(f"RETRY    trial {f.trial.number}: worker lost ({error}); attempt {attempt + 1}")
+
+    def done(self, cell, out: dict[str, Any]) -> None:
+        m = out["metrics"]
+        f = self.flights[id(cell)]
+        bad = [k for k in self.metrics + [c.metric for c in self.cfg.constraints] if not finite(m.get(k))]
+        if bad:  # NaN / inf perplexity of a broken model: FAIL with the reason, not a number
+            tracking.log_metrics(self.rec.cl, f.run_id, m)
+            self.failed(cell, f"objective {bad[0]} is {m.get(bad[0])!r} (missing or not finite)", "", out.get("tags", {}))
+            return
+        del self.flights[id(cell)]
+        for c in self.cfg.constraints:  # Optuna: feasible when every constraint value <= 0
+            v = max((m[c.metric] - c.max) if c.max is not None else -math.inf,
+                    (c.min - m[c.metric]) if c.min is not None else -math.inf)
+            f.trial.set_constraint(c.metric, v)
+        tracking.finish_cell(self.rec.cl, f.run_id, out)
+        values = [float(m[k]) for k in self.metrics]
+        self.study.tell(f.trial, values)
+        self.told += 1
+        shown = " ".join(f"{k}={v:.4g}" for k, v in zip(self.metrics, values))
+        log(f"COMPLETE trial {f.trial.number}{f' ({f.baseline})' if f.baseline else ''}: {shown}  "
+            f"calib={cell.key['calib']} {m.get('time.cell_s', 0):.1f}s")
+
+    def failed(self, cell, error: str, detail: str, tags: dict[str, str]) -> None:
+        from optuna.trial import TrialState
+
+        f = self.flights.pop(id(cell))
+        tracking.fail_cell(self.rec.cl, f.run_id, error, detail, "FAILED", tags)
+        f.trial.set_user_attr("polyprune.error", error[:1000])
+        self.study.tell(f.trial, state=TrialState.FAIL)
+        self.told += 1
+        log(f"FAILED   trial {f.trial.number}: {error}")
+
+    # ------------------------------------------------------------ results
+
+    def summary(self, status: str) -> dict[str, Any]:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        try:
+            best = list(self.study.best_trials) if len(self.metrics) > 1 else ([self.study.best_trial] if complete else [])
+        except ValueError:
+            best = []
+        baselines = [t for t in complete if BASELINE in t.user_attrs]
+        return {"study": self.cfg.name, "status": status, "storage": self.cfg.storage, "objectives": self.metrics,
+                "n_complete": len(complete), "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+                "best": [trial_dict(t) for t in sorted(best, key=lambda t: t.number)],
+                "baselines": [trial_dict(t) for t in baselines]}
+
+
+def trial_dict(t) -> dict[str, Any]:
+    u = t.user_attrs
+    return {"number": t.number, "values": list(t.values) if t.values else None, "calib": u.get("calib"),
+            "schedule": u.get("schedule"), "hp": u.get("hp"), "params": dict(t.params), "baseline": u.get(BASELINE),
+            "mlflow_run_id": u.get("mlflow_run_id")}
+
+
+def n_blocks(cfg) -> int:
+    """Decoder blocks of the model, from its config alone (the driver never loads weights)."""
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        raise UserError("model", f"cannot read the config of {cfg.model!r}: {str(e).splitlines()[0]}") from None
+    conf = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(conf, name, None), int):
+            return getattr(conf, name)
+    raise UserError("model", f"cannot tell the number of blocks of {cfg.model!r} from its config (needed for a per-block profile)")
+
+
+def quiet(fn) -> None:
+    try:
+        fn()
+    except Exception as e:  # cleanup must go on
+        log(f"cleanup: {type(e).__name__}: {e}")

@@ -1,0 +1,156 @@
+"""The Optuna study of a search: open (create or resume), take over from a stopped driver,
+lose and re-enqueue a trial, count the budget, enqueue the baselines.
+
+Only Optuna's public API is used: `Study`, `FrozenTrial` / `Trial` properties and, for the
+one thing `Study` cannot do (tag a trial known only by its number), the storage API in
+`tag_trial`. So `open_study` returns the storage object it built next to the study.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import UserError
+
+from ..tracking import holder_alive
+
+DEFAULTS = {
+    "beat_s": 10.0,  # the driver's heartbeat on the study (user attr), so a resume can tell it is gone
+    "stale_s": 120.0,  # a driver on another host whose beat is older than this is taken as dead
+}
+DRIVER, BEAT, BASELINES_DONE = "polyprune.driver", "polyprune.beat", "polyprune.baselines"
+LOST, ATTEMPT, OVERRIDE, BASELINE = "polyprune.lost", "polyprune.attempt", "polyprune.override", "polyprune.baseline"
+
+
+def open_study(cfg):
+    """(study, storage) named after the search: created, or resumed with its directions checked."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage: Any = cfg.storage
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).parent.is_dir():
+        raise UserError("storage", f"folder of {storage!r} does not exist")
+    if storage.startswith("journal:///"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(storage[len("journal:///") - 1:])
+        if not path.parent.is_dir():
+            raise UserError("storage", f"folder of {storage!r} does not exist")
+        storage = JournalStorage(JournalFileBackend(str(path)))
+    directions = [o.direction for o in cfg.objectives]
+    try:
+        if isinstance(storage, str):
+            storage = optuna.storages.RDBStorage(storage)  # one engine for both opens below
+        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
+                                    sampler=optuna.samplers.RandomSampler(), load_if_exists=True)
+    except (ImportError, ModuleNotFoundError) as e:
+        raise UserError("storage", f"cannot open {cfg.storage!r}: {e}") from None
+    # The sampler's seed moves on with the study: a resumed study with a fixed seed would
+    # otherwise replay the first run's start-up proposals. constant_liar: trials in flight
+    # count as (pessimistic) results, so `parallel` proposals do not pile onto one point.
+    seed = None if cfg.sampler_seed is None else cfg.sampler_seed + len(study.get_trials(deepcopy=False))
+    study = optuna.load_study(study_name=cfg.name, storage=storage,
+                              sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True))
+    if [d.name.lower() for d in study.directions] != directions:
+        raise UserError("objectives", f"study {cfg.name!r} in {cfg.storage} was created with directions "
+                                      f"{[d.name.lower() for d in study.directions]}; a search's objectives cannot change (rename it)")
+    return study, storage
+
+
+def tag_trial(study, storage, number: int, key: str, value: Any) -> None:
+    """A user attribute on trial `number` of `study`: Optuna's `Study` has no public way to
+    reach a trial it did not just ask (one a dead driver left RUNNING), its storage has."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+    storage.set_trial_user_attr(trial_id, key, value)
+
+
+def take_over(study, storage, max_retries: int) -> int:
+    """Become the study's driver: refuse while another live driver holds it; fail the
+    trials a dead driver left RUNNING (marked lost, re-enqueued). Returns how many."""
+    from optuna.trial import TrialState
+
+    attrs = study.user_attrs
+    holder, beat = attrs.get(DRIVER) or "", attrs.get(BEAT) or 0
+    host = holder.rpartition(":")[0]
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    if holder and holder != me:
+        if holder_alive(holder):
+            raise UserError("FILE", f"study {study.study_name!r} is being run by process {holder}; wait for it or stop it")
+        if host != socket.gethostname() and time.time() - float(beat) < DEFAULTS["stale_s"]:
+            raise UserError("FILE", f"study {study.study_name!r} is being run by {holder} "
+                                    f"(heartbeat {time.time() - float(beat):.0f}s ago); wait for it or stop it")
+    study.set_user_attr(DRIVER, me)
+    study.set_user_attr(BEAT, time.time())
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        lose(study, storage, t, "the driver stopped while this trial ran (found RUNNING on resume)", max_retries)
+    return len(stale)
+
+
+def lose(study, storage, trial, reason: str, max_retries: int) -> None:
+    """FAIL a trial (a `Trial` or `FrozenTrial`) whose driver died, not by its own fault, and
+    re-enqueue its parameters, so no trial is lost, at most `max_retries` times."""
+    from optuna.trial import TrialState
+
+    tag_trial(study, storage, trial.number, LOST, reason)
+    study.tell(trial.number, state=TrialState.FAIL)
+    attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
+    if attempt <= max_retries:
+        carry = {k: v for k, v in trial.user_attrs.items() if k in (OVERRIDE, BASELINE)}
+        study.enqueue_trial(trial.params, user_attrs={**carry, ATTEMPT: attempt, "polyprune.retry_of": trial.number})
+
+
+def counted(study) -> int:
+    """Trials that use the budget: COMPLETE, FAIL and PRUNED ones, except lost ones (re-run)."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
+    return sum(1 for t in done if LOST not in t.user_attrs)
+
+
+def enqueue_baselines(study, cfg, space) -> None:
+    """Enqueue, once per study: the uniform mix with Wanda-equivalent coefficients and the
+    single target-language calibration (Wanda-equivalent too: one language, lambdas 0).
+    What the space can express goes in as parameters; the rest as an override the
+    driver applies (e.g. the target language when the space does not search the mix)."""
+    from .file import target_language
+    from .space import dirichlet_point
+
+    if study.user_attrs.get(BASELINES_DONE) or not cfg.baselines:
+        return
+    langs = cfg.calibration.languages
+    coef = {"lambda_var": 0.0, "lambda_prob": 0.0} if cfg.method == "mwanda" else {}
+
+    def point(weights: dict[str, float] | None, calib: str | None):
+        params, override = {}, {}
+        if space.mix:
+            params.update({f"mix.{l}": u for l, u in dirichlet_point(weights or {l: 1 / len(langs) for l in langs}).items()})
+        if calib:
+            override["calib"] = calib
+        for k, v in coef.items():
+            if space.searches(k):
+                params[k] = v
+            else:
+                override.setdefault("hp", {})[k] = v
+        if space.searches("schedule"):
+            params["schedule"] = "uniform"
+        elif space.profile_points and not space.profile_when:
+            params.update({f"profile.{i}": 0.0 for i in range(space.profile_points)})
+        return params, override
+
+    items = [("uniform-wanda", *point(None, None))]
+    target = target_language(cfg)
+    if target:
+        if space.mix and target in langs:
+            items.append((f"{target}-only-wanda", *point({l: float(l == target) for l in langs}, None)))
+        else:
+            items.append((f"{target}-only-wanda", *point(None, target)))
+    for label, params, override in items:
+        study.enqueue_trial(params, user_attrs={BASELINE: label, **({OVERRIDE: override} if override else {})})
+    study.set_user_attr(BASELINES_DONE, [label for label, _, _ in items])
+

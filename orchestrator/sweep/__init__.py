@@ -1,0 +1,10 @@
+"""Sweeps: a grid of cells run on Ray and recorded in MLflow.
+
+- `file`: the sweep file (schema, paths, checks) and its expansion into cells;
+- `cells`: `Cell`, the unit of work sweeps and searches share, and its id;
+- `scheduler`: THE execution loop (Ray actors, retries, worker deaths), fed by a
+  source of cells: a fixed list here, the study's ask side for searches;
+- `worker`: `CellRunner`, the Ray actor that prunes and evaluates a cell (plain dicts in and out);
+- `record`: the scheduler's events as MLflow child runs;
+- `driver`: `execute` (a sweep's run, start to summary) and `dry_run`.
+"""

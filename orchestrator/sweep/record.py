@@ -1,0 +1,59 @@
+"""The sweep's MLflow record: the scheduler's events written as one child run per cell."""
+
+from __future__ import annotations
+
+import sys
+
+from .. import tracking
+
+
+class Recorder:
+    """The scheduler's events, written to MLflow: one child run per cell, kept across retries."""
+
+    def __init__(self, cl, exp: str, parent: str, sweep: str, tags: dict, total: int, before: int):
+        self.cl, self.exp, self.parent, self.sweep, self.tags = cl, exp, parent, sweep, tags
+        self.total, self.before = total, before
+        self.runs: dict[str, str] = {}  # cell_id -> run of a cell in flight
+        self.finished: list = []
+        self.failures: list[tuple] = []
+
+    def start(self, cell) -> None:
+        if cell.cell_id not in self.runs:
+            self.runs[cell.cell_id] = tracking.start_cell(self.cl, self.exp, self.parent, self.sweep, cell, self.tags)
+
+    def done(self, cell, out: dict) -> None:
+        tracking.finish_cell(self.cl, self.runs.pop(cell.cell_id), out)
+        self.finished.append(cell)
+        m = out["metrics"]
+        shown = f"ppl.mean={m['ppl.mean']:.4g}" if "ppl.mean" in m else ""
+        self.line("FINISHED", cell, f"{shown} {m.get('time.cell_s', 0):.1f}s")
+
+    def failed(self, cell, error: str, detail: str, tags: dict) -> None:
+        tracking.fail_cell(self.cl, self.runs.pop(cell.cell_id), error, detail, "FAILED", tags)
+        self.failures.append((cell, error))
+        self.line("FAILED", cell, error)
+
+    def retry(self, cell, error: str, attempt: int) -> None:
+        tracking.log_tags(self.cl, self.runs[cell.cell_id], retry_tags(error, attempt))
+        self.line("RETRY", cell, f"worker lost ({error}); attempt {attempt + 1}")
+
+    def end_inflight(self, status: str, why: str) -> None:
+        for cell_id, run_id in list(self.runs.items()):
+            try:
+                tracking.fail_cell(self.cl, run_id, why, why, status)
+            except Exception as e:  # keep ending the others
+                log(f"could not end run {run_id}: {e}")
+            del self.runs[cell_id]
+
+    def line(self, state: str, cell, text: str) -> None:
+        n = self.before + len(self.finished) + len(self.failures)
+        log(f"[{n:>{len(str(self.total))}}/{self.total}] {state:8} {cell.cell_id[:8]} {cell.label()}  {text}".rstrip())
+
+
+def retry_tags(error: str, attempt: int) -> dict[str, str]:
+    return {"polyprune.retries": str(attempt), "polyprune.last_worker_error": error}
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr; stdout keeps the summary."""
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,43 @@
+"""What the sweep, search and report tests share: a run folder with the tiny model and
+text linked in, sweep / search files written into it, and reading the record back
+(MLflow child runs, counts straight from a sqlite store)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def link_inputs(folder: Path, model, text) -> Path:
+    """./tiny and ./text in `folder`, so the files written there use relative paths."""
+    (folder / "tiny").symlink_to(model)
+    (folder / "text").symlink_to(text)
+    return folder
+
+
+def write_yaml(path: Path, cfg: dict, **over) -> Path:
+    path.write_text(yaml.safe_dump({**cfg, **over}, sort_keys=False))
+    return path
+
+
+def child_runs(db: Path, name: str, tag: str = "polyprune.cell_id") -> list:
+    """MLflow runs of experiment `name` in the sqlite store `db` that carry `tag`."""
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(f"sqlite:///{db}")
+    exp = cl.get_experiment_by_name(name)
+    return [r for r in cl.search_runs([exp.experiment_id], max_results=1000) if tag in r.data.tags]
+
+
+def sqlite_rows(db: Path, sql: str, params: tuple = ()) -> list:
+    """Rows of a read-only query; [] while the store does not exist yet or its schema is
+    being created. sqlite directly: no MLflow / Optuna import in a polling loop."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as con:
+            return con.execute(sql, params).fetchall()
+    except sqlite3.Error:
+        return []
