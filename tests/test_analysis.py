@@ -190,14 +190,15 @@ def test_windows_come_from_the_requested_split(synthetic):
     from transformers import ByT5Tokenizer
 
     source, tok = get_source(str(text)), ByT5Tokenizer()
-    held = text_windows(source, tok, "en", "eval", 64, 100)
-    held_text = "\n\n".join(source.documents("en", "eval")).encode()
+    held = text_windows(source, tok, "en", "test", 64, 100)
+    held_text = "\n\n".join(source.documents("en", "test")).encode()
     assert all(bytes((w - 3).tolist()) in held_text for w in held)
-    assert not any(bytes((w - 3).tolist()) in "\n\n".join(source.documents("en", "calib")).encode() for w in held)
+    for other in ("calib", "valid"):
+        assert not any(bytes((w - 3).tolist()) in "\n\n".join(source.documents("en", other)).encode() for w in held)
 
 
 @pytest.mark.parametrize("change, field", [
-    ({"languages": "en"}, "languages"), ({"languages": ["en", "xx"]}, "languages"), ({"split": "train"}, "split"),
+    ({"languages": "en"}, "languages"), ({"languages": ["en", "xx"]}, "languages"), ({"split": "train"}, "split"), ({"split": "calib"}, "split"),
     ({"nsamples": 0}, "nsamples"), ({"top_rate": 1.5}, "top_rate"), ({"rank": 0}, "rank"),
     ({"seqlen": 100000}, "seqlen"), ({"device": "nonsense"}, "device"),
 ])
@@ -250,7 +251,7 @@ def test_prune_folders_are_analysed_as_the_pruned_models_compute(synthetic, tmp_
     out = analyze(base, tok, {m: str(p) for m, p in folders.items()}, spec, progress=False)
     kept = {(r["run"], r["lang"]): r for r in out["kept"]}
     rows = {(r["run"], r["lang"], r["layer"]): r for r in out["layers"]}
-    windows = text_windows(get_source(str(text)), tok, "sw", "eval", 64, 8)
+    windows = text_windows(get_source(str(text)), tok, "sw", "test", 64, 8)
     with torch.no_grad():
         dense_h = base(input_ids=windows, output_hidden_states=True).hidden_states[1]
     for m, model in pruned.items():

@@ -28,8 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..data.calibration import cache_root, tokenizer_fingerprint
-from ..data.sources import SPLITS, get_source
+from ..data.calibration import HELD_OUT, cache_root, tokenizer_fingerprint
+from ..data.sources import get_source
 from ..errors import UserError
 from ..models import block_linears, find_blocks, max_positions
 from ..pruning.pipeline import capture
@@ -45,7 +45,7 @@ CACHE_VERSION = 1  # bump when dense statistics change meaning, so cached ones a
 class AnalysisSpec:
     languages: list[str]
     data: str = "builtin"
-    split: str = "eval"  # the held-out split (called "test" once sources rename it)
+    split: str = "test"  # held-out text: "test" (what results quote) or "valid"
     seqlen: int | None = None  # None: min(512, the model's max positions)
     nsamples: int = 16  # windows per language, spread evenly over the held-out text
     batch_size: int = 8
@@ -83,8 +83,8 @@ def check_spec(model, spec: AnalysisSpec):
         raise UserError("languages", f"must be a non-empty list of language codes, got {langs!r}")
     if len(set(langs)) != len(langs):
         raise UserError("languages", f"each language once, got {', '.join(langs)}")
-    if spec.split not in SPLITS:
-        raise UserError("split", f"{spec.split!r} is not one of {', '.join(SPLITS)}")
+    if spec.split not in HELD_OUT:
+        raise UserError("split", f"analyses read held-out text; allowed: {', '.join(HELD_OUT)}, got {spec.split!r}")
     for name in ("nsamples", "batch_size"):
         value = getattr(spec, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
