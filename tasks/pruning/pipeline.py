@@ -254,13 +254,13 @@ def prune_blocks(model, method, targets: list[float], nm, input_ids, lang, n_lan
                 keep = method.prune(lin, stats[name], targets[i], nm)
                 lin.weight.mul_(keep.to(lin.weight.dtype))
                 masks[f"{prefix}.{i}.{name}.weight"] = keep.cpu()
-                layer_sparsity[name] = (lin.weight == 0).double().mean().item()
+                layer_sparsity[name] = 1 - lin.weight.count_nonzero().item() / lin.weight.numel()
             del stats
         if method.needs_calibration and i + 1 < len(blocks):
             propagate(block, inps, calls[i])
         block.to(home)
-        zeros = sum((l.weight == 0).sum().item() for l in linears.values())
         total = sum(l.weight.numel() for l in linears.values())
+        zeros = sum(layer_sparsity[n] * linears[n].weight.numel() for n in layer_sparsity)
         report.append({"block": i, "target": targets[i], "actual": zeros / total, "linears": layer_sparsity,
                        "time_s": time.perf_counter() - t0})
     return masks, report
