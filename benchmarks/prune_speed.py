@@ -105,6 +105,7 @@ def main():
             t, c, masks[name] = run(base, method, ids, lang, n_lang, bs, device)
             times.setdefault(name, []).append(t)
             cpu.setdefault(name, []).append(c)
+            print(f"  {name}: {t:.2f} s wall, {c:.2f} s CPU", flush=True)  # a killed run still shows its data
     names = list(cases)
     same = all(torch.equal(masks[names[0]][k], masks[n][k]) for n in names[1:3] for k in masks[names[0]])
     med = {n: statistics.median(t) for n, t in times.items()}
