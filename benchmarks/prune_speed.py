@@ -6,7 +6,7 @@
 2. M-Wanda over 4 languages vs. Wanda on the same tokens;
 3. peak memory: CUDA max-allocated on a GPU, else the process's peak RSS.
 
-    python benchmarks/prune_speed.py [--nsamples 64] [--seqlen 256] [--repeats 3]
+    python benchmarks/prune_speed.py [--nsamples 64] [--seqlen 256] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -85,7 +85,11 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads; 1 makes CPU time a fair measure of work on a loaded machine (no spin-waits)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(1)
     base = model_8x512()
