@@ -6,7 +6,7 @@
 2. M-Wanda over 4 languages vs. Wanda on the same tokens;
 3. peak memory: CUDA max-allocated on a GPU, else the process's peak RSS.
 
-    python benchmarks/prune_speed.py [--nsamples 64] [--seqlen 256] [--repeats 3]
+    python benchmarks/prune_speed.py [--nsamples 64] [--seqlen 256] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from tasks.models import block_linears, find_blocks
 from tasks.pruning import METHODS
 from tasks.pruning.pipeline import capture, propagate, prune_blocks
-from tasks.pruning.sparsity import select
 from tasks.pruning.stats import ActStats
 from tasks.pruning.wanda import wanda_score
 
@@ -38,7 +37,7 @@ def model_8x512():
 @torch.no_grad()
 def reference_loop(model, ids, device, sparsity=0.5):
     """Wanda as locuslab/wanda and llm-compressor run it: per block, every sample through the whole
-    dense block with input hooks, prune, every sample through the pruned block (the last one too)."""
+    dense block with input hooks, prune (rows sorted), every sample through the pruned block (the last one too)."""
     prefix, blocks = find_blocks(model)
     inps, calls = capture(model, ids, 1, device)
     lang = torch.zeros(1, dtype=torch.long, device=device)
@@ -53,7 +52,9 @@ def reference_loop(model, ids, device, sparsity=0.5):
         for h in hooks:
             h.remove()
         for n, lin in linears.items():
-            keep = select(wanda_score(lin.weight, stats[n].norm_sq()), sparsity, None)
+            score = wanda_score(lin.weight, stats[n].norm_sq())  # the references select by a stable sort
+            keep = torch.ones_like(score, dtype=torch.bool)
+            keep.scatter_(1, torch.sort(score, dim=-1, stable=True)[1][:, :int(score.shape[1] * sparsity)], False)
             lin.weight.mul_(keep.to(lin.weight.dtype))
             masks[f"{prefix}.{i}.{n}.weight"] = keep.cpu()
         propagate(block, inps, calls[i])
@@ -85,7 +86,11 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads; 1 makes CPU time a fair measure of work on a loaded machine (no spin-waits)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(1)
     base = model_8x512()

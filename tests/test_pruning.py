@@ -247,3 +247,21 @@ def test_every_architecture_captures_exactly_and_prunes(arch):
     assert all(r["actual"] == pytest.approx(0.5, abs=0.01) for r in report)
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+@pytest.mark.parametrize("levels", [None, 4, 64])  # continuous scores, and scores with many ties
+@pytest.mark.parametrize("fraction", [0.01, 0.3, 0.5, 0.7, 0.99])
+def test_row_mask_equals_the_stable_sort_selection(levels, fraction):
+    """row_mask avoids the sort; ties must still go to the leftmost columns, as the reference's stable sort."""
+    from tasks.pruning.sparsity import row_mask
+
+    g = torch.Generator().manual_seed(int(fraction * 100) + (levels or 0))
+    score = torch.rand(37, 96, generator=g)
+    if levels:
+        score = (score * levels).floor()
+    k = int(96 * fraction)
+    ref = torch.ones_like(score, dtype=torch.bool)
+    ref.scatter_(1, torch.sort(score, dim=-1, stable=True)[1][:, :k], False)
+    got = row_mask(score, fraction)
+    assert torch.equal(got, ref)
+    assert (~got).sum(1).eq(k).all()

@@ -45,11 +45,14 @@ def parse_sparsity(value, field: str = "sparsity") -> Sparsity:
 def row_mask(score: torch.Tensor, fraction: float) -> torch.Tensor:
     """Zero the floor(C_in * fraction) lowest scores of every output row (Wanda's comparison group)."""
     k = int(score.shape[1] * fraction)
-    keep = torch.ones_like(score, dtype=torch.bool)
-    if k:
-        idx = torch.sort(score, dim=-1, stable=True)[1][:, :k]
-        keep.scatter_(1, idx, False)
-    return keep
+    if not k:
+        return torch.ones_like(score, dtype=torch.bool)
+    # The first k of a stable sort, without sorting (about 2x faster): everything below the k-th
+    # smallest score, then the leftmost of the scores tied with it.
+    kth = score.kthvalue(k, dim=1, keepdim=True).values
+    below = score < kth
+    tied = score == kth
+    return ~(below | (tied & (tied.cumsum(1) <= k - below.sum(1, keepdim=True))))
 
 
 def matrix_mask(score: torch.Tensor, fraction: float) -> torch.Tensor:
