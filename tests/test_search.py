@@ -123,6 +123,21 @@ BAD = {
                          "calibration.languages[1]"),
     "unknown key": ({"colour": "red"}, "colour: unknown key"),
     "space param not a hyperparameter of the method": ({"method": "wanda"}, "space: mwanda_mix searches 'lambda_var'"),
+    "split in a search": ({"evaluation": {"ppl": {"languages": ["en"], "split": "test"}}, "objectives": [{"metric": "ppl.en"}]},
+                          "evaluation.ppl.split: a search's objectives read valid"),
+    # issue 16: every bad `baselines:` value is one line naming it
+    "baseline unknown word": ({"baselines": ["uniform", "english"]}, "baselines[1]: unknown baseline 'english'"),
+    "baseline target without a language": ({"baselines": ["target"], "objectives": [{"metric": "ppl.mean"}]},
+                                           "baselines[0]: target: the first objective names no language"),
+    "baseline language the source lacks": ({"baselines": [{"name": "zh-only", "calib": "zh"}]}, "baselines[0].calib:"),
+    "baseline bad mix": ({"baselines": [{"name": "m", "calib": "en=-1,sw=2"}]}, "baselines[0].calib:"),
+    "baseline duplicate names": ({"baselines": ["uniform", {"name": "uniform", "calib": "en"}]},
+                                 "baselines: two baselines are named 'uniform'"),
+    "baseline unknown key": ({"baselines": [{"name": "m", "calib": "en", "colour": 1}]}, "baselines[0].colour: unknown key"),
+    "baseline missing shares file": ({"baselines": [{"name": "mbs", "calib": {"from": "./shares.yaml"}}]},
+                                     "baselines[0].calib.from: cannot read training-language shares"),
+    "baseline bad hp": ({"baselines": [{"name": "m", "calib": "en", "hp": {"lambda_nope": 1}}]}, "baselines[0].hp:"),
+    "baselines not a list": ({"baselines": "uniform"}, "baselines:"),
 }
 
 
