@@ -206,8 +206,48 @@ def test_search_then_resume_adds_trials(ray_local, run_dir, capsys):
     figs = {a.path for a in cl.list_artifacts(parent.info.run_id, "figures")}
     assert {"figures/pareto_front.png", "figures/optimization_history_ppl.sw.png"} <= figs
     assert "baseline.sw-only-wanda.ppl.sw" in parent.data.metrics
+    # the sampler saw valid numbers only: each trial's values are its run's valid metrics; test.* are
+    # logged beside them (other text, other numbers), for the trials of both runs (resume keeps both)
+    by_number = {t.number: t for t in ts}
+    for r in runs:
+        t = by_number[int(r.data.tags["polyprune.trial"])]
+        m = r.data.metrics
+        assert r.data.params["eval.ppl_split"] == "valid"
+        assert t.values == [m["ppl.sw"], m["ppl.mean"]]
+        assert {"test.ppl.en", "test.ppl.de", "test.ppl.sw", "test.ppl.mean"} <= set(m)
+        assert m["test.ppl.sw"] != m["ppl.sw"] and not any(str(v) in str(t.user_attrs) for k, v in m.items() if k.startswith("test."))
+    b = parent.data.metrics
+    assert b["baseline.sw-only-wanda.test.ppl.sw"] == next(r.data.metrics["test.ppl.sw"] for r in runs
+                                                           if r.data.tags.get("polyprune.baseline") == "sw-only-wanda")
     out = capsys.readouterr().out
-    assert "baseline uniform-wanda" in out and "best (Pareto)" in out
+    assert "baseline uniform-wanda" in out and "best (Pareto)" in out and "(test " in out
+
+
+def test_named_baselines_run_first_once(ray_local, run_dir, capsys):
+    """Issue 16: uniform, target and an MBS-like mix (needs zh: its own text folder), Wanda-equivalent."""
+    from conftest import write_text_folder
+    from mlflow import MlflowClient
+
+    write_text_folder(run_dir / "text4", langs=("en", "de", "sw", "zh"))
+    mbs = "en=0.7,sw=0.2,zh=0.1"
+    path = write_search(run_dir, calibration={"languages": ["en", "sw", "zh"], "data": "./text4", "nsamples": 6, "seqlen": 32},
+                        evaluation={"ppl": {"languages": ["en", "sw"], "nsamples": 4}}, n_trials=3,
+                        baselines=["uniform", "target", {"name": "mbs", "calib": mbs}])
+    assert main(["search", str(path)]) == 0
+    runs = trial_runs(run_dir)
+    named = {r.data.tags["polyprune.baseline"]: r for r in runs if "polyprune.baseline" in r.data.tags}
+    assert set(named) == {"uniform", "target", "mbs"} and len(runs) == 3
+    assert {r.info.status for r in named.values()} == {"FINISHED"}
+    assert named["mbs"].data.params["calib"] == mbs and named["target"].data.params["calib"] == "sw=1"
+    assert all(float(r.data.params["lambda_var"]) == 0 and float(r.data.params["lambda_prob"]) == 0 for r in named.values())
+    assert all(r.data.params["schedule"] == "uniform" for r in named.values())
+    parent = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["baseline.mbs.ppl.sw"] == named["mbs"].data.metrics["ppl.sw"]
+    assert parent.data.metrics["baseline.mbs.test.ppl.sw"] == named["mbs"].data.metrics["test.ppl.sw"]
+    # resumed with more trials: no baseline runs twice
+    assert main(["search", str(path), "--n-trials", "1"]) == 0
+    tags = [r.data.tags.get("polyprune.baseline") for r in trial_runs(run_dir)]
+    assert len(tags) == 4 and sorted(t for t in tags if t) == ["mbs", "target", "uniform"]
 
 
 def test_failing_trials_are_told_fail_once(ray_local, run_dir, tmp_path):
