@@ -248,6 +248,24 @@ def test_named_baselines_run_first_once(ray_local, run_dir, capsys):
     assert main(["search", str(path), "--n-trials", "1"]) == 0
     tags = [r.data.tags.get("polyprune.baseline") for r in trial_runs(run_dir)]
     assert len(tags) == 4 and sorted(t for t in tags if t) == ["mbs", "target", "uniform"]
+    # the report: every trial's valid vs test, and the best trial (chosen on valid) vs each baseline on test
+    import csv
+
+    out = run_dir / "report"
+    assert main(["report", "s", "--out", str(out), "--tracking-uri", f"sqlite:///{run_dir / 'mlflow.db'}"]) == 0
+    assert (out / "search_valid_vs_test_ppl.sw.png").is_file()
+    rows = {r["language"]: r for r in csv.DictReader((out / "search_best_vs_baselines_test.csv").open())}
+    assert list(rows) == ["en", "sw", "mean"]
+    runs = {int(r.data.tags["polyprune.trial"]): r for r in trial_runs(run_dir)}
+    best = next(int(k.split("#")[1]) for k in rows["sw"] if k.startswith("best #"))
+    assert best == min(runs, key=lambda n: runs[n].data.metrics["ppl.sw"])  # chosen on valid
+    for name, r in ((r.data.tags.get("polyprune.baseline"), r) for n, r in runs.items() if n != best):
+        if name:
+            got, want = float(rows["sw"][name]), r.data.metrics["test.ppl.sw"]
+            assert got == pytest.approx(want, rel=1e-12)
+            assert float(rows["sw"][f"best - {name}"]) == pytest.approx(runs[best].data.metrics["test.ppl.sw"] - want, rel=1e-9)
+    html = (out / "report.html").read_text()
+    assert any(f"<th>best - {n}</th>" in html for n in ("uniform", "target", "mbs"))
 
 
 def test_failing_trials_are_told_fail_once(ray_local, run_dir, tmp_path):
