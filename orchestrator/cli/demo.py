@@ -158,10 +158,11 @@ def training_shares(cfg) -> dict[str, float]:
     return shares
 
 
-def _search(out: Path, model: str, args, calibs: list[str], evals: list[str], demo_cfg) -> int:
+def search_file(out: Path, model: str, sparsity: str, calibs: list[str], evals: list[str], nsamples: int, seqlen: int,
+                seed: int, trials: int, demo_cfg) -> dict:
+    """The demo's search file (written to `out`, with the MBS shares file it names): M-Wanda's full
+    space for ppl.mean on valid, after the baselines; `seed` is the calibration and the sampler seed."""
     import yaml
-
-    from ..search.driver import run_search
 
     other = next((l for l in calibs if l != "en"), calibs[0])  # the non-English language to keep
     (out / "demo_training_shares.yaml").write_text(yaml.safe_dump({
@@ -171,14 +172,21 @@ def _search(out: Path, model: str, args, calibs: list[str], evals: list[str], de
     if "en" in calibs and other != "en":
         baselines.insert(2, {"name": "en-only", "calib": "en"})
     search = {
-        "name": "polyprune-demo-search", "model": model, "method": "mwanda", "sparsity": args.sparsity,
-        "calibration": {"languages": calibs, "data": "builtin", "nsamples": args.nsamples, "seqlen": args.seqlen},
-        "seed": args.seed, "evaluation": {"ppl": {"languages": evals}}, "space": "mwanda_full",
+        "name": "polyprune-demo-search", "model": model, "method": "mwanda", "sparsity": sparsity,
+        "calibration": {"languages": calibs, "data": "builtin", "nsamples": nsamples, "seqlen": seqlen},
+        "seed": seed, "evaluation": {"ppl": {"languages": evals}}, "space": "mwanda_full",
         "objectives": [{"metric": "ppl.mean", "direction": "minimize"}], "baselines": baselines,
-        "n_trials": len(baselines) + args.trials, "parallel": 1, "sampler_seed": args.seed,
+        "n_trials": len(baselines) + trials, "parallel": 1, "sampler_seed": seed,
         "storage": f"sqlite:///{out / 'optuna.db'}", "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
     }
     (out / "demo_search.yaml").write_text(yaml.safe_dump(search, sort_keys=False))
+    return search
+
+
+def _search(out: Path, model: str, args, calibs: list[str], evals: list[str], demo_cfg) -> int:
+    from ..search.driver import run_search
+
+    search_file(out, model, args.sparsity, calibs, evals, args.nsamples, args.seqlen, args.seed, args.trials, demo_cfg)
     res = run_search(out / "demo_search.yaml")
     print(f"\nsearch of M-Wanda (mix, coefficients, schedule) for ppl.mean over {','.join(evals)}: {res['n_complete']} "
           f"trials, baselines first; chosen on the valid split, quoted on the test split it never saw")
@@ -195,7 +203,7 @@ def _search(out: Path, model: str, args, calibs: list[str], evals: list[str], de
               f"schedule={t['schedule'] if isinstance(t['schedule'], str) else 'profile'} hp={t['hp']}")
         for b in res["baselines"]:
             ref = b["test"].get("test.ppl.mean")
-            if ref and b is not t:
+            if ref and b["number"] != t["number"]:
                 verdict = "better" if test < ref else "not better"
                 print(f"    vs {b['baseline']:13s} test ppl.mean {100 * (test / ref - 1):+.2f}% ({verdict})")
     return 0 if res["status"] == "FINISHED" else 1
