@@ -38,6 +38,8 @@ def main() -> None:
         search_file(out, model, DEFAULTS["sparsity"], calibs, evals, DEFAULTS["nsamples"], DEFAULTS["seqlen"], seed,
                     args.trials, DemoConfig())
         res = run_search(out / "demo_search.yaml")
+        if res["status"] != "FINISHED" or not res["best"]:
+            raise SystemExit(f"seed {seed}: search {res['status']}; rerun to resume it")
         best = res["best"][0]
         row = {"seed": seed, "n_complete": res["n_complete"], "wall_s": round(time.perf_counter() - t0, 1),
                "best": {"trial": best["number"], "baseline": best["baseline"], "calib": best["calib"],
