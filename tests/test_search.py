@@ -266,6 +266,10 @@ def test_named_baselines_run_first_once(ray_local, run_dir, capsys):
             assert float(rows["sw"][f"best - {name}"]) == pytest.approx(runs[best].data.metrics["test.ppl.sw"] - want, rel=1e-9)
     html = (out / "report.html").read_text()
     assert any(f"<th>best - {n}</th>" in html for n in ("uniform", "target", "mbs"))
+    capsys.readouterr()
+    assert main(["status", "s", "--tracking-uri", f"sqlite:///{run_dir / 'mlflow.db'}"]) == 0
+    shown = capsys.readouterr().out
+    assert f"best trial {best}" in shown and "[mbs]" in shown and "test" in shown
 
 
 def test_failing_trials_are_told_fail_once(ray_local, run_dir, tmp_path):
