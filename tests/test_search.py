@@ -53,7 +53,7 @@ def mix_of(calib: str) -> dict[str, float]:
 
 
 def test_every_shipped_space_loads():
-    from orchestrator.search.space import load_space, shipped
+    from search_spaces.space import load_space, shipped
 
     assert {"mwanda_mix", "mwanda_schedule", "mwanda_full"} <= set(shipped())
     for name in shipped():
@@ -68,7 +68,7 @@ def test_sampled_points_are_valid(name):
     """Mixes are simplex points; per-block profiles keep the target mean and stay in [0, 1)."""
     import optuna
 
-    from orchestrator.search.space import load_space, sample
+    from search_spaces.space import load_space, sample
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(name)
@@ -91,7 +91,7 @@ def test_sampled_points_are_valid(name):
 
 
 def test_profile_clipping_keeps_the_mean():
-    from orchestrator.search.space import MAX_BLOCK_SPARSITY, dirichlet, dirichlet_point, profile_schedule
+    from search_spaces.space import MAX_BLOCK_SPARSITY, dirichlet, dirichlet_point, profile_schedule
 
     for offsets, target in (([0.9, -0.9, 0.9], 0.8), ([-1.0, 0.0, 1.0], 0.1), ([0.0], 0.5), ([0.3, -0.2], 0.95)):
         for n in (1, 2, 5, 32):
@@ -102,7 +102,7 @@ def test_profile_clipping_keeps_the_mean():
 
 
 def test_a_space_file_by_path(tmp_path):
-    from orchestrator.search.space import load_space
+    from search_spaces.space import load_space
     from tasks.errors import UserError
 
     (tmp_path / "mine.yaml").write_text("params:\n  cwl_lambda: {type: float, low: -0.1, high: 0.1}\n")

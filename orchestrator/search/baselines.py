@@ -140,7 +140,7 @@ def enqueue(study, cfg, space, baselines: list[Baseline], done_key: str, baselin
     The exact mix always goes in the override too, so rounding never changes it."""
     from tasks.data.langs import parse_mix
 
-    from .space import dirichlet_point
+    from search_spaces.space import dirichlet_point
 
     done = list(study.user_attrs.get(done_key) or [])
     langs = list(cfg.calibration.languages)

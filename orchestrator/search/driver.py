@@ -156,7 +156,7 @@ class Search:
         """Ask a trial and make its cell; None when it failed before running (told FAIL, counted)."""
         from optuna.trial import TrialState
 
-        from .space import sample
+        from search_spaces.space import sample
 
         trial = self.study.ask(self.space.distributions(self.langs))
         baseline = trial.user_attrs.get(BASELINE)
@@ -187,7 +187,7 @@ class Search:
         from ..config import run_options
         from ..sweep.cells import prune_cell
         from .file import fixed_hp
-        from .space import PROFILE
+        from search_spaces.space import PROFILE
 
         cfg = self.cfg
         mix = point.mix or {l: 1 / len(self.langs) for l in self.langs}

@@ -88,7 +88,7 @@ def load_search(path: str | os.PathLike):
 def parse_search(raw: dict[str, Any], base: Path):
     """(config, space) from a search file's contents; relative paths are relative to `base`."""
     from . import baselines
-    from .space import load_space
+    from search_spaces.space import load_space
 
     cfg = validate(SearchConfig, raw)
     cfg.model = model_path(cfg.model, base)
