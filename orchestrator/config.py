@@ -15,7 +15,7 @@ import fnmatch
 import os
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,6 +48,7 @@ class PplConfig(Strict):
     nsamples: int | None = Field(None, gt=0)  # windows per language; None: all held-out text
     seqlen: int | None = Field(None, gt=0)  # default: calibration.seqlen
     batch_size: int = Field(8, gt=0)
+    split: Literal["valid", "test"] = "test"  # sweeps quote test; a search tunes on valid whatever this says
 
 
 class LmEvalConfig(Strict):
@@ -222,7 +223,7 @@ def resolve_evaluation(ev: EvaluationConfig | None, calibration: CalibrationConf
     out: dict[str, Any] = {"ppl": None, "lm_eval": None}
     if ev.ppl:
         out["ppl"] = {"languages": list(ev.ppl.languages), "data": ev.ppl.data or calibration.data,
-                      "nsamples": ev.ppl.nsamples, "seqlen": ev.ppl.seqlen or calibration.seqlen}
+                      "nsamples": ev.ppl.nsamples, "seqlen": ev.ppl.seqlen or calibration.seqlen, "split": ev.ppl.split}
     if ev.lm_eval:
         limit = ev.lm_eval.limit
         out["lm_eval"] = {"tasks": list(ev.lm_eval.tasks), "num_fewshot": ev.lm_eval.num_fewshot,

@@ -155,7 +155,8 @@ def cell_params(cell) -> dict[str, Any]:
         if k["seqlen"] is None:
             del out["seqlen"]  # resolved from the model by the worker; logged with the result
     if ev["ppl"]:
-        out.update({"eval.ppl_languages": ",".join(ev["ppl"]["languages"]), "eval.ppl_data": ev["ppl"]["data"]})
+        out.update({"eval.ppl_languages": ",".join(ev["ppl"]["languages"]), "eval.ppl_data": ev["ppl"]["data"],
+                    "eval.ppl_split": ev["ppl"].get("split", "test")})
     if ev["lm_eval"]:
         out.update({"eval.lm_eval_tasks": ",".join(ev["lm_eval"]["tasks"]), "eval.num_fewshot": ev["lm_eval"]["num_fewshot"]})
     return out

@@ -52,6 +52,10 @@ def test_prune_writes_the_contract_and_masks_rebuild_the_model(tiny_llama, text_
     assert main(["eval", "--model", str(tiny_llama), "--masks", str(out / "masks.safetensors"), *args]) == 0
     rebuilt = json.loads(capsys.readouterr().out)["metrics"]
     assert saved == rebuilt and set(saved) == {"ppl.en", "ppl.de", "ppl.mean"}
+    # --split valid reads other text than the default test split, with the same calls
+    assert main(["eval", "--model", str(out), "--split", "valid", *args]) == 0
+    valid = json.loads(capsys.readouterr().out)
+    assert valid["split"] == "valid" and set(valid["metrics"]) == set(saved) and valid["metrics"] != saved
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +163,7 @@ def test_eval_unknown_task_fails_before_loading_the_model(tmp_path, capsys):
 def test_eval_task_input_is_checked_before_loading(tmp_path, capsys):
     cases = ((["--tasks", "polyprune_cont_en", "--limit", "0"], "limit"),
              (["--tasks", "polyprune_cont_en", "--include-path", str(tmp_path / "no-such-folder")], "tasks"),
-             (["--ppl", "xx", "--data", "builtin"], "ppl"))
+             (["--ppl", "xx", "--data", "builtin"], "ppl"), (["--ppl", "en", "--split", "calib"], "split"))
     for args, field in cases:
         assert main(["eval", "--model", str(tmp_path / "none"), *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()

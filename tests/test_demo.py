@@ -1,5 +1,5 @@
 """`polyprune demo` end to end, shortened: a briefly trained demo model, a 3-cell sweep on the
-session's Ray, a 3-trial search and the report — the same code path as the full demo."""
+session's Ray, a search of 4 baselines + 1 trial and the report — the same code path as the full demo."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from orchestrator.cli import main
 def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--steps", "8", "--calib", "en,sw", "--eval", "en,sw", "--nsamples", "4", "--limit", "2",
-            "--trials", "3", "--out", str(out)]
+            "--trials", "1", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     for row in ("dense", "wanda 0.65 en", "wanda 0.65 sw"):
         assert row in printed
-    assert "baseline uniform-wanda" in printed and "baseline sw-only-wanda" in printed
+    for name in ("uniform", "sw-only", "en-only", "mbs"):  # every baseline, valid and test, before the best
+        assert f"baseline {name}" in printed
+    assert "best: trial" in printed and "vs uniform" in printed and "test ppl.mean" in printed
+    assert "5 trials" in printed
     assert (out / "report" / "report.html").exists() and (out / "mlflow.db").exists() and (out / "optuna.db").exists()
     # a second run resumes: nothing new is pruned
     assert main(args) == 0

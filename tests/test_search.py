@@ -53,7 +53,7 @@ def mix_of(calib: str) -> dict[str, float]:
 
 
 def test_every_shipped_space_loads():
-    from orchestrator.search.space import load_space, shipped
+    from search_spaces.space import load_space, shipped
 
     assert {"mwanda_mix", "mwanda_schedule", "mwanda_full"} <= set(shipped())
     for name in shipped():
@@ -68,7 +68,7 @@ def test_sampled_points_are_valid(name):
     """Mixes are simplex points; per-block profiles keep the target mean and stay in [0, 1)."""
     import optuna
 
-    from orchestrator.search.space import load_space, sample
+    from search_spaces.space import load_space, sample
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(name)
@@ -91,7 +91,7 @@ def test_sampled_points_are_valid(name):
 
 
 def test_profile_clipping_keeps_the_mean():
-    from orchestrator.search.space import MAX_BLOCK_SPARSITY, dirichlet, dirichlet_point, profile_schedule
+    from search_spaces.space import MAX_BLOCK_SPARSITY, dirichlet, dirichlet_point, profile_schedule
 
     for offsets, target in (([0.9, -0.9, 0.9], 0.8), ([-1.0, 0.0, 1.0], 0.1), ([0.0], 0.5), ([0.3, -0.2], 0.95)):
         for n in (1, 2, 5, 32):
@@ -102,7 +102,7 @@ def test_profile_clipping_keeps_the_mean():
 
 
 def test_a_space_file_by_path(tmp_path):
-    from orchestrator.search.space import load_space
+    from search_spaces.space import load_space
     from tasks.errors import UserError
 
     (tmp_path / "mine.yaml").write_text("params:\n  cwl_lambda: {type: float, low: -0.1, high: 0.1}\n")
@@ -123,6 +123,21 @@ BAD = {
                          "calibration.languages[1]"),
     "unknown key": ({"colour": "red"}, "colour: unknown key"),
     "space param not a hyperparameter of the method": ({"method": "wanda"}, "space: mwanda_mix searches 'lambda_var'"),
+    "split in a search": ({"evaluation": {"ppl": {"languages": ["en"], "split": "test"}}, "objectives": [{"metric": "ppl.en"}]},
+                          "evaluation.ppl.split: a search's objectives read valid"),
+    # issue 16: every bad `baselines:` value is one line naming it
+    "baseline unknown word": ({"baselines": ["uniform", "english"]}, "baselines[1]: unknown baseline 'english'"),
+    "baseline target without a language": ({"baselines": ["target"], "objectives": [{"metric": "ppl.mean"}]},
+                                           "baselines[0]: target: the first objective names no language"),
+    "baseline language the source lacks": ({"baselines": [{"name": "zh-only", "calib": "zh"}]}, "baselines[0].calib:"),
+    "baseline bad mix": ({"baselines": [{"name": "m", "calib": "en=-1,sw=2"}]}, "baselines[0].calib:"),
+    "baseline duplicate names": ({"baselines": ["uniform", {"name": "uniform", "calib": "en"}]},
+                                 "baselines: two baselines are named 'uniform'"),
+    "baseline unknown key": ({"baselines": [{"name": "m", "calib": "en", "colour": 1}]}, "baselines[0].colour: unknown key"),
+    "baseline missing shares file": ({"baselines": [{"name": "mbs", "calib": {"from": "./shares.yaml"}}]},
+                                     "baselines[0].calib.from: cannot read training-language shares"),
+    "baseline bad hp": ({"baselines": [{"name": "m", "calib": "en", "hp": {"lambda_nope": 1}}]}, "baselines[0].hp:"),
+    "baselines not a list": ({"baselines": "uniform"}, "baselines:"),
 }
 
 
@@ -191,8 +206,70 @@ def test_search_then_resume_adds_trials(ray_local, run_dir, capsys):
     figs = {a.path for a in cl.list_artifacts(parent.info.run_id, "figures")}
     assert {"figures/pareto_front.png", "figures/optimization_history_ppl.sw.png"} <= figs
     assert "baseline.sw-only-wanda.ppl.sw" in parent.data.metrics
+    # the sampler saw valid numbers only: each trial's values are its run's valid metrics; test.* are
+    # logged beside them (other text, other numbers), for the trials of both runs (resume keeps both)
+    by_number = {t.number: t for t in ts}
+    for r in runs:
+        t = by_number[int(r.data.tags["polyprune.trial"])]
+        m = r.data.metrics
+        assert r.data.params["eval.ppl_split"] == "valid"
+        assert t.values == [m["ppl.sw"], m["ppl.mean"]]
+        assert {"test.ppl.en", "test.ppl.de", "test.ppl.sw", "test.ppl.mean"} <= set(m)
+        assert m["test.ppl.sw"] != m["ppl.sw"] and not any(str(v) in str(t.user_attrs) for k, v in m.items() if k.startswith("test."))
+    b = parent.data.metrics
+    assert b["baseline.sw-only-wanda.test.ppl.sw"] == next(r.data.metrics["test.ppl.sw"] for r in runs
+                                                           if r.data.tags.get("polyprune.baseline") == "sw-only-wanda")
     out = capsys.readouterr().out
-    assert "baseline uniform-wanda" in out and "best (Pareto)" in out
+    assert "baseline uniform-wanda" in out and "best (Pareto)" in out and "(test " in out
+
+
+def test_named_baselines_run_first_once(ray_local, run_dir, capsys):
+    """Issue 16: uniform, target and an MBS-like mix (needs zh: its own text folder), Wanda-equivalent."""
+    from conftest import write_text_folder
+    from mlflow import MlflowClient
+
+    write_text_folder(run_dir / "text4", langs=("en", "de", "sw", "zh"))
+    mbs = "en=0.7,sw=0.2,zh=0.1"
+    path = write_search(run_dir, calibration={"languages": ["en", "sw", "zh"], "data": "./text4", "nsamples": 6, "seqlen": 32},
+                        evaluation={"ppl": {"languages": ["en", "sw"], "nsamples": 4}}, n_trials=3,
+                        baselines=["uniform", "target", {"name": "mbs", "calib": mbs}])
+    assert main(["search", str(path)]) == 0
+    runs = trial_runs(run_dir)
+    named = {r.data.tags["polyprune.baseline"]: r for r in runs if "polyprune.baseline" in r.data.tags}
+    assert set(named) == {"uniform", "target", "mbs"} and len(runs) == 3
+    assert {r.info.status for r in named.values()} == {"FINISHED"}
+    assert named["mbs"].data.params["calib"] == mbs and named["target"].data.params["calib"] == "sw=1"
+    assert all(float(r.data.params["lambda_var"]) == 0 and float(r.data.params["lambda_prob"]) == 0 for r in named.values())
+    assert all(r.data.params["schedule"] == "uniform" for r in named.values())
+    parent = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["baseline.mbs.ppl.sw"] == named["mbs"].data.metrics["ppl.sw"]
+    assert parent.data.metrics["baseline.mbs.test.ppl.sw"] == named["mbs"].data.metrics["test.ppl.sw"]
+    # resumed with more trials: no baseline runs twice
+    assert main(["search", str(path), "--n-trials", "1"]) == 0
+    tags = [r.data.tags.get("polyprune.baseline") for r in trial_runs(run_dir)]
+    assert len(tags) == 4 and sorted(t for t in tags if t) == ["mbs", "target", "uniform"]
+    # the report: every trial's valid vs test, and the best trial (chosen on valid) vs each baseline on test
+    import csv
+
+    out = run_dir / "report"
+    assert main(["report", "s", "--out", str(out), "--tracking-uri", f"sqlite:///{run_dir / 'mlflow.db'}"]) == 0
+    assert (out / "search_valid_vs_test_ppl.sw.png").is_file()
+    rows = {r["language"]: r for r in csv.DictReader((out / "search_best_vs_baselines_test.csv").open())}
+    assert list(rows) == ["en", "sw", "mean"]
+    runs = {int(r.data.tags["polyprune.trial"]): r for r in trial_runs(run_dir)}
+    best = next(int(k.split("#")[1]) for k in rows["sw"] if k.startswith("best #"))
+    assert best == min(runs, key=lambda n: runs[n].data.metrics["ppl.sw"])  # chosen on valid
+    for name, r in ((r.data.tags.get("polyprune.baseline"), r) for n, r in runs.items() if n != best):
+        if name:
+            got, want = float(rows["sw"][name]), r.data.metrics["test.ppl.sw"]
+            assert got == pytest.approx(want, rel=1e-12)
+            assert float(rows["sw"][f"best - {name}"]) == pytest.approx(runs[best].data.metrics["test.ppl.sw"] - want, rel=1e-9)
+    html = (out / "report.html").read_text()
+    assert any(f"<th>best - {n}</th>" in html for n in ("uniform", "target", "mbs"))
+    capsys.readouterr()
+    assert main(["status", "s", "--tracking-uri", f"sqlite:///{run_dir / 'mlflow.db'}"]) == 0
+    shown = capsys.readouterr().out
+    assert f"best trial {best}" in shown and "[mbs]" in shown and "test" in shown
 
 
 def test_failing_trials_are_told_fail_once(ray_local, run_dir, tmp_path):

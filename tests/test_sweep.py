@@ -63,6 +63,7 @@ BAD = {
     "missing model folder": ({"models": ["./tiny", "./no-model"]}, "models[1]: folder"),
     "bad language": ({"calibration": {"languages": ["en", "xx"], "data": "./text"}}, "calibration.languages[1]: language 'xx'"),
     "bad ppl language": ({"evaluation": {"ppl": {"languages": ["zz"]}}}, "evaluation.ppl.languages[0]: language 'zz'"),
+    "bad ppl split": ({"evaluation": {"ppl": {"languages": ["en"], "split": "calib"}}}, "evaluation.ppl.split:"),
     "duplicate cell": ({"sparsities": [0.5, "0.50"]}, "sparsities[1]: gives the same cell"),
     "seed type": ({"seeds": ["one"]}, "seeds[0]:"),
     "unknown lm-eval task": ({"evaluation": {"lm_eval": {"tasks": ["xnli_xx"]}}}, "evaluation.lm_eval.tasks: unknown task 'xnli_xx'"),
@@ -78,6 +79,14 @@ def test_invalid_sweep_file_is_one_line_exit_2_nothing_created(case, run_dir, ca
     assert err.count("\n") == 1 and err.startswith("polyprune sweep: "), err
     assert expected in err, err
     assert not (run_dir / "mlflow.db").exists() and not (run_dir / "mlartifacts").exists()
+
+
+def test_the_evaluated_split_is_part_of_the_cell(run_dir):
+    """Sweeps quote test by default; valid is another measurement, so other cells."""
+    test = cells_of(write_sweep(run_dir))
+    valid = cells_of(write_sweep(run_dir, evaluation={"ppl": {"languages": ["en", "sw"], "nsamples": 4, "split": "valid"}}))
+    assert {c.key["eval"]["ppl"]["split"] for c in test} == {"test"} and {c.key["eval"]["ppl"]["split"] for c in valid} == {"valid"}
+    assert not {c.cell_id for c in test} & {c.cell_id for c in valid}
 
 
 def test_unreadable_file_and_bad_yaml(tmp_path, capsys):

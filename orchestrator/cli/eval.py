@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masks", default=None, help="masks.safetensors to apply to --model (the base model) first")
     p.add_argument("--ppl", default=None, help="languages for perplexity: en,de")
     p.add_argument("--data", default="builtin", help="source of the held-out text")
+    p.add_argument("--split", default="test", help="held-out split for perplexity: valid (what tuning looks at) or test (default)")
     p.add_argument("--seqlen", type=int, default=None)
     p.add_argument("--nsamples", type=int, default=None, help="windows per language (default: all held-out text)")
     p.add_argument("--tasks", default=None, help="lm-eval tasks or groups: T1,T2")
@@ -46,6 +47,8 @@ def run(args) -> int:
             raise UserError(name.replace("_", "-"), f"must be a positive integer, got {value}")
     if args.num_fewshot < 0:
         raise UserError("num-fewshot", f"must be >= 0, got {args.num_fewshot}")
+    if args.split not in ("valid", "test"):
+        raise UserError("split", f"allowed: valid, test (calibration text is never evaluated), got {args.split!r}")
     langs = _langs(args.ppl) if args.ppl else []
     if langs:
         source = get_source(args.data)
@@ -69,7 +72,7 @@ def run(args) -> int:
         apply_masks(model, args.masks)
     metrics: dict[str, float] = {}
     if langs:
-        ppl = api.perplexity(model, tok, langs, args.data, args.seqlen, args.nsamples, args.batch_size)
+        ppl = api.perplexity(model, tok, langs, args.data, args.seqlen, args.nsamples, args.batch_size, split=args.split)
         metrics.update(api.ppl_metrics(ppl))
     if tasks:
         from tasks.evaluation.lmeval import run_lmeval
@@ -77,7 +80,7 @@ def run(args) -> int:
         out = run_lmeval(model, tok, tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
                          include_paths=args.include_path)
         metrics.update(out["metrics"])
-    text = json.dumps({"model": args.model, "masks": args.masks, "metrics": metrics}, indent=2)
+    text = json.dumps({"model": args.model, "masks": args.masks, "split": args.split if langs else None, "metrics": metrics}, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)

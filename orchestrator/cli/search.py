@@ -27,9 +27,12 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"search {s['study']}: {s['status']}; {s['n_complete']} trials complete, {s['n_failed']} failed "
           f"(storage {s['storage']})")
     objs = s["objectives"]
+    print("  values on valid (what the search chose by), test in brackets (what it never saw)")
 
     def line(t):
-        vals = ", ".join(f"{k}={v:.4g}" for k, v in zip(objs, t["values"] or []))
+        test = t.get("test") or {}
+        vals = ", ".join(f"{k}={v:.4g} (test {test[f'test.{k}']:.4g})" if f"test.{k}" in test else f"{k}={v:.4g}"
+                         for k, v in zip(objs, t["values"] or []))
         sched = t["schedule"] if isinstance(t["schedule"], str) else "per-block profile"
         return f"trial {t['number']:>3}: {vals}  calib={t['calib']} schedule={sched} hp={t['hp']}"
 

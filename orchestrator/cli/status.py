@@ -38,11 +38,14 @@ def collect(name: str, uri: str) -> tuple[dict, dict]:
     for r in sorted(tracking.all_runs(cl, exp), key=lambda r: r.info.start_time or 0):
         t = r.data.tags
         if t.get(tracking.ROLE) in ("sweep", "search") or tracking.PARENT not in t:
-            parent = {"status": r.info.status, "run_id": r.info.run_id, "driver": t.get(tracking.DRIVER, "")}
+            parent = {"status": r.info.status, "run_id": r.info.run_id, "driver": t.get(tracking.DRIVER, ""),
+                      "best": {f"trial {n}" for n in t.get("polyprune.best_trials", "").split(",") if n}}
             continue
         # a trial is its own row even when two trials hit the same cell
         key = f"trial {t['polyprune.trial']}" if "polyprune.trial" in t else t.get(tracking.CELL) or r.info.run_id
-        rows[key] = {"cell": key, "state": r.info.status, "label": _label(r), "metrics": r.data.metrics,
+        # a search's rows: which baseline a trial is; the best (chosen on valid) are marked from the parent
+        label = (f"[{t['polyprune.baseline']}] " if "polyprune.baseline" in t else "") + _label(r)
+        rows[key] = {"cell": key, "state": r.info.status, "label": label, "metrics": r.data.metrics,
                      "error": t.get(tracking.ERROR, ""), "runs": rows.get(key, {}).get("runs", 0) + 1}
     return parent, rows
 
@@ -71,13 +74,18 @@ def render(name: str, uri: str, parent: dict, rows: dict):
     table.add_column("state", min_width=8, no_wrap=True)
     table.add_column("cell values", overflow="ellipsis", no_wrap=True, max_width=40)
     table.add_column("ppl.mean", min_width=8, no_wrap=True, justify="right")
+    held_out = any("test.ppl.mean" in r["metrics"] for r in rows.values())  # a search: ppl.mean is valid
+    if held_out:
+        table.add_column("test ppl.mean", min_width=8, no_wrap=True, justify="right")
     table.add_column("time s", min_width=6, no_wrap=True, justify="right")
     table.add_column("error", overflow="fold")
     for r in rows.values():
         m = r["metrics"]
         ppl = f"{m['ppl.mean']:.4g}" if "ppl.mean" in m else ""
         secs = f"{m['time.cell_s']:.1f}" if "time.cell_s" in m else ""
-        table.add_row(r["cell"][:16], f"[{COLOURS.get(r['state'], 'white')}]{r['state']}[/]", escape(r["label"]), ppl, secs,
+        test = [f"{m['test.ppl.mean']:.4g}" if "test.ppl.mean" in m else ""] if held_out else []
+        cell = ("best " if r["cell"] in parent.get("best", ()) else "") + r["cell"]
+        table.add_row(cell[:16], f"[{COLOURS.get(r['state'], 'white')}]{r['state']}[/]", escape(r["label"]), ppl, *test, secs,
                       escape(r["error"][:120]))
     total = len(rows)
     bar = ProgressBar(total=max(total, 1), completed=counts["FINISHED"], width=40)

@@ -57,6 +57,14 @@ def write_html(path: Path, name: str, uri: str, sections: list, header: list, ro
     for i, (title, items) in enumerate(sections):
         parts.append(f"<h2 id='s{i}'>{html.escape(title)}</h2>")
         for kind, png, caption in items:
+            if kind == "table":  # a CSV of the report's own, shown as written
+                import csv
+
+                head, *body = list(csv.reader(Path(png).open(encoding="utf-8")))
+                parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+                             + "".join("<tr>" + "".join(f"<td>{cell(_num(v))}</td>" for v in r) + "</tr>" for r in body)
+                             + f"</table><p>{html.escape(caption)} <code>{html.escape(Path(png).name)}</code></p>")
+                continue
             data = base64.b64encode(Path(png).read_bytes()).decode()
             parts.append(f"<figure><img alt='{html.escape(Path(png).name)}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(caption)} <code>{html.escape(Path(png).name)}</code></figcaption></figure>")
@@ -64,6 +72,13 @@ def write_html(path: Path, name: str, uri: str, sections: list, header: list, ro
     parts += ["<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows[:DEFAULTS["max_table_rows"]]]
     parts.append("</table></body></html>\n")
     path.write_text("".join(parts), encoding="utf-8")
+
+
+def _num(v: str):
+    try:
+        return float(v)
+    except ValueError:
+        return v
 
 
 def check_out(out: str) -> Path:

@@ -1,5 +1,7 @@
 """The search part of `polyprune report` (runs tagged polyprune.trial): optimization
-history, Pareto front, best mix against the baselines, parameter importances."""
+history, Pareto front, best mix against the baselines, parameter importances, and what
+the search never saw: every trial's valid vs test value, and the best trial (chosen on
+valid) against every baseline on test, per evaluation language."""
 
 from __future__ import annotations
 
@@ -132,6 +134,7 @@ def search_sections(parent, name: str, runs: list[Run], out: Path) -> list:
                                               title=f"best trial ({d0} {m0}) vs baselines", ylabel=ylabel),
                       f"Best trial #{best.trial}: calib {best.params.get('calib')}; " +
                       ", ".join(f"{k}={v}" for k, v in best.params.items() if k not in IDENTITY and not k.startswith("eval."))))
+        items += held_out(best, trials, m0, langs, out)
         imp, source = importances(parent, name, scored, m0, d0)
         if imp:
             items.append(("img", fig.importances(out / "search_importances.png", imp, title=f"parameter importances for {m0}"),
@@ -142,3 +145,51 @@ def search_sections(parent, name: str, runs: list[Run], out: Path) -> list:
     return [(f"Search: {len(trials)} trials", items)]
 
 
+
+
+def held_out(best: Run, trials: list[Run], metric: str, langs: list[str], out: Path) -> list:
+    """The scatter of valid vs test (overfitting shows as points above the diagonal) and the
+    table of the best trial against every baseline on test. Trials recorded before searches
+    measured test have no test.* metrics: nothing is drawn for them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = []
+    pts = [(t.metrics[metric], t.metrics[f"test.{metric}"], is_baseline(t)) for t in trials
+           if metric in t.metrics and f"test.{metric}" in t.metrics]
+    if pts:
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        for flag, colour, label in ((False, "C0", "searched trial"), (True, "C1", "baseline")):
+            xs, ys = [p[0] for p in pts if p[2] == flag], [p[1] for p in pts if p[2] == flag]
+            ax.scatter(xs, ys, s=20, color=colour, label=label)
+        lo, hi = min(min(p[:2]) for p in pts), max(max(p[:2]) for p in pts)
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="test = valid")
+        ax.set_xlabel(f"{metric} on valid (what the search optimised)")
+        ax.set_ylabel(f"{metric} on test (never seen by the search)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"search_valid_vs_test_{slug(metric)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        items.append(("img", str(path), f"Every trial's {metric} on valid and on test."))
+    bases = sorted((t for t in trials if "polyprune.baseline" in t.tags and t is not best), key=lambda t: t.trial)
+    keys = [f"test.ppl.{l}" for l in langs] + ["test.ppl.mean"]
+    if bases and any(k in best.metrics for k in keys):
+        header = ["language", f"best #{best.trial}"]
+        for b in bases:
+            header += [b.tags["polyprune.baseline"], f"best - {b.tags['polyprune.baseline']}"]
+        rows = []
+        for lang, k in zip(langs + ["mean"], keys):
+            v = best.metrics.get(k)
+            row = [lang, v if v is not None else ""]
+            for b in bases:
+                w = b.metrics.get(k)
+                row += [w if w is not None else "", v - w if v is not None and w is not None else ""]
+            rows.append(row)
+        path = write_csv(out / "search_best_vs_baselines_test.csv", header, rows)
+        items.append(("table", str(path), f"Test perplexity of the best trial #{best.trial} (chosen on valid {metric}) "
+                                          "and of every baseline; negative differences: the best trial is better."))
+    return items

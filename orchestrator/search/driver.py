@@ -30,7 +30,8 @@ from .. import tracking
 from ..sweep.record import log, retry_tags
 from ..sweep.scheduler import driving, run_cells
 from .record import SearchRecord, finite
-from .study import BASELINE, BEAT, DEFAULTS, DRIVER, OVERRIDE, counted, enqueue_baselines, lose, open_study, take_over
+from . import baselines
+from .study import BASELINE, BASELINES_DONE, BEAT, DEFAULTS, DRIVER, OVERRIDE, counted, lose, open_study, take_over
 
 
 def run_search(config, n_trials: int | None = None, storage: str | None = None, ray_address: str | None = None,
@@ -38,9 +39,10 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
     """Run (or resume) the search in `config` (a search-file path, or its contents as a dict
     whose relative paths are relative to the cwd). Returns
     {"study", "status", "n_complete", "n_failed", "best": [...], "baselines": [...]}, each trial
-    as {"number", "values", "calib", "schedule", "hp", "params", "baseline"}."""
+    as {"number", "values" (valid: what the sampler saw), "test" ({test.<metric>: value}: never told),
+    "calib", "schedule", "hp", "params", "baseline"}. Best trials are chosen on valid."""
     from ..config import resolve_tracking_uri
-    from .file import evaluation, load_search, parse_search, resolve_storage
+    from .file import load_search, parse_search, resolve_storage, trial_evaluation
 
     if isinstance(config, dict):  # built in code (e.g. by `polyprune demo`): paths relative to the cwd
         import yaml
@@ -58,7 +60,7 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
         cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     tracking.client(cfg.tracking_uri, create=False)  # a missing sqlite folder is a UserError before anything exists
     study, store = open_study(cfg)
-    return Search(cfg, space, evaluation(cfg), study, store, source).run(n_trials, ray_address)
+    return Search(cfg, space, trial_evaluation(cfg), study, store, source).run(n_trials, ray_address)
 
 
 @dataclass
@@ -86,7 +88,10 @@ class Search:
     def run(self, n_trials: int | None, ray_address: str | None) -> dict[str, Any]:
         cfg = self.cfg
         lost = take_over(self.study, self.storage, cfg.resources.max_retries)
-        enqueue_baselines(self.study, cfg, self.space)
+        from .file import target_language
+
+        baselines.enqueue(self.study, cfg, self.space, baselines.resolve(cfg, target_language(cfg)),
+                          BASELINES_DONE, BASELINE, OVERRIDE)
         before = counted(self.study)
         budget = cfg.n_trials if n_trials is None else before + n_trials
         self.todo = max(0, budget - before)
@@ -151,7 +156,7 @@ class Search:
         """Ask a trial and make its cell; None when it failed before running (told FAIL, counted)."""
         from optuna.trial import TrialState
 
-        from .space import sample
+        from search_spaces.space import sample
 
         trial = self.study.ask(self.space.distributions(self.langs))
         baseline = trial.user_attrs.get(BASELINE)
@@ -182,12 +187,12 @@ class Search:
         from ..config import run_options
         from ..sweep.cells import prune_cell
         from .file import fixed_hp
-        from .space import PROFILE
+        from search_spaces.space import PROFILE
 
         cfg = self.cfg
         mix = point.mix or {l: 1 / len(self.langs) for l in self.langs}
         calib = override.get("calib") or canonical_mix(mix)
-        kind = point.schedule or cfg.schedule
+        kind = override.get("schedule") or point.schedule or cfg.schedule
         schedule = point.profile if kind == PROFILE else kind
         hp = {**fixed_hp(cfg, self.space, kind), **point.hp, **override.get("hp", {})}
         spec = check_spec(PruneSpec(model=cfg.model, method=cfg.method, sparsity=cfg.sparsity, calib=calib,
@@ -247,11 +252,14 @@ class Search:
             best = list(self.study.best_trials) if len(self.metrics) > 1 else ([self.study.best_trial] if complete else [])
         except ValueError:
             best = []
-        baselines = [t for t in complete if BASELINE in t.user_attrs]
-        return {"study": self.cfg.name, "status": status, "storage": self.cfg.storage, "objectives": self.metrics,
-                "n_complete": len(complete), "n_failed": sum(t.state == TrialState.FAIL for t in trials),
-                "best": [trial_dict(t) for t in sorted(best, key=lambda t: t.number)],
-                "baselines": [trial_dict(t) for t in baselines]}
+        base = [t for t in complete if BASELINE in t.user_attrs]
+        out = {"study": self.cfg.name, "status": status, "storage": self.cfg.storage, "objectives": self.metrics,
+               "n_complete": len(complete), "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+               "best": [trial_dict(t) for t in sorted(best, key=lambda t: t.number)],
+               "baselines": [trial_dict(t) for t in base]}
+        for t in out["best"] + out["baselines"]:  # chosen on valid; quoted on test, read back from the trial's run
+            t["test"] = self.rec.held_out(t["mlflow_run_id"]) if self.rec and t["mlflow_run_id"] else {}
+        return out
 
 
 def trial_dict(t) -> dict[str, Any]:

@@ -55,7 +55,8 @@ class SearchConfig(Strict):
     constraints: list[Constraint] = Field(default_factory=list)
     n_trials: int = Field(20, gt=0)  # the study's total; `--n-trials N` adds N more
     parallel: int = Field(2, gt=0)  # trials in flight on Ray
-    baselines: bool = True  # enqueue the uniform-mix Wanda-equivalent and target-language trials first
+    # enqueued first: true (uniform mix + the target language alone), false, or a list (search.baselines)
+    baselines: bool | list[Any] = True
     sampler_seed: int | None = None  # TPE's seed (reproducible proposals for a fixed completion order)
     storage: str | None = None  # default: sqlite:///optuna.db next to the search file
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # cpu_workers default: parallel
@@ -63,6 +64,13 @@ class SearchConfig(Strict):
     save_model: bool = False
     dtype: str = "auto"
     trust_remote_code: bool = False
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _baselines_form(cls, v):
+        if not isinstance(v, (bool, list)):
+            raise ValueError("true, false, or a list of uniform, target, {name: NAME, calib: MIX | {from: FILE}}")
+        return v
 
     @field_validator("sparsity", mode="before")
     @classmethod
@@ -79,12 +87,14 @@ def load_search(path: str | os.PathLike):
 
 def parse_search(raw: dict[str, Any], base: Path):
     """(config, space) from a search file's contents; relative paths are relative to `base`."""
-    from .space import load_space
+    from . import baselines
+    from search_spaces.space import load_space
 
     cfg = validate(SearchConfig, raw)
     cfg.model = model_path(cfg.model, base)
     resolve_paths(cfg, base)
     cfg.storage = resolve_storage(cfg.storage, base)
+    baselines.parse(cfg, base)
     space = load_space(cfg.space, base)
     check(cfg, space)
     return cfg, space
@@ -111,6 +121,18 @@ def evaluation(cfg: SearchConfig) -> dict[str, Any]:
     return resolve_evaluation(cfg.evaluation, cfg.calibration, list(cfg.calibration.languages))
 
 
+def trial_evaluation(cfg: SearchConfig) -> dict[str, Any]:
+    """What a trial's cell evaluates: perplexity on `valid` (objectives and constraints: all the
+    sampler sees), then the same on `test` as `test.*` (logged, never told). lm-eval has no split
+    of ours: it runs once, in the test pass, unless an objective or constraint reads it."""
+    ev = evaluation(cfg)
+    tuned = any(m.startswith("lmeval.") for m in [o.metric for o in cfg.objectives] + [c.metric for c in cfg.constraints])
+    ppl = ev["ppl"]
+    test = {"ppl": {**ppl, "split": "test"} if ppl else None, "lm_eval": None if tuned else ev["lm_eval"]}
+    return {"ppl": {**ppl, "split": "valid"} if ppl else None, "lm_eval": ev["lm_eval"] if tuned else None,
+            "test": test if test["ppl"] or test["lm_eval"] else None}
+
+
 def target_language(cfg: SearchConfig) -> str | None:
     """The first objective's language (ppl.sw -> sw): the single-language baseline."""
     m = cfg.objectives[0].metric
@@ -124,6 +146,8 @@ def check(cfg: SearchConfig, space) -> None:
     from tasks.pruning import METHODS, SCHEDULES
     from tasks.pruning.base import hp_names
     from tasks.pruning.sparsity import parse_sparsity
+
+    from . import baselines
 
     check_model(cfg.model, "model")
     try:
@@ -150,6 +174,9 @@ def check(cfg: SearchConfig, space) -> None:
         raise UserError("sparsity", e.message) from None
     ev = evaluation(cfg)
     check_evaluation(cfg, ev)
+    if cfg.evaluation and cfg.evaluation.ppl and "split" in cfg.evaluation.ppl.model_fields_set:
+        raise UserError("evaluation.ppl.split", "a search's objectives read valid and every trial is also measured on test; "
+                                                "leave split out")
     names = [o.metric for o in cfg.objectives]
     for i, o in enumerate(cfg.objectives):
         if not produces(ev, o.metric):
@@ -183,6 +210,13 @@ def check(cfg: SearchConfig, space) -> None:
         field = {"hp": "hp", "schedule": "schedule", "method": "method", "nsamples": "calibration.nsamples",
                  "seqlen": "calibration.seqlen", "data": "calibration.data", "seed": "seed"}.get(e.field, e.field)
         raise UserError(field, e.message) from None
+
+    def spec(calib: str, schedule: str, hp: dict[str, Any]) -> PruneSpec:
+        return PruneSpec(model=cfg.model, method=cfg.method, sparsity=cfg.sparsity, calib=calib,
+                         data=cfg.calibration.data, nsamples=cfg.calibration.nsamples, seqlen=cfg.calibration.seqlen,
+                         seed=cfg.seed, schedule=schedule, hp={**fixed_hp(cfg, space, schedule), **hp})
+
+    baselines.check(cfg, baselines.resolve(cfg, target_language(cfg)), source, spec)
 
 
 def searches_schedule(space) -> bool:

@@ -46,15 +46,25 @@ class SearchRecord:
         files.update(figures(study, metrics))
         tracking.log_artifacts(self.cl, self.parent, files)
         m: dict[str, float] = {"trials.complete": summary["n_complete"], "trials.failed": summary["n_failed"]}
-        if len(metrics) == 1 and summary["best"]:
+        if len(metrics) == 1 and summary["best"]:  # best.<metric> is valid (chosen on it), best.test.* its test numbers
             m[f"best.{metrics[0]}"] = summary["best"][0]["values"][0]
             m["best.trial"] = summary["best"][0]["number"]
+            m.update({f"best.{k}": v for k, v in summary["best"][0].get("test", {}).items()})
         for b in summary["baselines"]:
             if b.get("values"):
                 m.update({f"baseline.{b['baseline']}.{k}": v for k, v in zip(metrics, b["values"])})
+                m.update({f"baseline.{b['baseline']}.{k}": v for k, v in b.get("test", {}).items()})
         tracking.log_metrics(self.cl, self.parent, m)
         tracking.log_tags(self.cl, self.parent, {"polyprune.best_trials": ",".join(str(b["number"]) for b in summary["best"])})
         self.cl.set_terminated(self.parent, status)
+
+
+    def held_out(self, run_id: str) -> dict[str, float]:
+        """A trial's test.* metrics: in MLflow only, so the study (and its sampler) never holds them."""
+        try:
+            return {k: v for k, v in self.cl.get_run(run_id).data.metrics.items() if k.startswith("test.")}
+        except Exception:  # a run deleted by hand: the summary says nothing rather than fail
+            return {}
 
 
 def figures(study, metrics: list[str]) -> dict[str, bytes]:

@@ -1,5 +1,5 @@
 """The Optuna study of a search: open (create or resume), take over from a stopped driver,
-lose and re-enqueue a trial, count the budget, enqueue the baselines.
+lose and re-enqueue a trial, count the budget.
 
 Only Optuna's public API is used: `Study`, `FrozenTrial` / `Trial` properties and, for the
 one thing `Study` cannot do (tag a trial known only by its number), the storage API in
@@ -111,46 +111,3 @@ def counted(study) -> int:
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
     return sum(1 for t in done if LOST not in t.user_attrs)
-
-
-def enqueue_baselines(study, cfg, space) -> None:
-    """Enqueue, once per study: the uniform mix with Wanda-equivalent coefficients and the
-    single target-language calibration (Wanda-equivalent too: one language, lambdas 0).
-    What the space can express goes in as parameters; the rest as an override the
-    driver applies (e.g. the target language when the space does not search the mix)."""
-    from .file import target_language
-    from .space import dirichlet_point
-
-    if study.user_attrs.get(BASELINES_DONE) or not cfg.baselines:
-        return
-    langs = cfg.calibration.languages
-    coef = {"lambda_var": 0.0, "lambda_prob": 0.0} if cfg.method == "mwanda" else {}
-
-    def point(weights: dict[str, float] | None, calib: str | None):
-        params, override = {}, {}
-        if space.mix:
-            params.update({f"mix.{l}": u for l, u in dirichlet_point(weights or {l: 1 / len(langs) for l in langs}).items()})
-        if calib:
-            override["calib"] = calib
-        for k, v in coef.items():
-            if space.searches(k):
-                params[k] = v
-            else:
-                override.setdefault("hp", {})[k] = v
-        if space.searches("schedule"):
-            params["schedule"] = "uniform"
-        elif space.profile_points and not space.profile_when:
-            params.update({f"profile.{i}": 0.0 for i in range(space.profile_points)})
-        return params, override
-
-    items = [("uniform-wanda", *point(None, None))]
-    target = target_language(cfg)
-    if target:
-        if space.mix and target in langs:
-            items.append((f"{target}-only-wanda", *point({l: float(l == target) for l in langs}, None)))
-        else:
-            items.append((f"{target}-only-wanda", *point(None, target)))
-    for label, params, override in items:
-        study.enqueue_trial(params, user_attrs={BASELINE: label, **({OVERRIDE: override} if override else {})})
-    study.set_user_attr(BASELINES_DONE, [label for label, _, _ in items])
-

@@ -123,7 +123,7 @@ class CellRunner:
         if ev["ppl"]:
             p = ev["ppl"]
             ppl = perplexity(self.model, self.tok, p["languages"], data=p["data"], seqlen=p["seqlen"],
-                             nsamples=p["nsamples"], batch_size=opts["ppl_batch_size"])
+                             nsamples=p["nsamples"], batch_size=opts["ppl_batch_size"], split=p.get("split", "test"))
             out.update(ppl_metrics(ppl))
         if ev["lm_eval"]:
             from tasks.evaluation.lmeval import run_lmeval
@@ -132,6 +132,8 @@ class CellRunner:
             res = run_lmeval(self.model, self.tok, le["tasks"], num_fewshot=le["num_fewshot"], limit=le["limit"],
                              batch_size=opts["lm_eval_batch_size"], include_paths=le["include_paths"])
             out.update({k: float(v) for k, v in res["metrics"].items() if isinstance(v, (int, float))})
+        if ev.get("test"):  # a search trial's held-out pass: logged as test.*, never told to the sampler
+            out.update({f"test.{k}": v for k, v in self._evaluate(ev["test"], opts, key).items()})
         return out
 
 
