@@ -76,11 +76,8 @@ def client(uri: str, create: bool):
         raise UserError("tracking_uri", f"folder {str(path.parent)!r} of the sqlite store does not exist")
     from mlflow import MlflowClient
 
-    cl = MlflowClient(tracking_uri=uri)
-    if path is not None and create:
-        with creating(path):  # MLflow creates (or migrates) the schema on first use: one process at a time
-            cl.search_experiments(max_results=1)
-    return cl
+    with creating(path if create else None):  # MLflow creates (or migrates) the schema here: one process at a time
+        return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(cl, name: str, uri: str, create: bool) -> str | None:
