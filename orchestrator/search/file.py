@@ -125,7 +125,7 @@ def check(cfg: SearchConfig, space) -> None:
     from tasks.pruning.base import hp_names
     from tasks.pruning.sparsity import parse_sparsity
 
-    check_model(cfg.model, "model")
+    check_model(cfg.model, "model", {"calibration.seqlen": cfg.calibration.seqlen})
     try:
         source = get_source(cfg.calibration.data)
     except UserError as e:

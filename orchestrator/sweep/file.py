@@ -78,8 +78,11 @@ def expand(cfg: SweepConfig) -> list[Cell]:
     from tasks.api import PruneSpec, check_spec  # heavy (torch); only once a file has parsed
 
     ev = _evaluation(cfg)
+    seqlens = {"calibration.seqlen": cfg.calibration.seqlen}
+    if ev["ppl"]:
+        seqlens["evaluation.ppl.seqlen" if cfg.evaluation and cfg.evaluation.ppl.seqlen else "calibration.seqlen"] = ev["ppl"]["seqlen"]
     for i, m in enumerate(cfg.models):
-        check_model(m, f"models[{i}]")
+        check_model(m, f"models[{i}]", seqlens)
     check_evaluation(cfg, ev)
     checked: dict[str, Any] = {}  # check_spec does not depend on the model: once per spec
     cells: list[Cell] = []
