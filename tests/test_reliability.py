@@ -294,3 +294,74 @@ def test_server_restart_mid_sweep_loses_nothing(ray_local, run_dir, mlflow_serve
         names = {a.path for a in cl.list_artifacts(r.info.run_id)}
         assert "result.json" in names or r.data.params.get("method") == "dense", names
         assert "ppl.en" in r.data.metrics
+
+
+# ---------------------------------------------------------------- inputs and outputs checked before work
+
+DRY = {  # sweep-file change -> the one line `sweep --dry-run` (and `sweep`) must print, as `prune` would
+    "positions": ({"calibration": {**SWEEP["calibration"], "seqlen": 100000}}, "calibration.seqlen: 100000 is beyond the 256 positions"),
+    "ppl positions": ({"evaluation": {"ppl": {"languages": ["en"], "seqlen": 4096}}}, "evaluation.ppl.seqlen: 4096 is beyond"),
+    "bool nsamples": ({"calibration": {**SWEEP["calibration"], "nsamples": True}}, "calibration.nsamples: input should be a valid integer"),
+    "float workers": ({"resources": {"gpus_per_cell": float("inf")}}, "resources.gpus_per_cell: input should be a finite number"),
+    "truncated weights": ({"models": ["./broken"]}, "model.safetensors' is not a complete safetensors file"),
+    "model is a file": ({"models": ["./tiny/config.json"]}, "is a file; expected a model folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(DRY), ids=list(DRY))
+def test_dry_run_checks_every_cell_as_prune_does(case, run_dir, tiny_llama, capsys):
+    import shutil
+
+    shutil.copytree(tiny_llama, run_dir / "broken")
+    weights = run_dir / "broken" / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size - 1000)
+    over, expected = DRY[case]
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP, **over)
+    for argv in (["sweep", str(path), "--dry-run"], ["sweep", str(path)]):
+        assert_one_line(capsys, main(argv), "sweep", expected, run_dir)
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nmodels: [a\n  b: c\n")
+    assert_one_line(capsys, main(["sweep", str(path), "--dry-run"]), "sweep", "is not valid YAML at line", tmp_path)
+
+
+def test_outputs_and_files_of_the_wrong_kind_before_any_work(run_dir, tiny_llama, tmp_path, capsys):
+    from conftest import save_tiny_model, tiny_llama_config
+
+    common = ["--model", str(tiny_llama), "--method", "wanda", "--sparsity", "0.5", "--calib", "en", "--data",
+              str(run_dir / "text"), "--nsamples", "2", "--seqlen", "16"]
+    (tmp_path / "afile").write_text("x")
+    assert main(["prune", *common, "--out", str(tmp_path / "afile" / "out")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    # A killed run's temp folder is removed by the next run into the same place; a live one's is not.
+    dead, live = tmp_path / ".out.tmp-999999999", tmp_path / f".out.tmp-{os.getppid()}"
+    dead.mkdir(), live.mkdir()
+    out = tmp_path / "out"
+    assert main(["prune", *common, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert not dead.exists() and live.exists() and (out / "masks.safetensors").is_file()
+    capsys.readouterr()
+
+    ev = ["eval", "--model", str(tiny_llama), "--ppl", "en", "--data", str(run_dir / "text"), "--nsamples", "1", "--seqlen", "16"]
+    cases = {
+        "out folder": ([*ev, "--out", str(tmp_path)], "out: "),
+        "calibration as masks": ([*ev, "--masks", str(out / "calibration.safetensors")], "holds calibration ids (calibration.safetensors)"),
+        "folder as masks": ([*ev, "--masks", str(out)], f"is a folder; expected the file masks.safetensors written by prune; did you mean"),
+        "not safetensors": ([*ev, "--masks", str(out / "result.json")], "is not a safetensors file"),
+    }
+    other = save_tiny_model(tmp_path / "other", tiny_llama_config(hidden=32, ffn=64))
+    cases["masks of another model"] = (["eval", "--model", str(other), "--ppl", "en", "--data", str(run_dir / "text"),
+                                        "--masks", str(out / "masks.safetensors")], f"was made from model {str(tiny_llama)!r}")
+    for name, (argv, expected) in cases.items():
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, (name, err)
+    assert not (tmp_path / "eval.json").exists()
+
+
+@pytest.mark.parametrize("watch", ["0", "-1", "nan"])
+def test_status_watch_needs_a_positive_interval(watch, tmp_path, capsys):
+    assert main(["status", "x", "--watch", watch, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "watch: must be a positive number of seconds" in err, err
