@@ -304,6 +304,7 @@ DRY = {  # sweep-file change -> the one line `sweep --dry-run` (and `sweep`) mus
     "bool nsamples": ({"calibration": {**SWEEP["calibration"], "nsamples": True}}, "calibration.nsamples: input should be a valid integer"),
     "float workers": ({"resources": {"gpus_per_cell": float("inf")}}, "resources.gpus_per_cell: input should be a finite number"),
     "truncated weights": ({"models": ["./broken"]}, "model.safetensors' is not a complete safetensors file"),
+    "too little text": ({"calibration": {**SWEEP["calibration"], "nsamples": 100000}}, "calibration.nsamples: 100000 samples of 16 tokens need"),
     "model is a file": ({"models": ["./tiny/config.json"]}, "is a file; expected a model folder"),
 }
 
