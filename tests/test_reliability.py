@@ -233,8 +233,9 @@ def mlflow_server(tmp_path):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{store / 'backend.db'}", "--artifacts-destination", str(store / "artifacts")],
-            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 120
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))  # no job runner: a lighter server
+        deadline = time.monotonic() + 240
         import urllib.request
 
         while time.monotonic() < deadline:
@@ -255,8 +256,8 @@ def mlflow_server(tmp_path):
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
 
-    start()
     try:
+        start()
         yield f"http://127.0.0.1:{port}", start, stop, store
     finally:
         stop()
@@ -366,3 +367,11 @@ def test_status_watch_needs_a_positive_interval(watch, tmp_path, capsys):
     assert main(["status", "x", "--watch", watch, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "watch: must be a positive number of seconds" in err, err
+
+
+def test_infinite_hyperparameter_says_finite(tiny_llama, tmp_path, capsys):
+    assert main(["prune", "--model", str(tiny_llama), "--method", "mwanda", "--sparsity", "0.5", "--calib", "en",
+                 "--hp", "lambda_var=inf", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must be a finite float, got 'inf'" in err, err
+    assert not (tmp_path / "o").exists()
