@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from safetensors import SafetensorError, safe_open
+
 from .errors import UserError
 
 BLOCK_PATHS = ("model.layers", "model.decoder.layers", "gpt_neox.layers", "transformer.h", "model.language_model.layers")
@@ -78,14 +80,102 @@ def load_model(name: str, dtype: str = "auto", device: str = "cpu", trust_remote
     if local.exists() and not (local / "config.json").exists():
         raise UserError("model", f"{name!r} has no config.json; give a folder saved with save_pretrained or a hub id")
     source = str(local) if local.exists() else name
+    if local.exists():
+        check_weight_files(local)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise UserError("model", f"cannot load {name!r}: {str(e).splitlines()[0]}") from None
     find_blocks(model)
     model.eval()
     return model.to(device), tokenizer
+
+
+def fits_device(model: nn.Module, device, reserve: float = 0.15) -> bool:
+    """Whether the whole model fits `device` with `reserve` of its memory left for activations.
+
+    Host memory always counts as fitting: the model was loaded there.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    missing = sum(p.numel() * p.element_size() for p in model.parameters() if p.device != device)
+    if not missing:
+        return True
+    free, total = torch.cuda.mem_get_info(device)
+    return missing <= free - reserve * total
+
+
+def check_weight_files(folder: Path) -> None:
+    """One line naming the file when a local `*.safetensors` is truncated or not safetensors at all.
+
+    Reads only the headers: a header that promises more bytes than the file holds is how a cut-off
+    download or copy shows.
+    """
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise UserError("model", f"{str(path)!r} is not a complete safetensors weights file "
+                                     f"({str(e).splitlines()[0]}); expected the weights written by save_pretrained") from None
+
+
+def weight_bytes(config, dtype: str = "auto") -> int:
+    """Bytes of a model's parameters at `dtype`, from its config alone (the model is built on the meta device)."""
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise UserError("dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
+    torch_dtype = DTYPES[dtype]
+    if torch_dtype == "auto":  # what from_pretrained(dtype="auto") would pick
+        torch_dtype = getattr(config, "dtype", None) or torch.float32
+        torch_dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    size = torch.empty((), dtype=torch_dtype).element_size()
+    return sum(p.numel() for p in model.parameters()) * size  # buffers (rotary tables) are negligible
+
+
+def available_host_memory() -> int:
+    """Bytes this process may still allocate: the host's available memory, or less under a cgroup limit."""
+    import psutil
+
+    free = psutil.virtual_memory().available
+    try:  # containers: the cgroup v2 limit binds before the host runs out
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def check_host_memory(name: str, dtype: str = "auto", available: int | None = None, config=None,
+                      trust_remote_code: bool = False, headroom: float = 1.1) -> int:
+    """Fail with one line before loading when the host lacks memory for the model's weights.
+
+    The need is the weights at `dtype` (from the config, nothing is loaded) times `headroom` for
+    what loading and pruning add; `available` overrides the measured free memory (tests simulate a
+    small host with it). Returns the estimated need in bytes.
+    """
+    if config is None:
+        from transformers import AutoConfig
+
+        local = Path(name).expanduser()
+        try:
+            config = AutoConfig.from_pretrained(str(local) if local.exists() else name, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise UserError("model", f"cannot read the config of {name!r}: {str(e).splitlines()[0]}") from None
+    need = int(weight_bytes(config, dtype) * headroom)
+    have = available_host_memory() if available is None else int(available)
+    if need > have:
+        raise UserError("model", f"{name!r} needs about {need / 2**30:.1f} GiB of host memory ({dtype} weights), "
+                                 f"but only {have / 2**30:.1f} GiB is available on this host")
+    return need
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

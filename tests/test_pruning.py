@@ -20,7 +20,7 @@ from archs import arch_configs  # noqa: E402
 
 from tasks.models import block_linears, find_blocks
 from tasks.pruning import METHODS
-from tasks.pruning.pipeline import capture, _run_block, prune_blocks, schedule_targets
+from tasks.pruning.pipeline import capture, propagate, prune_blocks, schedule_targets
 from tasks.pruning.schedules import SCHEDULES, owl_allocate
 from tasks.pruning.sparsity import parse_sparsity
 
@@ -240,7 +240,7 @@ def test_every_architecture_captures_exactly_and_prunes(arch):
         inps, calls = capture(model, ids, 2, "cpu")
         blocks = find_blocks(model)[1]
         for i in range(len(blocks) - 1):  # the last hidden state has the final norm applied
-            _run_block(blocks[i], inps, calls[i])
+            propagate(blocks[i], inps, calls[i])
             torch.testing.assert_close(torch.cat(inps), hidden[i + 1], rtol=0, atol=1e-10)
     masks, report = prune_blocks(model, make("wanda"), [0.5] * len(blocks), None, ids, torch.zeros(4, dtype=torch.long), 1, 2, "cpu")
     assert len(masks) >= 4 * len(blocks)

@@ -26,13 +26,12 @@ class _Stop(Exception):
     pass
 
 
-class _Catcher(nn.Module):
-    """Stands in for block i during capture: records its call, passes hidden states on."""
+class _Standin(nn.Module):
+    """Takes block i's place in the model's own forward; reads the real block's per-layer attributes."""
 
-    def __init__(self, i: int, block: nn.Module, record: list, last: bool, tuple_out: bool):
+    def __init__(self, block: nn.Module):
         super().__init__()
         object.__setattr__(self, "_block", block)  # not a submodule: model.to(device) must not move it
-        self.i, self.record, self.last, self.tuple_out = i, record, last, tuple_out
 
     def __getattr__(self, name):  # models read per-layer attributes such as `attention_type`
         try:
@@ -40,11 +39,31 @@ class _Catcher(nn.Module):
         except AttributeError:
             return getattr(object.__getattribute__(self, "_block"), name)
 
+
+class _Catcher(_Standin):
+    """During capture: records block i's call, passes hidden states on."""
+
+    def __init__(self, i: int, block: nn.Module, record: list, last: bool, tuple_out: bool):
+        super().__init__(block)
+        self.i, self.record, self.last, self.tuple_out = i, record, last, tuple_out
+
     def forward(self, *args, **kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
         self.record[self.i].append((hidden, args[1:], kwargs))
         if self.last:
             raise _Stop
+        return (hidden,) if self.tuple_out else hidden
+
+
+class _Feed(_Standin):
+    """After the blocks ran one by one: block 0 hands over the last block's output, the others pass it on."""
+
+    def __init__(self, block: nn.Module, tuple_out: bool):
+        super().__init__(block)
+        self.hidden, self.tuple_out = None, tuple_out
+
+    def forward(self, *args, **kwargs):
+        hidden = self.hidden if self.hidden is not None else (args[0] if args else kwargs["hidden_states"])
         return (hidden,) if self.tuple_out else hidden
 
 
@@ -55,6 +74,11 @@ def _first(out):
 @torch.no_grad()
 def capture(model, input_ids: torch.Tensor, batch_size: int, device):
     """(block 0's inputs per batch, per block and batch its other call arguments)."""
+    inps, calls, _ = _capture(model, input_ids, batch_size, device)
+    return inps, calls
+
+
+def _capture(model, input_ids, batch_size, device):
     _, blocks = find_blocks(model)
     originals = list(blocks)
     n = len(blocks)
@@ -76,8 +100,8 @@ def capture(model, input_ids: torch.Tensor, batch_size: int, device):
                 blocks[i] = b
 
     batches = list(input_ids.split(batch_size))
-    # Probe block 0 once to learn whether blocks return tuples (BLOOM, OPT) or tensors.
-    run(0, False, batches[:1])
+    # Probe block 0 on one sample to learn whether blocks return tuples (BLOOM, OPT) or tensors.
+    run(0, False, [batches[0][:1]])
     h, args, kw = record[0].pop()
     home = next(originals[0].parameters()).device
     tuple_out = isinstance(originals[0].to(device)(h, *args, **kw), (tuple, list))
@@ -85,13 +109,40 @@ def capture(model, input_ids: torch.Tensor, batch_size: int, device):
     run(n - 1, tuple_out, batches)
     inps = [h for h, _, _ in record[0]]
     calls = [[(a, kw) for _, a, kw in rec] for rec in record[:n]]
-    return inps, calls
+    return inps, calls, tuple_out
 
 
-def _run_block(block, inps, calls):
+def propagate(block, inps, calls):
     """Replace each batch's inputs by the block's outputs (the inputs are not needed again)."""
     for b, (args, kw) in enumerate(calls):
         inps[b] = _first(block(inps[b], *args, **kw))
+
+
+@torch.no_grad()
+def blockwise_logits(model, input_ids: torch.Tensor, batch_size: int, device):
+    """The model's logits per batch of `input_ids`, equal to its full forward, with only one decoder
+    block on `device` at a time (for models bigger than the device); every block moves there once.
+
+    The model's own forward still runs the embeddings and what follows the last block (final norm,
+    head, logit soft-capping or scaling), with the blocks' work replayed from the block-by-block pass.
+    """
+    _, blocks = find_blocks(model)
+    inps, calls, tuple_out = _capture(model, input_ids, batch_size, device)
+    for i, block in enumerate(blocks):
+        home = next(block.parameters()).device
+        block.to(device)
+        propagate(block, inps, calls[i])
+        block.to(home)
+    originals = list(blocks)
+    for i, b in enumerate(originals):
+        blocks[i] = _Feed(b, tuple_out)
+    try:
+        for ids, hidden in zip(input_ids.split(batch_size), inps):
+            blocks[0].hidden = hidden
+            yield model(input_ids=ids.to(device), use_cache=False).logits
+    finally:
+        for i, b in enumerate(originals):
+            blocks[i] = b
 
 
 def _sequential_groups(block, linears: dict, inp, call) -> list[list[str]]:
@@ -119,18 +170,32 @@ def _sequential_groups(block, linears: dict, inp, call) -> list[list[str]]:
 
 
 def _collect(block, linears: dict, make_stats, inps, calls, lang_batches):
-    """Run the block over all batches with hooks filling one statistic per linear."""
+    """Run the block over all batches with hooks filling one statistic per linear.
+
+    Each forward stops as soon as every linear has seen its input: what the block would compute
+    after that (the last linear's product, the residual) is discarded by this pass anyway.
+    """
     stats = {n: make_stats(n, lin) for n, lin in linears.items()}
+    pending: set[str] = set()
     current = {}
 
     def hook(name):
-        return lambda m, i, o: stats[name].add(i[0].detach(), current["lang"])
+        def record(module, inputs):
+            stats[name].add(inputs[0].detach(), current["lang"])
+            pending.discard(name)
+            if not pending:
+                raise _Stop
+        return record
 
-    hooks = [lin.register_forward_hook(hook(n)) for n, lin in linears.items()]
+    hooks = [lin.register_forward_pre_hook(hook(n)) for n, lin in linears.items()]
     try:
         for b, (args, kw) in enumerate(calls):
             current["lang"] = lang_batches[b]
-            block(inps[b], *args, **kw)
+            pending.update(linears)
+            try:
+                block(inps[b], *args, **kw)
+            except _Stop:
+                pass
     finally:
         for h in hooks:
             h.remove()
@@ -155,7 +220,7 @@ def schedule_targets(model, schedule: Schedule, target: float, input_ids, lang, 
         stats = _collect(block, linears, lambda n, lin: ActStats(lin.weight, n_lang), inps, calls[i], lang_batches)
         scores.append(schedule.block_score(linears, stats))
         del stats
-        _run_block(block, inps, calls[i])
+        propagate(block, inps, calls[i])
         block.to(home)
     return check_targets(schedule.allocate(scores, target, len(blocks)))
 
@@ -189,13 +254,13 @@ def prune_blocks(model, method, targets: list[float], nm, input_ids, lang, n_lan
                 keep = method.prune(lin, stats[name], targets[i], nm)
                 lin.weight.mul_(keep.to(lin.weight.dtype))
                 masks[f"{prefix}.{i}.{name}.weight"] = keep.cpu()
-                layer_sparsity[name] = (lin.weight == 0).double().mean().item()
+                layer_sparsity[name] = 1 - lin.weight.count_nonzero().item() / lin.weight.numel()
             del stats
         if method.needs_calibration and i + 1 < len(blocks):
-            _run_block(block, inps, calls[i])
+            propagate(block, inps, calls[i])
         block.to(home)
-        zeros = sum((l.weight == 0).sum().item() for l in linears.values())
         total = sum(l.weight.numel() for l in linears.values())
+        zeros = sum(layer_sparsity[n] * linears[n].weight.numel() for n in layer_sparsity)
         report.append({"block": i, "target": targets[i], "actual": zeros / total, "linears": layer_sparsity,
                        "time_s": time.perf_counter() - t0})
     return masks, report
