@@ -167,25 +167,16 @@ def check_model(model: str, field: str, seqlens: dict[str, int | None] | None = 
         raise UserError(field, f"folder {model!r} does not exist")
     if not os.access(model, os.R_OK | os.X_OK) or not os.path.isfile(os.path.join(model, "config.json")):
         raise UserError(field, f"{model!r} is not a readable model folder (needs config.json from save_pretrained)")
-    check_weights(model, field)
+    from tasks.models import check_weight_files
+
+    try:
+        check_weight_files(Path(model))  # headers only: a truncated file fails here, not in every cell
+    except UserError as e:
+        raise UserError(field, e.message) from None
     for where, seqlen in (seqlens or {}).items():
         positions = model_positions(model)
         if seqlen is not None and positions and seqlen > positions:
             raise UserError(where, f"{seqlen} is beyond the {positions} positions of model {model!r}")
-
-
-def check_weights(model: str, field: str) -> None:
-    """The header of every local safetensors file (a truncated or foreign file fails here, not in every cell)."""
-    from safetensors import safe_open
-
-    for name in sorted(os.listdir(model)):
-        if name.endswith(".safetensors"):
-            try:
-                with safe_open(os.path.join(model, name), "pt"):
-                    pass
-            except Exception as e:
-                raise UserError(field, f"{os.path.join(model, name)!r} is not a complete safetensors file "
-                                       f"({str(e).splitlines()[0]})") from None
 
 
 def model_positions(model: str) -> int | None:

@@ -304,7 +304,7 @@ DRY = {  # sweep-file change -> the one line `sweep --dry-run` (and `sweep`) mus
     "ppl positions": ({"evaluation": {"ppl": {"languages": ["en"], "seqlen": 4096}}}, "evaluation.ppl.seqlen: 4096 is beyond"),
     "bool nsamples": ({"calibration": {**SWEEP["calibration"], "nsamples": True}}, "calibration.nsamples: input should be a valid integer"),
     "float workers": ({"resources": {"gpus_per_cell": float("inf")}}, "resources.gpus_per_cell: input should be a finite number"),
-    "truncated weights": ({"models": ["./broken"]}, "model.safetensors' is not a complete safetensors file"),
+    "truncated weights": ({"models": ["./broken"]}, "model.safetensors' is not a complete safetensors weights file"),
     "too little text": ({"calibration": {**SWEEP["calibration"], "nsamples": 100000}}, "calibration.nsamples: 100000 samples of 16 tokens need"),
     "model is a file": ({"models": ["./tiny/config.json"]}, "is a file; expected a model folder"),
 }
@@ -348,13 +348,13 @@ def test_outputs_and_files_of_the_wrong_kind_before_any_work(run_dir, tiny_llama
     ev = ["eval", "--model", str(tiny_llama), "--ppl", "en", "--data", str(run_dir / "text"), "--nsamples", "1", "--seqlen", "16"]
     cases = {
         "out folder": ([*ev, "--out", str(tmp_path)], "out: "),
-        "calibration as masks": ([*ev, "--masks", str(out / "calibration.safetensors")], "holds calibration ids (calibration.safetensors)"),
+        "calibration as masks": ([*ev, "--masks", str(out / "calibration.safetensors")], "is not a polyprune masks file"),
         "folder as masks": ([*ev, "--masks", str(out)], f"is a folder; expected the file masks.safetensors written by prune; did you mean"),
-        "not safetensors": ([*ev, "--masks", str(out / "result.json")], "is not a safetensors file"),
+        "not safetensors": ([*ev, "--masks", str(out / "result.json")], "is corrupt or truncated"),
     }
     other = save_tiny_model(tmp_path / "other", tiny_llama_config(hidden=32, ffn=64))
     cases["masks of another model"] = (["eval", "--model", str(other), "--ppl", "en", "--data", str(run_dir / "text"),
-                                        "--masks", str(out / "masks.safetensors")], f"was made from model {str(tiny_llama)!r}")
+                                        "--masks", str(out / "masks.safetensors")], f"does not fit this model")
     for name, (argv, expected) in cases.items():
         assert main(argv) == 2, name
         err = capsys.readouterr().err
