@@ -39,7 +39,7 @@ DEFAULTS = {
     "settle_s": 1.0,  # claim -> read back; far above one write's latency
     "beat_s": 5.0,  # heartbeat period
     "expiry_s": 60.0,  # a holder on another host silent this long is taken as dead (> a server restart)
-    "ray_wait_s": 30.0,  # how long a dead driver's actor may linger before Ray ends it
+    "ray_wait_s": 60.0,  # how long an actor that does not answer may linger before Ray ends it
 }
 TAG = "polyprune.lease"
 NAMESPACE = "polyprune"
@@ -152,12 +152,18 @@ class Lease:
             except ValueError:  # the name is taken
                 pass
             try:
-                other = ray.get(ray.get_actor(name, namespace=NAMESPACE).who.remote(), timeout=10)
+                actor = ray.get_actor(name, namespace=NAMESPACE)
+                other = ray.get(actor.who.remote(), timeout=10)
             except Exception:  # gone between the two calls, or dying with its job
                 other = None
-            if other is not None and not lingering(other) or time.monotonic() > deadline:
+            if other is not None and lingering(other):
+                try:  # its driver is gone (same host, no such process): Ray would end it soon; do it now
+                    ray.kill(actor)
+                except Exception:
+                    pass
+            elif other is not None or time.monotonic() > deadline:
                 raise UserError("FILE", describe(self.kind, self.name, other or {"holder": "a driver on this Ray cluster"}))
-            time.sleep(0.2)  # a dead driver's actor: Ray ends it with its job shortly
+            time.sleep(0.2)
 
     def release(self) -> None:
         self.stop.set()

@@ -167,8 +167,13 @@ def test_ray_layer_refuses_a_second_holder_in_the_cluster(ray_local, tmp_path):
     finally:
         a.release()
     b = lease.Lease("sweep", "ray-x", cl, exp)
+    b.claim["holder"] = f"{socket.gethostname()}:999999999"  # as if its driver were killed with -9
     b.claim_ray()  # freed by the release
-    b.release()
+    t0 = time.monotonic()
+    c = lease.Lease("sweep", "ray-x", cl, exp)
+    c.claim_ray()  # a dead driver's actor is ended, not waited for
+    assert time.monotonic() - t0 < 30
+    c.release()
 
 
 # ---------------------------------------------------------------- stores probed first
