@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from tasks.errors import UserError
 
@@ -37,25 +37,25 @@ class Strict(BaseModel):
 class CalibrationConfig(Strict):
     languages: list[str] = Field(min_length=1)  # one cell value each: "en" or a mix "en=0.5,sw=0.5"
     data: str = "builtin"
-    nsamples: int = Field(128, gt=0)
-    seqlen: int | None = Field(None, gt=0)  # None: min(2048, the model's positions)
-    batch_size: int = Field(8, gt=0)  # forward batch; does not change the result, so not in the cell id
+    nsamples: StrictInt = Field(128, gt=0)  # strict: a YAML `true` is not 1
+    seqlen: StrictInt | None = Field(None, gt=0)  # None: min(2048, the model's positions)
+    batch_size: StrictInt = Field(8, gt=0)  # forward batch; does not change the result, so not in the cell id
 
 
 class PplConfig(Strict):
     languages: list[str] = Field(min_length=1)
     data: str | None = None  # default: calibration.data (its held-out split)
-    nsamples: int | None = Field(None, gt=0)  # windows per language; None: all held-out text
-    seqlen: int | None = Field(None, gt=0)  # default: calibration.seqlen
-    batch_size: int = Field(8, gt=0)
+    nsamples: StrictInt | None = Field(None, gt=0)  # windows per language; None: all held-out text
+    seqlen: StrictInt | None = Field(None, gt=0)  # default: calibration.seqlen
+    batch_size: StrictInt = Field(8, gt=0)
     split: Literal["valid", "test"] = "test"  # sweeps quote test; a search tunes on valid whatever this says
 
 
 class LmEvalConfig(Strict):
     tasks: list[str] = Field(min_length=1)
-    num_fewshot: int = Field(0, ge=0)
-    limit: float | None = Field(None, gt=0)  # examples per task (int) or a fraction (< 1)
-    batch_size: int = Field(8, gt=0)
+    num_fewshot: StrictInt = Field(0, ge=0)
+    limit: float | None = Field(None, gt=0, allow_inf_nan=False)  # examples per task (int) or a fraction (< 1)
+    batch_size: StrictInt = Field(8, gt=0)
     include_paths: list[str] = Field(default_factory=list)  # folders of custom lm-eval task YAMLs
 
 
@@ -65,11 +65,11 @@ class EvaluationConfig(Strict):
 
 
 class ResourcesConfig(Strict):
-    gpus_per_cell: float = Field(1, gt=0)  # per worker actor when the cluster has GPUs
-    cpu_workers: int = Field(1, gt=0)  # worker actors when it has none
-    cpus_per_worker: int | None = Field(None, gt=0)  # default: the cluster's CPUs / cpu_workers
-    max_in_flight: int | None = Field(None, gt=0)  # default: 2 per worker (one running, one queued)
-    max_retries: int = Field(2, ge=0)  # re-runs of a cell whose worker or node died
+    gpus_per_cell: float = Field(1, gt=0, allow_inf_nan=False)  # per worker actor when the cluster has GPUs
+    cpu_workers: StrictInt = Field(1, gt=0)  # worker actors when it has none
+    cpus_per_worker: StrictInt | None = Field(None, gt=0)  # default: the cluster's CPUs / cpu_workers
+    max_in_flight: StrictInt | None = Field(None, gt=0)  # default: 2 per worker (one running, one queued)
+    max_retries: StrictInt = Field(2, ge=0)  # re-runs of a cell whose worker or node died
 
 
 # ---------------------------------------------------------------- reading a file
@@ -84,7 +84,8 @@ def read_mapping(path: Path, keys: str) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError("FILE", f"{str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]  # one line, whatever the error's shape
+        raise UserError("FILE", f"{str(path)!r} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise UserError("FILE", f"{str(path)!r} must be a mapping of keys ({keys}, ...)")
     return raw
@@ -156,14 +157,39 @@ def model_path(model: str, base: Path) -> str:
     return local_path(model, base, loose=model.count("/") > 1)
 
 
-def check_model(model: str, field: str) -> None:
-    """A resolved local model folder (hub ids stay relative) must exist and hold a saved model."""
+def check_model(model: str, field: str, seqlens: dict[str, int | None] | None = None) -> None:
+    """A resolved local model folder (hub ids stay relative) must exist and hold a saved model with
+    readable weights that take every `seqlens` value (field -> seqlen) as prune checks it."""
     if not os.path.isabs(model):
         return
+    if os.path.exists(model) and not os.path.isdir(model):
+        raise UserError(field, f"{model!r} is a file; expected a model folder (saved with save_pretrained) or a hub id")
     if not os.path.isdir(model):
         raise UserError(field, f"folder {model!r} does not exist")
     if not os.access(model, os.R_OK | os.X_OK) or not os.path.isfile(os.path.join(model, "config.json")):
         raise UserError(field, f"{model!r} is not a readable model folder (needs config.json from save_pretrained)")
+    from tasks.models import check_weight_files
+
+    try:
+        check_weight_files(Path(model))  # headers only: a truncated file fails here, not in every cell
+    except UserError as e:
+        raise UserError(field, e.message) from None
+    for where, seqlen in (seqlens or {}).items():
+        positions = model_positions(model)
+        if seqlen is not None and positions and seqlen > positions:
+            raise UserError(where, f"{seqlen} is beyond the {positions} positions of model {model!r}")
+
+
+def model_positions(model: str) -> int | None:
+    """The positions a local model takes, from its config.json alone (as tasks.models.max_positions)."""
+    import json
+
+    try:
+        conf = json.loads(Path(model, "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    conf = {**conf, **(conf.get("text_config") or {})}
+    return next((int(conf[k]) for k in ("max_position_embeddings", "n_positions", "seq_length") if isinstance(conf.get(k), int)), None)
 
 
 def resolve_paths(cfg: Any, base: Path) -> None:

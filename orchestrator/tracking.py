@@ -20,6 +20,8 @@ from typing import Any
 
 from tasks.errors import UserError
 
+from .lease import creating
+
 ROLE, SWEEP, CELL, ERROR, DRIVER = "polyprune.role", "polyprune.sweep", "polyprune.cell_id", "polyprune.error", "polyprune.driver"
 PARENT = "mlflow.parentRunId"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -29,9 +31,44 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+SCHEMES = ("sqlite", "http", "https", "file", "databricks", "postgresql", "mysql", "mssql")
+PROBE_TIMEOUT_S = 5.0  # an unreachable server is one line in seconds, not after MLflow's ~250 s of retries
+
+
+def check_uri(uri: str) -> None:
+    """Before anything is created or started: a scheme MLflow can use, and a server that answers."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+    if scheme not in SCHEMES:
+        raise UserError("tracking_uri", f"unknown scheme {scheme!r} in {uri!r}; use sqlite:///FILE, http(s)://HOST:PORT "
+                                        f"(mlflow server), postgresql://... or a folder")
+    if scheme in ("sqlite", "file"):
+        check_durable(uri, "tracking_uri")
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # something answers: MLflow's own calls will say more
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise UserError("tracking_uri", f"no MLflow server answers at {uri} ({reason}); start it or fix the address") from None
+
+
+def check_durable(path: str, field: str) -> None:
+    """A store must outlive the run: `ray job submit` runs the driver in a per-job copy of the
+    working directory that Ray deletes, so a store there (a relative default) would be lost."""
+    if f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}" in path:
+        raise UserError(field, f"{path!r} lies inside Ray's per-job copy of the working directory, which is deleted "
+                               f"with the job; give --{field.replace('_', '-')} with a server (http://...) or an absolute "
+                               f"path outside it")
+
+
 def client(uri: str, create: bool):
     """An MlflowClient, or None when `create` is false and the sqlite file does not exist
     (so a dry run or `status` never creates a database as a side effect)."""
+    check_uri(uri)
     path = sqlite_path(uri)
     if path is not None and not create and not path.exists():
         return None
@@ -39,7 +76,8 @@ def client(uri: str, create: bool):
         raise UserError("tracking_uri", f"folder {str(path.parent)!r} of the sqlite store does not exist")
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    with creating(path if create else None):  # MLflow creates (or migrates) the schema here: one process at a time
+        return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(cl, name: str, uri: str, create: bool) -> str | None:
@@ -53,7 +91,15 @@ def experiment_id(cl, name: str, uri: str, create: bool) -> str | None:
     # Next to a sqlite store, artifacts go beside the database, not into whatever the cwd is.
     path = sqlite_path(uri)
     location = (path.parent / "mlartifacts" / safe_name(name)).as_uri() if path is not None else None
-    return cl.create_experiment(name, artifact_location=location)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return cl.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created by a concurrent driver meanwhile: get it
+        exp = cl.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def open_experiment(name: str, uri: str):
@@ -94,30 +140,14 @@ def finished_cells(cl, exp_id: str | None, sweep: str) -> dict[str, Any]:
     return {r.data.tags[CELL]: r for r in child_runs(cl, exp_id, sweep) if r.info.status == "FINISHED"}
 
 
-def holder_alive(holder: str | None) -> bool:
-    """Is `host:pid` (a driver tag) a live process of this host, other than this one? A holder on
-    another machine cannot be checked from here: False (callers judge it by its heartbeat)."""
-    host, _, pid = (holder or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def begin_parent(cl, exp_id: str, name: str, role: str, tags: dict[str, str], params: dict[str, Any]) -> str:
     """The parent run of a sweep or study (`role`), reused on resume, marked RUNNING by this driver.
+    The caller holds the lease (`orchestrator.lease`), so no other driver is running.
 
     Children left RUNNING by a driver that died are ended KILLED first, so nothing
     stays RUNNING and their cells run again."""
     parents = [r for r in all_runs(cl, exp_id, f"tags.`{ROLE}` = '{role}'") if r.data.tags.get(SWEEP) == name]
     parent = min(parents, key=lambda r: r.info.start_time) if parents else None
-    if parent is not None and parent.info.status == "RUNNING" and holder_alive(parent.data.tags.get(DRIVER)):
-        raise UserError("FILE", f"{role} {name!r} is being run by process {parent.data.tags[DRIVER]}; wait for it or stop it")
     for r in child_runs(cl, exp_id, name):
         if r.info.status in ("RUNNING", "SCHEDULED"):
             cl.set_tag(r.info.run_id, ERROR, f"the driver stopped while this {'trial' if role == 'search' else 'cell'} ran (found RUNNING on resume)")

@@ -11,11 +11,12 @@ PKG = Path(__file__).resolve().parent.parent / "orchestrator"
 # What each part of orchestrator/ may import from orchestrator/ (itself always).
 ALLOWED = {
     "config": set(),
-    "tracking": set(),
-    "sweep": {"config", "tracking"},
-    "search": {"config", "tracking", "sweep"},
+    "lease": set(),
+    "tracking": {"lease"},
+    "sweep": {"config", "tracking", "lease"},
+    "search": {"config", "tracking", "sweep", "lease"},
     "report": {"config", "tracking"},
-    "cli": {"config", "tracking", "sweep", "search", "report"},
+    "cli": {"config", "tracking", "sweep", "search", "report", "lease"},
 }
 
 

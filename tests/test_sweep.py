@@ -164,10 +164,9 @@ def test_sweep_one_finished_run_per_cell_then_resume_skips(ray_local, run_dir, t
 
 
 def test_failing_cells_are_recorded_and_the_sweep_goes_on(ray_local, run_dir, tiny_llama, capsys):
-    broken = run_dir / "broken"
-    broken.mkdir()
+    # Intact files (validation reads their headers) whose weights do not fit the config: fails only at load.
+    broken = save_tiny_model(run_dir / "broken", tiny_llama_config(hidden=32, ffn=64))
     shutil.copy(Path(tiny_llama) / "config.json", broken / "config.json")
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     path = write_sweep(run_dir, models=["./tiny", "./broken"], methods=["wanda"], sparsities=[0.5],
                        calibration={"languages": ["en"], "data": "./text", "nsamples": 4, "seqlen": 32}, seeds=[0, 1])
     assert main(["sweep", str(path)]) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from tasks.errors import UserError
@@ -61,15 +62,17 @@ def run(args) -> int:
         tasks = check_args(args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
                            include_paths=args.include_path)
         resolve_tasks(tasks, task_manager(args.include_path))
-    if args.masks and not Path(args.masks).is_file():
-        raise UserError("masks", f"file {args.masks!r} does not exist")
-    if args.out and not Path(args.out).resolve().parent.exists():
-        raise UserError("out", f"parent folder of {args.out!r} does not exist")
+    base = check_masks_file(args.masks) if args.masks else None
+    if args.out:
+        check_out_file(args.out)
     model, tok = api.load_model(args.model, args.dtype, args.device, args.trust_remote_code)
     if args.masks:
         from tasks.pruning.masks import apply_masks
 
-        apply_masks(model, args.masks)
+        try:
+            apply_masks(model, args.masks)
+        except UserError as e:  # masks of another model
+            raise UserError("masks", f"{e.message}; {args.masks!r} was made from model {base!r}, not {args.model!r}") from None
     metrics: dict[str, float] = {}
     if langs:
         ppl = api.perplexity(model, tok, langs, args.data, args.seqlen, args.nsamples, args.batch_size, split=args.split)
@@ -85,3 +88,30 @@ def run(args) -> int:
         Path(args.out).write_text(text + "\n")
     print(text)
     return 0
+
+
+def check_out_file(out: str) -> None:
+    """Before any work: --out is a file that can be written (an existing file is replaced)."""
+    path = Path(out)
+    if path.is_dir():
+        raise UserError("out", f"{out!r} is a folder; give a file name for the JSON (e.g. {str(path / 'eval.json')!r})")
+    parent = path.resolve().parent
+    if not parent.exists():
+        raise UserError("out", f"parent folder of {out!r} does not exist")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError("out", f"cannot write {out!r}: {str(parent)!r} is not a writable folder")
+
+
+def check_masks_file(masks: str) -> str | None:
+    """--masks is a masks.safetensors written by prune (returns its base model); else one line saying what it is."""
+    path = Path(masks)
+    if path.is_dir():
+        hint = f"; did you mean {str(path / 'masks.safetensors')!r}?" if (path / "masks.safetensors").is_file() else ""
+        raise UserError("masks", f"{masks!r} is a folder; expected the file masks.safetensors written by prune{hint}")
+    from safetensors import safe_open
+
+    from tasks.pruning.masks import read_shapes
+
+    read_shapes(path)  # a missing, truncated or foreign file: one line
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("base_model")

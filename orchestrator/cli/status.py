@@ -93,6 +93,10 @@ def render(name: str, uri: str, parent: dict, rows: dict):
 
 
 def run(args) -> int:
+    if args.watch is not None and not args.watch > 0:  # also NaN
+        from tasks.errors import UserError
+
+        raise UserError("watch", f"must be a positive number of seconds, got {args.watch:g}")
     from rich.console import Console
     from rich.live import Live
 

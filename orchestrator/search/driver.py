@@ -27,11 +27,13 @@ from typing import Any
 from tasks.errors import UserError
 
 from .. import tracking
+from ..lease import hold
 from ..sweep.record import log, retry_tags
 from ..sweep.scheduler import driving, run_cells
 from .record import SearchRecord, finite
 from . import baselines
-from .study import BASELINE, BASELINES_DONE, BEAT, DEFAULTS, DRIVER, OVERRIDE, counted, lose, open_study, take_over
+from .study import (BASELINE, BASELINES_DONE, BEAT, DEFAULTS, DRIVER, OVERRIDE, check_storage, counted, lose, open_study,
+                    take_over)
 
 
 def run_search(config, n_trials: int | None = None, storage: str | None = None, ray_address: str | None = None,
@@ -59,8 +61,12 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
     if tracking_uri:
         cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     tracking.client(cfg.tracking_uri, create=False)  # a missing sqlite folder is a UserError before anything exists
-    study, store = open_study(cfg)
-    return Search(cfg, space, trial_evaluation(cfg), study, store, source).run(n_trials, ray_address)
+    check_storage(cfg.storage)
+    cl = tracking.client(cfg.tracking_uri, create=True)
+    exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)
+    with hold("search", cfg.name, cl, exp, tracking.sqlite_path(cfg.tracking_uri)):  # one driver per study
+        study, store = open_study(cfg)
+        return Search(cfg, space, trial_evaluation(cfg), study, store, source).run(n_trials, ray_address)
 
 
 @dataclass

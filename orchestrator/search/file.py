@@ -149,7 +149,7 @@ def check(cfg: SearchConfig, space) -> None:
 
     from . import baselines
 
-    check_model(cfg.model, "model")
+    check_model(cfg.model, "model", {"calibration.seqlen": cfg.calibration.seqlen})
     try:
         source = get_source(cfg.calibration.data)
     except UserError as e:

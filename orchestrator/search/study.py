@@ -16,14 +16,35 @@ from typing import Any
 
 from tasks.errors import UserError
 
-from ..tracking import holder_alive
+from ..lease import creating
+from ..tracking import check_durable
 
 DEFAULTS = {
-    "beat_s": 10.0,  # the driver's heartbeat on the study (user attr), so a resume can tell it is gone
-    "stale_s": 120.0,  # a driver on another host whose beat is older than this is taken as dead
+    "beat_s": 10.0,  # the driver's heartbeat on the study (user attr): shown to people; the lease decides
 }
 DRIVER, BEAT, BASELINES_DONE = "polyprune.driver", "polyprune.beat", "polyprune.baselines"
 LOST, ATTEMPT, OVERRIDE, BASELINE = "polyprune.lost", "polyprune.attempt", "polyprune.override", "polyprune.baseline"
+
+
+def check_storage(uri: str) -> None:
+    """Before anything is created: a storage Optuna can open (journal file or a SQLAlchemy URL
+    whose dialect is installed) in a folder that exists."""
+    if uri.startswith("journal:///"):
+        path = Path(uri[len("journal:///") - 1:])
+    else:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            make_url(uri).get_dialect()
+        except (ArgumentError, NoSuchModuleError, ImportError, ValueError):
+            raise UserError("storage", f"cannot use {uri!r}: give sqlite:///FILE, journal:///FILE or postgresql://... "
+                                       f"(with its driver installed)") from None
+        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if path is not None and not path.parent.is_dir():
+        raise UserError("storage", f"folder of {uri!r} does not exist")
+    if path is not None:
+        check_durable(str(path), "storage")
 
 
 def open_study(cfg):
@@ -32,8 +53,7 @@ def open_study(cfg):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage: Any = cfg.storage
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).parent.is_dir():
-        raise UserError("storage", f"folder of {storage!r} does not exist")
+    check_storage(storage)
     if storage.startswith("journal:///"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -43,11 +63,13 @@ def open_study(cfg):
             raise UserError("storage", f"folder of {storage!r} does not exist")
         storage = JournalStorage(JournalFileBackend(str(path)))
     directions = [o.direction for o in cfg.objectives]
+    sqlite = Path(cfg.storage[len("sqlite:///"):]) if cfg.storage.startswith("sqlite:///") else None
     try:
-        if isinstance(storage, str):
-            storage = optuna.storages.RDBStorage(storage)  # one engine for both opens below
-        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
-                                    sampler=optuna.samplers.RandomSampler(), load_if_exists=True)
+        with creating(sqlite):  # the schema and the study: one creator at a time
+            if isinstance(storage, str):
+                storage = optuna.storages.RDBStorage(storage)  # one engine for both opens below
+            study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
+                                        sampler=optuna.samplers.RandomSampler(), load_if_exists=True)
     except (ImportError, ModuleNotFoundError) as e:
         raise UserError("storage", f"cannot open {cfg.storage!r}: {e}") from None
     # The sampler's seed moves on with the study: a resumed study with a fixed seed would
@@ -70,21 +92,12 @@ def tag_trial(study, storage, number: int, key: str, value: Any) -> None:
 
 
 def take_over(study, storage, max_retries: int) -> int:
-    """Become the study's driver: refuse while another live driver holds it; fail the
-    trials a dead driver left RUNNING (marked lost, re-enqueued). Returns how many."""
+    """Become the study's driver (the caller holds the search's lease, `orchestrator.lease`, so
+    any earlier driver is gone): fail the trials it left RUNNING (marked lost, re-enqueued).
+    Returns how many."""
     from optuna.trial import TrialState
 
-    attrs = study.user_attrs
-    holder, beat = attrs.get(DRIVER) or "", attrs.get(BEAT) or 0
-    host = holder.rpartition(":")[0]
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    if holder and holder != me:
-        if holder_alive(holder):
-            raise UserError("FILE", f"study {study.study_name!r} is being run by process {holder}; wait for it or stop it")
-        if host != socket.gethostname() and time.time() - float(beat) < DEFAULTS["stale_s"]:
-            raise UserError("FILE", f"study {study.study_name!r} is being run by {holder} "
-                                    f"(heartbeat {time.time() - float(beat):.0f}s ago); wait for it or stop it")
-    study.set_user_attr(DRIVER, me)
+    study.set_user_attr(DRIVER, f"{socket.gethostname()}:{os.getpid()}")
     study.set_user_attr(BEAT, time.time())
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:

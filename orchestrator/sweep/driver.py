@@ -2,6 +2,7 @@
 
 Order of work: validate the whole file and every cell (nothing is created on a
 bad file) -> open the MLflow store (the driver creates the sqlite schema, once)
+-> take the sweep's lease (`orchestrator.lease`: one driver per sweep, or exit 2)
 -> skip cells already FINISHED -> connect to Ray -> parent run (reused on
 resume; children a dead driver left RUNNING are ended KILLED) -> cells on worker
 actors (`scheduler.run_cells`), each recorded when it comes back -> summary.
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from .. import tracking
+from ..lease import hold
 from .record import Recorder, log
 from .scheduler import FixedCells, driving, run_cells
 
@@ -76,6 +78,14 @@ def execute(cfg, cells, ray_address: str | None = None, file: Path | None = None
     t0 = time.time()
     cl = tracking.client(cfg.tracking_uri, create=True)
     exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)  # creates the schema here, once
+    with hold("sweep", cfg.name, cl, exp, tracking.sqlite_path(cfg.tracking_uri)):
+        rec, status, code = run_parent(cfg, cells, cl, exp, ray_address, file, t0)
+    summary(cfg, rec, status)
+    return code
+
+
+def run_parent(cfg, cells, cl, exp, ray_address, file, t0):
+    """Under the sweep's lease: the parent run and the cells still to run; (recorder, status, exit code)."""
     done = tracking.finished_cells(cl, exp, cfg.name)
     todo = [c for c in cells if c.cell_id not in done]
     with driving(ray_address, needed=bool(todo)):
@@ -108,8 +118,7 @@ def execute(cfg, cells, ray_address: str | None = None, file: Path | None = None
             tracking.log_metrics(cl, parent, {"cells.total": len(cells), "cells.finished": rec.before + len(rec.finished),
                                               "cells.failed": len(rec.failures), "time.sweep_s": time.time() - t0})
             cl.set_terminated(parent, status)
-    summary(cfg, rec, status)
-    return code
+    return rec, status, code
 
 
 def summary(cfg, rec: Recorder, status: str) -> None:

@@ -269,6 +269,10 @@ def driving(address: str | None, needed: bool = True) -> Iterator[None]:
     down after) and SIGTERM raised as KeyboardInterrupt meanwhile: `ray job stop` and batch
     schedulers send SIGTERM, and in-flight runs should then end KILLED, as on Ctrl-C."""
     owns_ray = needed and connect(address)
+    if needed:
+        from ..lease import claim_ray
+
+        claim_ray()  # the cluster layer of this driver's lease (orchestrator.lease)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, interrupt)

@@ -62,6 +62,22 @@ def _tokenize(tokenizer, docs: list[str]) -> list[list[int]]:
     return tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []
 
 
+def calibration_docs(source: Source, tokenizer, lang: str, nsamples: int, seqlen: int) -> list[list[int]]:
+    """The tokenised calibration documents of `lang` longer than `seqlen`, checked to hold
+    `nsamples` windows (a driver calls this to validate before any work)."""
+    docs = [d for d in _tokenize(tokenizer, source.documents(lang, "calib")) if len(d) > seqlen]
+    if not docs:
+        raise UserError("seqlen", f"no calibration document of {lang!r} in {source.name!r} is longer than seqlen={seqlen} tokens")
+    available = sum(len(d) for d in docs)
+    if available < nsamples * seqlen:
+        raise UserError(
+            "nsamples",
+            f"{nsamples} samples of {seqlen} tokens need {nsamples * seqlen} tokens of {lang!r}, "
+            f"but {source.name!r} holds {available} in documents longer than seqlen",
+        )
+    return docs
+
+
 def sample_calibration(source: Source, tokenizer, mix: dict[str, float], nsamples: int, seqlen: int, seed: int) -> Calibration:
     counts = split_counts(mix, nsamples)
     languages = sorted(l for l in mix if counts[l] > 0)
@@ -72,16 +88,7 @@ def sample_calibration(source: Source, tokenizer, mix: dict[str, float], nsample
     def build():
         ids, lang_idx = [], []
         for li, lang in enumerate(languages):
-            docs = [d for d in _tokenize(tokenizer, source.documents(lang, "calib")) if len(d) > seqlen]
-            if not docs:
-                raise UserError("seqlen", f"no calibration document of {lang!r} in {source.name!r} is longer than seqlen={seqlen} tokens")
-            available = sum(len(d) for d in docs)
-            if available < counts[lang] * seqlen:
-                raise UserError(
-                    "nsamples",
-                    f"{counts[lang]} samples of {seqlen} tokens need {counts[lang] * seqlen} tokens of {lang!r}, "
-                    f"but {source.name!r} holds {available} in documents longer than seqlen",
-                )
+            docs = calibration_docs(source, tokenizer, lang, counts[lang], seqlen)
             rng = random.Random(f"{seed}/{lang}")
             for _ in range(counts[lang]):
                 doc = docs[rng.randrange(len(docs))]

@@ -76,7 +76,7 @@ def convert(raw: Any, typ: type, choices: tuple | None, field: str):
         else:
             value = str(raw)
     except (TypeError, ValueError):
-        raise UserError(field, f"must be {typ.__name__}, got {raw!r}") from None
+        raise UserError(field, f"must be {'a finite float' if typ is float else typ.__name__}, got {raw!r}") from None
     if choices and value not in choices:
         raise UserError(field, f"must be one of {', '.join(map(str, choices))}, got {raw!r}")
     return value

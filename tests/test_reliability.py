@@ -1,0 +1,382 @@
+"""Issue 15: one driver per sweep / study (the lease), stores probed before anything starts,
+inputs and outputs checked before any work, no litter. Real Ray (the session's), real
+sqlite stores, a real `mlflow server` on 127.0.0.1 started here and always stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, child_runs, sqlite_rows, write_yaml
+from orchestrator.cli import main
+
+SWEEP = {
+    "name": "r",
+    "models": ["./tiny"],
+    "methods": ["wanda"],
+    "sparsities": [0.5],
+    "calibration": {"languages": ["en"], "data": "./text", "nsamples": 2, "seqlen": 16},
+    "evaluation": {"ppl": {"languages": ["en"], "nsamples": 2}},
+    "resources": {"cpu_workers": 1},
+}
+SEARCH = {
+    "name": "rs",
+    "model": "./tiny",
+    "method": "mwanda",
+    "sparsity": 0.5,
+    "calibration": {"languages": ["en", "sw"], "data": "./text", "nsamples": 2, "seqlen": 16},
+    "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": 2}},
+    "space": "mwanda_mix",
+    "objectives": [{"metric": "ppl.sw"}],
+    "n_trials": 2,
+    "parallel": 1,
+    "baselines": False,
+}
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out: {err[-2000:]}")
+    return proc.returncode, out, err
+
+
+def one_line_refusal(err: str, kind: str, name: str) -> None:
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{kind} {name!r} is being run by {socket.gethostname()}:" in err and " since " in err, err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the lease
+
+
+def test_two_sweep_drivers_at_once_one_runs_one_is_refused(ray_local, run_dir):
+    """Three sweeps, two drivers each, all six started together on one fresh store: per sweep
+    one parent run, every cell FINISHED once, the other driver one line and exit 2."""
+    names = ["r0", "r1", "r2"]
+    files = [write_yaml(run_dir / f"{n}.yaml", SWEEP, name=n) for n in names]
+    procs = [cli("sweep", str(f), "--ray-address", ray_local) for f in files for _ in range(2)]
+    results = [finish(p) for p in procs]
+    db = run_dir / "mlflow.db"
+    for i, name in enumerate(names):
+        (c1, o1, e1), (c2, o2, e2) = results[2 * i], results[2 * i + 1]
+        assert sorted([c1, c2]) == [0, 2], (e1[-2000:], e2[-2000:])
+        one_line_refusal(e1 if c1 == 2 else e2, "sweep", name)
+        runs = child_runs(db, name)
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+        assert len({r.data.tags["polyprune.cell_id"] for r in runs}) == 2
+        assert len(child_runs(db, name, tag="polyprune.role")) == 1  # one parent run
+
+
+def test_two_search_drivers_at_once_one_runs_one_is_refused(ray_local, run_dir):
+    path = write_yaml(run_dir / "search.yaml", SEARCH)
+    a, b = cli("search", str(path), "--ray-address", ray_local), cli("search", str(path), "--ray-address", ray_local)
+    (c1, _, e1), (c2, _, e2) = finish(a), finish(b)
+    assert sorted([c1, c2]) == [0, 2], (e1[-2000:], e2[-2000:])
+    one_line_refusal(e1 if c1 == 2 else e2, "search", "rs")
+    states = sqlite_rows(run_dir / "optuna.db", "SELECT state FROM trials")
+    assert sorted(s for (s,) in states) == ["COMPLETE", "COMPLETE"], states
+    runs = child_runs(run_dir / "mlflow.db", "rs")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def lease_of(tmp_path: Path, name: str = "x"):
+    from orchestrator import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cl = tracking.client(uri, create=True)
+    return cl, tracking.experiment_id(cl, name, uri, create=True), tmp_path / "mlflow.db"
+
+
+def test_lease_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    from orchestrator import lease
+    from tasks.errors import UserError
+
+    cl, exp, db = lease_of(tmp_path)
+    now = time.time()
+    claims = {  # holder -> taken over?
+        "other-host:12": (now - 5, False),  # heartbeat fresh: alive as far as anyone can tell
+        "other-host:13": (now - lease.DEFAULTS["expiry_s"] - 5, True),  # silent past expiry: a lost node
+        f"{socket.gethostname()}:{os.getppid()}": (now - 3600, False),  # this host, process alive (however old its beat)
+        f"{socket.gethostname()}:999999999": (now, True),  # this host, process gone (kill -9)
+    }
+    for holder, (beat, taken) in claims.items():
+        cl.set_experiment_tag(exp, lease.TAG, json.dumps({"holder": holder, "token": "t", "since": now - 60, "beat": beat}))
+        if taken:
+            with lease.hold("sweep", "x", cl, exp, db):
+                assert json.loads(cl.get_experiment(exp).tags[lease.TAG])["holder"] == lease.me()
+            assert cl.get_experiment(exp).tags[lease.TAG] == ""  # released at the end
+        else:
+            with pytest.raises(UserError, match=f"sweep 'x' is being run by {holder} since .* UTC"):
+                lease.hold("sweep", "x", cl, exp, db).__enter__()
+
+
+def test_lease_without_a_local_store_settles_and_reads_back(tmp_path, monkeypatch):
+    """The claim protocol for servers (no folder lock): two claims at once, the last write wins."""
+    from orchestrator import lease
+    from tasks.errors import UserError
+
+    monkeypatch.setitem(lease.DEFAULTS, "settle_s", 0.3)
+    cl, exp, _ = lease_of(tmp_path)
+    first = lease.Lease("search", "x", cl, exp)
+    first.write(first.claim)
+    second = lease.Lease("search", "x", cl, exp)
+    second.claim["holder"] = "other-host:1"  # as if claimed by another machine meanwhile
+    orig = first.write
+
+    def raced(claim):
+        orig(claim)
+        second.write(second.claim)  # lands just after ours
+
+    first.write = raced
+    with pytest.raises(UserError, match="being run by other-host:1"):
+        first.acquire()
+
+
+def test_ray_layer_refuses_a_second_holder_in_the_cluster(ray_local, tmp_path):
+    from orchestrator import lease
+    from tasks.errors import UserError
+
+    cl, exp, db = lease_of(tmp_path)
+    a = lease.Lease("sweep", "ray-x", cl, exp)
+    a.claim_ray()
+    try:
+        with pytest.raises(UserError, match="sweep 'ray-x' is being run by"):
+            lease.Lease("sweep", "ray-x", cl, exp).claim_ray()
+    finally:
+        a.release()
+    b = lease.Lease("sweep", "ray-x", cl, exp)
+    b.claim["holder"] = f"{socket.gethostname()}:999999999"  # as if its driver were killed with -9
+    b.claim_ray()  # freed by the release
+    t0 = time.monotonic()
+    c = lease.Lease("sweep", "ray-x", cl, exp)
+    c.claim_ray()  # a dead driver's actor is ended, not waited for
+    assert time.monotonic() - t0 < 30
+    c.release()
+
+
+# ---------------------------------------------------------------- stores probed first
+
+
+def assert_one_line(capsys, code: int, command: str, expected: str, folder: Path) -> None:
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"polyprune {command}: "), err
+    assert expected in err, err
+    assert not any(p.name.endswith(".db") or p.name == "mlartifacts" for p in folder.iterdir()), list(folder.iterdir())
+
+
+def test_unreachable_server_is_one_line_within_seconds(run_dir, capsys):
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP)
+    url = f"http://127.0.0.1:{free_port()}"
+    for argv, command in ((["sweep", str(path), "--tracking-uri", url], "sweep"),
+                          (["sweep", str(path), "--dry-run", "--tracking-uri", url], "sweep"),
+                          (["status", "r", "--tracking-uri", url], "status")):
+        t0 = time.monotonic()
+        code = main(argv)
+        assert time.monotonic() - t0 < 10
+        assert_one_line(capsys, code, command, f"tracking_uri: no MLflow server answers at {url}", run_dir)
+
+
+def test_bogus_uris_and_storages_are_one_line_nothing_created(run_dir, capsys):
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP)
+    assert_one_line(capsys, main(["sweep", str(path), "--tracking-uri", "bogus://x"]), "sweep",
+                    "tracking_uri: unknown scheme 'bogus'", run_dir)
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP, tracking_uri="bogus://x")
+    assert_one_line(capsys, main(["sweep", str(path)]), "sweep", "tracking_uri: unknown scheme 'bogus'", run_dir)
+    search = write_yaml(run_dir / "search.yaml", SEARCH)
+    assert_one_line(capsys, main(["search", str(search), "--storage", "bogus://x"]), "search", "storage: cannot use 'bogus://x'", run_dir)
+    search = write_yaml(run_dir / "search.yaml", SEARCH, storage="bogus://x")
+    assert_one_line(capsys, main(["search", str(search)]), "search", "storage: cannot use 'bogus://x'", run_dir)
+    assert_one_line(capsys, main(["search", str(search), "--storage", "sqlite:///x.db", "--tracking-uri", "bogus://x"]),
+                    "search", "tracking_uri: unknown scheme", run_dir)
+
+
+def test_a_store_inside_a_ray_job_copy_is_refused(tmp_path, run_dir, capsys):
+    """`ray job submit` runs in a per-job copy of the working directory that goes with the job."""
+    copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"
+    copy.mkdir(parents=True)
+    for name in ("tiny", "text"):
+        (copy / name).symlink_to(run_dir / name)
+    path = write_yaml(copy / "sweep.yaml", SWEEP)
+    assert_one_line(capsys, main(["sweep", str(path), "--dry-run"]), "sweep", "Ray's per-job copy of the working directory", copy)
+    assert main(["sweep", str(path), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'keep.db'}"]) == 0
+
+
+# ---------------------------------------------------------------- a server restart mid-sweep
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, local artifacts); restartable; always stopped."""
+    port, procs = free_port(), []
+    store = tmp_path / "server"
+    store.mkdir()
+
+    def start():
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{store / 'backend.db'}", "--artifacts-destination", str(store / "artifacts")],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))  # no job runner: a lighter server
+        deadline = time.monotonic() + 240
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop():
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+
+    try:
+        start()
+        yield f"http://127.0.0.1:{port}", start, stop, store
+    finally:
+        stop()
+
+
+def test_server_restart_mid_sweep_loses_nothing(ray_local, run_dir, mlflow_server):
+    url, start, stop, store = mlflow_server
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP, sparsities=[0.5, "2:4"], tracking_uri=url)
+    proc = cli("sweep", str(path), "--ray-address", ray_local, env={"POLYPRUNE_CELL_DELAY_S": "8"})
+    backend = store / "backend.db"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:  # a cell in flight: the server goes away
+            if sqlite_rows(backend, "SELECT count(*) FROM runs WHERE status = 'RUNNING'") and \
+                    sqlite_rows(backend, "SELECT count(*) FROM runs WHERE status = 'RUNNING'")[0][0] >= 2:
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        stop()
+        time.sleep(20)
+        start()
+        code, out, err = finish(proc, timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 0, err[-3000:]
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(url)
+    exp = cl.get_experiment_by_name("r")
+    runs = [r for r in cl.search_runs([exp.experiment_id]) if "polyprune.cell_id" in r.data.tags]
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs), [(r.info.status, r.data.tags) for r in runs]
+    assert len({r.data.tags["polyprune.cell_id"] for r in runs}) == 3
+    for r in runs:
+        names = {a.path for a in cl.list_artifacts(r.info.run_id)}
+        assert "result.json" in names or r.data.params.get("method") == "dense", names
+        assert "ppl.en" in r.data.metrics
+
+
+# ---------------------------------------------------------------- inputs and outputs checked before work
+
+DRY = {  # sweep-file change -> the one line `sweep --dry-run` (and `sweep`) must print, as `prune` would
+    "positions": ({"calibration": {**SWEEP["calibration"], "seqlen": 100000}}, "calibration.seqlen: 100000 is beyond the 256 positions"),
+    "ppl positions": ({"evaluation": {"ppl": {"languages": ["en"], "seqlen": 4096}}}, "evaluation.ppl.seqlen: 4096 is beyond"),
+    "bool nsamples": ({"calibration": {**SWEEP["calibration"], "nsamples": True}}, "calibration.nsamples: input should be a valid integer"),
+    "float workers": ({"resources": {"gpus_per_cell": float("inf")}}, "resources.gpus_per_cell: input should be a finite number"),
+    "truncated weights": ({"models": ["./broken"]}, "model.safetensors' is not a complete safetensors weights file"),
+    "too little text": ({"calibration": {**SWEEP["calibration"], "nsamples": 100000}}, "calibration.nsamples: 100000 samples of 16 tokens need"),
+    "model is a file": ({"models": ["./tiny/config.json"]}, "is a file; expected a model folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(DRY), ids=list(DRY))
+def test_dry_run_checks_every_cell_as_prune_does(case, run_dir, tiny_llama, capsys):
+    import shutil
+
+    shutil.copytree(tiny_llama, run_dir / "broken")
+    weights = run_dir / "broken" / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size - 1000)
+    over, expected = DRY[case]
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP, **over)
+    for argv in (["sweep", str(path), "--dry-run"], ["sweep", str(path)]):
+        assert_one_line(capsys, main(argv), "sweep", expected, run_dir)
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nmodels: [a\n  b: c\n")
+    assert_one_line(capsys, main(["sweep", str(path), "--dry-run"]), "sweep", "is not valid YAML at line", tmp_path)
+
+
+def test_outputs_and_files_of_the_wrong_kind_before_any_work(run_dir, tiny_llama, tmp_path, capsys):
+    from conftest import save_tiny_model, tiny_llama_config
+
+    common = ["--model", str(tiny_llama), "--method", "wanda", "--sparsity", "0.5", "--calib", "en", "--data",
+              str(run_dir / "text"), "--nsamples", "2", "--seqlen", "16"]
+    (tmp_path / "afile").write_text("x")
+    assert main(["prune", *common, "--out", str(tmp_path / "afile" / "out")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    # A killed run's temp folder is removed by the next run into the same place; a live one's is not.
+    dead, live = tmp_path / ".out.tmp-999999999", tmp_path / f".out.tmp-{os.getppid()}"
+    dead.mkdir(), live.mkdir()
+    out = tmp_path / "out"
+    assert main(["prune", *common, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert not dead.exists() and live.exists() and (out / "masks.safetensors").is_file()
+    capsys.readouterr()
+
+    ev = ["eval", "--model", str(tiny_llama), "--ppl", "en", "--data", str(run_dir / "text"), "--nsamples", "1", "--seqlen", "16"]
+    cases = {
+        "out folder": ([*ev, "--out", str(tmp_path)], "out: "),
+        "calibration as masks": ([*ev, "--masks", str(out / "calibration.safetensors")], "is not a polyprune masks file"),
+        "folder as masks": ([*ev, "--masks", str(out)], f"is a folder; expected the file masks.safetensors written by prune; did you mean"),
+        "not safetensors": ([*ev, "--masks", str(out / "result.json")], "is corrupt or truncated"),
+    }
+    other = save_tiny_model(tmp_path / "other", tiny_llama_config(hidden=32, ffn=64))
+    cases["masks of another model"] = (["eval", "--model", str(other), "--ppl", "en", "--data", str(run_dir / "text"),
+                                        "--masks", str(out / "masks.safetensors")], f"does not fit this model")
+    for name, (argv, expected) in cases.items():
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, (name, err)
+    assert not (tmp_path / "eval.json").exists()
+
+
+@pytest.mark.parametrize("watch", ["0", "-1", "nan"])
+def test_status_watch_needs_a_positive_interval(watch, tmp_path, capsys):
+    assert main(["status", "x", "--watch", watch, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "watch: must be a positive number of seconds" in err, err
+
+
+def test_infinite_hyperparameter_says_finite(tiny_llama, tmp_path, capsys):
+    assert main(["prune", "--model", str(tiny_llama), "--method", "mwanda", "--sparsity", "0.5", "--calib", "en",
+                 "--hp", "lambda_var=inf", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must be a finite float, got 'inf'" in err, err
+    assert not (tmp_path / "o").exists()
