@@ -11,11 +11,12 @@ PKG = Path(__file__).resolve().parent.parent / "orchestrator"
 # What each part of orchestrator/ may import from orchestrator/ (itself always).
 ALLOWED = {
     "config": set(),
-    "tracking": set(),
-    "sweep": {"config", "tracking"},
-    "search": {"config", "tracking", "sweep"},
-    "report": {"config", "tracking"},
-    "cli": {"config", "tracking", "sweep", "search", "report"},
+    "models": set(),
+    "tracking": {"models"},
+    "sweep": {"config", "tracking", "models"},
+    "search": {"config", "tracking", "models", "sweep"},
+    "report": {"config", "tracking", "models"},
+    "cli": {"config", "tracking", "models", "sweep", "search", "report"},
 }
 
 
