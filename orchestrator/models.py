@@ -175,13 +175,20 @@ def logged_model(cl, uri: str, field: str):
             version = cl.get_model_version(name, number)
         else:
             raise UserError(field, f"{uri!r}: give models:/<model_id>, models:/<name>@<alias> or models:/<name>/<version>")
-        if not version.model_id:
+        model_id = version_model_id(version)
+        if not model_id:
             raise UserError(field, f"{uri!r} is a registered version without a logged model (not one of polyprune's)")
-        return cl.get_logged_model(version.model_id)
+        return cl.get_logged_model(model_id)
     except UserError:
         raise
     except Exception as e:
         raise UserError(field, f"{uri!r} does not resolve: {str(e).splitlines()[0][:200]}") from None
+
+
+def version_model_id(version) -> str | None:
+    """The logged model of a registered version: MLflow's own link where the store keeps it (a
+    sqlite store does not), else the tag `polyprune register` sets."""
+    return version.model_id or (version.tags or {}).get(MODEL_ID)
 
 
 def resolve_model(cl, uri: str, dest: Path, field: str = "model") -> tuple[str, Path | None]:
@@ -217,7 +224,7 @@ def resolve_file(cl, uri: str, dest: Path, field: str) -> Path:
     except Exception:
         raise UserError(field, f"{uri!r} does not resolve: no run {run_id} in {cl.tracking_uri}") from None
     try:
-        got = run_file(cl, run, path, dest)
+        got = run_file(cl, run.info.run_id, run.data.tags, path, dest)
     except Exception as e:
         raise UserError(field, f"{uri!r} does not resolve: {str(e).splitlines()[0][:200]}") from None
     if got is None:
@@ -225,18 +232,27 @@ def resolve_file(cl, uri: str, dest: Path, field: str) -> Path:
     return got
 
 
-def run_file(cl, run, path: str, dest: Path) -> Path | None:
+def has_file(cl, run_id: str, tags: dict, path: str) -> bool:
+    """Does the run (its logged model, else its own artifacts) hold `path`?"""
+    model_id = tags.get(MODEL_ID)
+    if model_id and path in model_files(cl, model_id):
+        return True
+    parent = str(Path(path).parent) if "/" in path else None
+    return path in {a.path for a in cl.list_artifacts(run_id, parent)}
+
+
+def run_file(cl, run_id: str, tags: dict, path: str, dest: Path) -> Path | None:
     """A run's artifact `path` downloaded into `dest` (from its logged model's location when
-    the run has one, else from the run's own artifacts); None when neither has it."""
-    model_id = run.data.tags.get(MODEL_ID)
+    the run has one (tag polyprune.model_id), else from the run's own artifacts, as records
+    made before logged models keep them); None when neither has it."""
+    if not has_file(cl, run_id, tags, path):
+        return None
     dest.mkdir(parents=True, exist_ok=True)
+    model_id = tags.get(MODEL_ID)
     if model_id and path in model_files(cl, model_id):
         location = cl.get_logged_model(model_id).artifact_location
         return Path(artifact_repo(location, cl.tracking_uri).download_artifacts(path, str(dest)))
-    parent = str(Path(path).parent) if "/" in path else None
-    if path not in {a.path for a in cl.list_artifacts(run.info.run_id, parent)}:
-        return None
-    return Path(cl.download_artifacts(run.info.run_id, path, str(dest)))
+    return Path(cl.download_artifacts(run_id, path, str(dest)))
 
 
 def artifact_repo(location: str, tracking_uri: str):

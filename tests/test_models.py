@@ -142,3 +142,174 @@ def test_a_failed_cell_has_a_failed_model(ray_local, run_dir, tiny_llama):
     assert main(["sweep", str(path)]) == 1  # a rerun: new runs, new models, names kept unique
     names = [m.name for m in logged_models(cl, "f")]
     assert len(names) == 4 and len(set(names)) == 4
+
+
+SEARCH = {
+    "name": "s",
+    "model": "./tiny",
+    "method": "mwanda",
+    "sparsity": 0.5,
+    "calibration": {"languages": ["en", "sw"], "data": "./text", "nsamples": 4, "seqlen": 32},
+    "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": 4}},
+    "space": "mwanda_mix",
+    "objectives": [{"metric": "ppl.sw", "direction": "minimize"}],
+    "n_trials": 2,
+    "parallel": 2,
+    "sampler_seed": 0,
+}
+
+
+def test_register_the_best_trial_then_again_after_more_trials(ray_local, run_dir, text_dir, capsys):
+    path = write_yaml(run_dir / "search.yaml", SEARCH)
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    assert main(["search", str(path)]) == 0
+    cl = client(uri)
+    got = logged_models(cl, "s")
+    assert len(got) == 2 and {str(m.status) for m in got} == {"READY"}
+    assert all(m.tags["polyprune.trial"] == cl.get_run(m.source_run_id).data.tags["polyprune.trial"] for m in got)
+
+    def best_now():
+        ready = [m for m in logged_models(cl, "s") if str(m.status) == "READY"]
+        return min(ready, key=lambda m: ({x.key: x.value for x in m.metrics}["ppl.sw"], m.creation_timestamp))
+
+    register = ["register", str(path), "--metric", "ppl.sw", "--as", "sw-winner"]
+    assert main(register) == 0
+    v1 = cl.get_model_version_by_alias("sw-winner", "best")
+    assert v1.version == "1" and v1.model_id == best_now().model_id
+    value = {x.key: x.value for x in best_now().metrics}["ppl.sw"]
+    assert "'s'" in v1.description and "ppl.sw" in v1.description and f"{value:.6g}" in v1.description
+
+    assert main(register) == 0  # nothing new: nothing registered
+    assert len(cl.search_model_versions("name = 'sw-winner'")) == 1
+
+    assert main(["search", str(path), "--n-trials", "3"]) == 0
+    assert len(logged_models(cl, "s")) == 5
+    best = best_now()
+    assert main(register) == 0
+    now = cl.get_model_version_by_alias("sw-winner", "best")
+    versions = cl.search_model_versions("name = 'sw-winner'")
+    if best.model_id == v1.model_id:  # the first trials' best still stands: the alias stays
+        assert len(versions) == 1 and now.version == "1"
+    else:
+        assert len(versions) == 2 and now.version == "2" and now.model_id == best.model_id
+
+    run = cl.get_run(best.source_run_id)
+    out = eval_json(capsys, "--model", "models:/sw-winner@best", "--ppl", "sw", "--data", str(text_dir),
+                    "--nsamples", "4", "--seqlen", "32", "--tracking-uri", uri)
+    assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["ppl.sw"], rel=1e-6)
+
+
+def test_register_input_errors(swept, capsys):
+    _, path, _ = swept
+    for args, expected in ((["--metric", "ppl.zz", "--as", "x"], "metric: no READY model of 'm' has metric 'ppl.zz'"),
+                           (["--metric", "ppl.sw", "--as", "a/b"], "as: 'a/b'"),
+                           (["--metric", "ppl.sw", "--split", "train", "--as", "x"], "split: allowed: test, valid")):
+        capsys.readouterr()
+        assert main(["register", str(path), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server --serve-artifacts` on 127.0.0.1: uploads go through its proxy."""
+    import urllib.request
+
+    port = free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--serve-artifacts",
+                             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        yield url, store / "artifacts"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+
+
+def test_artifacts_land_in_the_models_location_through_a_real_server(ray_local, run_dir, mlflow_server, text_dir, capsys):
+    url, artifacts = mlflow_server
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP, name="srv", tracking_uri=url, calibration={
+        "languages": ["sw"], "data": "./text", "nsamples": 4, "seqlen": 32})
+    assert main(["sweep", str(path)]) == 0
+    cl = client(url)
+    got = logged_models(cl, "srv")
+    assert len(got) == 2 and {str(m.status) for m in got} == {"READY"}
+    pruned = next(m for m in got if m.model_type == "polyprune-masks")
+    assert pruned.artifact_location.startswith("mlflow-artifacts:")  # proxied: the worker never saw the folder
+    on_disk = next(artifacts.rglob(f"{pruned.model_id}/artifacts"))
+    assert {p.name for p in on_disk.iterdir()} == PRUNED_FILES
+    assert model_files(cl, pruned)["masks.safetensors"] == (on_disk / "masks.safetensors").stat().st_size
+    run = cl.get_run(pruned.source_run_id)
+    out = eval_json(capsys, "--model", f"models:/{pruned.model_id}", "--ppl", "sw", "--data", str(text_dir),
+                    "--nsamples", "4", "--seqlen", "32", "--tracking-uri", url)
+    assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["ppl.sw"], rel=1e-6)
+
+
+def test_kill_9_of_a_worker_during_its_upload_retries_the_cell_finished_once(ray_local, run_dir, monkeypatch):
+    """One worker; it pauses after each uploaded file; once the pruned model's location holds
+    a first file but not the last, the worker is killed -9. The cell is retried into the same
+    run and model, which end FINISHED / READY once, with every file whole."""
+    import psutil
+
+    from orchestrator.sweep import record
+
+    monkeypatch.setattr(record, "UPLOAD_DELAY_S", 2.0)
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP, name="k", resources={"cpu_workers": 1}, calibration={
+        "languages": ["sw"], "data": "./text", "nsamples": 4, "seqlen": 32})
+    killed: list[int] = []
+
+    def kill_mid_upload():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            for first in (run_dir / "mlartifacts").glob("k/models/*/artifacts/calibration.safetensors"):
+                if not (first.parent / "result.json").exists():
+                    for p in psutil.process_iter(["cmdline"]):
+                        if "CellRunner" in " ".join(p.info["cmdline"] or []) and ours(p):
+                            p.kill()
+                            killed.append(p.pid)
+            time.sleep(0.1)
+
+    def ours(p) -> bool:
+        """A worker of this test session's Ray (other sessions' Rays may run on the machine):
+        it inherited this session's own cache folder (conftest)."""
+        try:
+            return p.environ().get("POLYPRUNE_CACHE") == os.environ["POLYPRUNE_CACHE"]
+        except psutil.Error:
+            return False
+
+    watcher = threading.Thread(target=kill_mid_upload, daemon=True)
+    watcher.start()
+    assert main(["sweep", str(path)]) == 0
+    watcher.join(5)
+    assert killed, "the worker was never caught mid-upload"
+    cl = client(f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = cl.get_experiment_by_name("k").experiment_id
+    runs = cl.search_runs([exp], "tags.`polyprune.kind` = 'prune'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["polyprune.retries"] == "1"
+    pruned = [m for m in logged_models(cl, "k") if m.model_type == "polyprune-masks"]
+    assert len(pruned) == 1 and str(pruned[0].status) == "READY"
+    files = model_files(cl, pruned[0])
+    assert set(files) == PRUNED_FILES
+    from safetensors import safe_open
+
+    location = Path(pruned[0].artifact_location.removeprefix("file://"))
+    with safe_open(str(location / "masks.safetensors"), "pt") as f:  # whole: it opens, every tensor reads
+        assert all(f.get_tensor(k).numel() > 0 for k in f.keys())
