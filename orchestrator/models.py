@@ -10,7 +10,8 @@ run FINISHED. The run carries the model's id as tag `polyprune.model_id`.
 
 URIs (`resolve_model`, `resolve_file`): `models:/<model_id>`, `models:/<name>@<alias>`,
 `models:/<name>/<version>` (registered), `runs:/<run_id>/<path>`; anything that does not
-resolve is a UserError naming the field.
+resolve is a UserError naming the field. This module sits below `tracking` (it imports no
+other orchestrator module), so both the record and the commands use it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ MODEL_ID = "polyprune.model_id"  # tag of a cell's run: its LoggedModel
 ERROR = "polyprune.error"
 BASE_MODEL = "polyprune.base_model"
 MASKS_TYPE, WEIGHTS_TYPE, DENSE_TYPE = "polyprune-masks", "polyprune-weights", "polyprune-dense"
-PRUNED_FILES = ("masks.safetensors", "calibration.safetensors", "result.json")
 
 
 # ---------------------------------------------------------------- names
@@ -153,13 +153,6 @@ def end_model(cl, model_id: str | None, error: str) -> None:
 
 
 # ---------------------------------------------------------------- URIs
-
-SCHEMES = ("models:/", "runs:/")
-
-
-def is_uri(text: str | None) -> bool:
-    return bool(text) and text.startswith(SCHEMES)
-
 
 def logged_model(cl, uri: str, field: str):
     """The LoggedModel a `models:/` URI names (by id, `name@alias` or `name/version`)."""

@@ -18,6 +18,7 @@ import pytest
 
 from helpers import link_inputs, write_yaml
 from orchestrator.cli import main
+from orchestrator.models import version_model_id
 
 SWEEP = {
     "name": "m",
@@ -175,7 +176,7 @@ def test_register_the_best_trial_then_again_after_more_trials(ray_local, run_dir
     register = ["register", str(path), "--metric", "ppl.sw", "--as", "sw-winner"]
     assert main(register) == 0
     v1 = cl.get_model_version_by_alias("sw-winner", "best")
-    assert v1.version == "1" and v1.model_id == best_now().model_id
+    assert str(v1.version) == "1" and version_model_id(v1) == best_now().model_id
     value = {x.key: x.value for x in best_now().metrics}["ppl.sw"]
     assert "'s'" in v1.description and "ppl.sw" in v1.description and f"{value:.6g}" in v1.description
 
@@ -188,10 +189,10 @@ def test_register_the_best_trial_then_again_after_more_trials(ray_local, run_dir
     assert main(register) == 0
     now = cl.get_model_version_by_alias("sw-winner", "best")
     versions = cl.search_model_versions("name = 'sw-winner'")
-    if best.model_id == v1.model_id:  # the first trials' best still stands: the alias stays
-        assert len(versions) == 1 and now.version == "1"
+    if best.model_id == version_model_id(v1):  # the first trials' best still stands: the alias stays
+        assert len(versions) == 1 and str(now.version) == "1"
     else:
-        assert len(versions) == 2 and now.version == "2" and now.model_id == best.model_id
+        assert len(versions) == 2 and str(now.version) == "2" and version_model_id(now) == best.model_id
 
     run = cl.get_run(best.source_run_id)
     out = eval_json(capsys, "--model", "models:/sw-winner@best", "--ppl", "sw", "--data", str(text_dir),
