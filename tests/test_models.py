@@ -231,10 +231,10 @@ def mlflow_server(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a loaded machine starts it slowly
         while True:
             try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
+                urllib.request.urlopen(f"{url}/health", timeout=10)
                 break
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
