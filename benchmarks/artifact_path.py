@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,12 @@ def run_sweep(folder: Path, code: Path) -> dict:
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(code), "RAY_AUTH_MODE": "disabled"}
-    out = subprocess.run([sys.executable, "-c", DRIVER, str(path)], cwd=folder, env=env, capture_output=True, text=True)
+    for _ in range(3):  # on a loaded machine a local Ray may time out starting: try again
+        shutil.rmtree(folder / "mlartifacts", ignore_errors=True)
+        (folder / "mlflow.db").unlink(missing_ok=True)
+        out = subprocess.run([sys.executable, "-c", DRIVER, str(path)], cwd=folder, env=env, capture_output=True, text=True)
+        if "timed out during startup" not in out.stderr:
+            break
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(f"the sweep failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
