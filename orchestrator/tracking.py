@@ -21,6 +21,7 @@ from typing import Any
 from tasks.errors import UserError
 
 from .lease import creating
+from .models import MODEL_ID, check_model_files, end_model, log_model_params
 
 ROLE, SWEEP, CELL, ERROR, DRIVER = "polyprune.role", "polyprune.sweep", "polyprune.cell_id", "polyprune.error", "polyprune.driver"
 PARENT = "mlflow.parentRunId"
@@ -150,8 +151,10 @@ def begin_parent(cl, exp_id: str, name: str, role: str, tags: dict[str, str], pa
     parent = min(parents, key=lambda r: r.info.start_time) if parents else None
     for r in child_runs(cl, exp_id, name):
         if r.info.status in ("RUNNING", "SCHEDULED"):
-            cl.set_tag(r.info.run_id, ERROR, f"the driver stopped while this {'trial' if role == 'search' else 'cell'} ran (found RUNNING on resume)")
+            why = f"the driver stopped while this {'trial' if role == 'search' else 'cell'} ran (found RUNNING on resume)"
+            cl.set_tag(r.info.run_id, ERROR, why)
             cl.set_terminated(r.info.run_id, "KILLED")
+            end_model(cl, r.data.tags.get(MODEL_ID), why)
     if parent is None:
         run = cl.create_run(exp_id, run_name=name, tags={ROLE: role, SWEEP: name})
         run_id = run.info.run_id
@@ -208,28 +211,44 @@ def log_tags(cl, run_id: str, tags: dict[str, str]) -> None:
         cl.log_batch(run_id, tags=items[i:i + 100])
 
 
-def log_metrics(cl, run_id: str, metrics: dict[str, float]) -> None:
+def log_metrics(cl, run_id: str, metrics: dict[str, float], model_id: str | None = None) -> None:
+    """On the run and, with `model_id`, the same numbers linked to that logged model."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+    items = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items() if v is not None]
     for i in range(0, len(items), 1000):
         cl.log_batch(run_id, metrics=items[i:i + 1000])
 
 
-def finish_cell(cl, run_id: str, out: dict[str, Any]) -> None:
-    """Record a worker's result dict (metrics, resolved params, artifact bytes, placement)."""
+def finish_cell(cl, run_id: str, out: dict[str, Any]) -> str | None:
+    """Record a worker's result dict (metrics, resolved params, placement, and either the
+    files it wrote into the run's logged model or artifact bytes). The run ends FINISHED and
+    its model READY only when the model's location holds every file the worker reported, at
+    its size; otherwise both end FAILED and the reason is returned."""
+    model_id = cl.get_run(run_id).data.tags.get(MODEL_ID)
     if out.get("params"):
         log_params(cl, run_id, out["params"])
-    log_metrics(cl, run_id, out["metrics"])
     log_tags(cl, run_id, out.get("tags", {}))
+    if model_id:
+        log_model_params(cl, model_id, out.get("params") or {})
+        problem = check_model_files(cl, model_id, out.get("files") or {})
+        if problem:
+            log_metrics(cl, run_id, out["metrics"])
+            fail_cell(cl, run_id, problem)
+            return problem
+    log_metrics(cl, run_id, out["metrics"], model_id)
     log_artifacts(cl, run_id, out.get("artifacts", {}))
+    if model_id:
+        cl.finalize_logged_model(model_id, "READY")
     cl.set_terminated(run_id, "FINISHED")
+    return None
 
 
 def fail_cell(cl, run_id: str, error: str, detail: str = "", status: str = "FAILED", tags: dict | None = None) -> None:
     log_tags(cl, run_id, {**(tags or {}), ERROR: error[:1000]})
     log_artifacts(cl, run_id, {"error.txt": (detail or error).encode()})
+    end_model(cl, cl.get_run(run_id).data.tags.get(MODEL_ID), error)
     cl.set_terminated(run_id, status)
 
 

@@ -12,11 +12,12 @@ PKG = Path(__file__).resolve().parent.parent / "orchestrator"
 ALLOWED = {
     "config": set(),
     "lease": set(),
-    "tracking": {"lease"},
-    "sweep": {"config", "tracking", "lease"},
-    "search": {"config", "tracking", "sweep", "lease"},
-    "report": {"config", "tracking"},
-    "cli": {"config", "tracking", "sweep", "search", "report", "lease"},
+    "models": set(),
+    "tracking": {"lease", "models"},
+    "sweep": {"config", "tracking", "lease", "models"},
+    "search": {"config", "tracking", "sweep", "lease", "models"},
+    "report": {"config", "tracking", "models"},
+    "cli": {"config", "tracking", "models", "sweep", "search", "report", "lease"},
 }
 
 

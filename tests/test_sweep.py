@@ -147,7 +147,7 @@ def test_sweep_one_finished_run_per_cell_then_resume_skips(ray_local, run_dir, t
 
     cl = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     pruned = next(r for r in got if r["params"]["method"] == "wanda")
-    assert {"result.json", "masks.safetensors"} <= {a.path for a in cl.list_artifacts(pruned["id"])}
+    assert {"result.json", "masks.safetensors"} <= {a.path for a in cl.list_logged_model_artifacts(pruned["tags"]["polyprune.model_id"])}
     # workers keep their model: each of the 2 workers loads each of the 2 models at most once
     assert sum(r["metrics"]["time.load_s"] > 0 for r in got) <= 4
     # the dense baseline ran once per model

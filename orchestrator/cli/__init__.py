@@ -22,6 +22,7 @@ COMMANDS = {
     "status": ("orchestrator.cli.status", "progress of a sweep or search from MLflow"),
     "report": ("orchestrator.cli.report", "tables and figures of a sweep or search"),
     "compare": ("orchestrator.cli.compare", "two runs side by side: params, metrics, mask overlap per block"),
+    "register": ("orchestrator.cli.register", "register the best model of a sweep or search (alias best)"),
     "ui": ("orchestrator.cli.ui", "MLflow UI on the configured tracking URI"),
 }
 

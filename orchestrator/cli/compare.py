@@ -11,8 +11,8 @@ from tasks.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_a", metavar="RUN_A", help="MLflow run id")
-    p.add_argument("run_b", metavar="RUN_B", help="MLflow run id")
+    p.add_argument("run_a", metavar="RUN_A", help="MLflow run id, or a model: models:/<model_id> (or m-...), models:/<name>@<alias>")
+    p.add_argument("run_b", metavar="RUN_B", help="MLflow run id, or a model (as RUN_A)")
     p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
 
 

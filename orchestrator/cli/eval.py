@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from tasks.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="hub id or local folder (a pruned output folder works)")
-    p.add_argument("--masks", default=None, help="masks.safetensors to apply to --model (the base model) first")
+    p.add_argument("--model", required=True, help="hub id, local folder (a pruned output folder works), or models:/<model_id>, "
+                   "models:/<name>@<alias>, models:/<name>/<version> (base model + masks, or the saved weights)")
+    p.add_argument("--masks", default=None, help="masks.safetensors (or runs:/<run_id>/masks.safetensors) to apply to --model (the base model) first")
+    p.add_argument("--tracking-uri", default=None, help="where models:/ and runs:/ resolve; default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     p.add_argument("--ppl", default=None, help="languages for perplexity: en,de")
     p.add_argument("--data", default="builtin", help="source of the held-out text")
     p.add_argument("--split", default="test", help="held-out split for perplexity: valid (what tuning looks at) or test (default)")
@@ -34,6 +37,31 @@ def _langs(text: str) -> list[str]:
     if not langs:
         raise UserError("ppl", "give languages like en,de")
     return langs
+
+
+def resolve_uris(args, tmp: Path) -> tuple[str, str | None]:
+    """(model to load, masks file) with models:/ and runs:/ URIs resolved through MLflow."""
+    if not args.model.startswith(("models:/", "runs:/")) and not (args.masks or "").startswith("runs:/"):
+        return args.model, args.masks
+    from .. import models, tracking
+    from ..config import default_tracking_uri
+
+    uri = default_tracking_uri(args.tracking_uri)
+    cl = tracking.client(uri, create=False)
+    if cl is None:
+        raise UserError("tracking-uri", f"no MLflow store at {uri}")
+    name, masks = args.model, args.masks
+    if name.startswith("runs:/"):
+        raise UserError("model", f"{name!r}: name a model as models:/<model_id> (a run's masks go to --masks)")
+    if name.startswith("models:/"):
+        name, found = models.resolve_model(cl, name, tmp / "model", "model")
+        if found is not None:
+            if masks:
+                raise UserError("masks", f"{args.model} already applies its own masks; give --masks only with a base model")
+            masks = str(found)
+    if masks and masks.startswith("runs:/"):
+        masks = str(models.resolve_file(cl, masks, tmp / "masks", "masks"))
+    return name, masks
 
 
 def run(args) -> int:
@@ -62,17 +90,22 @@ def run(args) -> int:
         tasks = check_args(args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
                            include_paths=args.include_path)
         resolve_tasks(tasks, task_manager(args.include_path))
-    base = check_masks_file(args.masks) if args.masks else None
+    local_masks = args.masks and not args.masks.startswith("runs:/")
+    base = check_masks_file(args.masks) if local_masks else None
     if args.out:
         check_out_file(args.out)
-    model, tok = api.load_model(args.model, args.dtype, args.device, args.trust_remote_code)
-    if args.masks:
-        from tasks.pruning.masks import apply_masks
+    with tempfile.TemporaryDirectory(prefix="polyprune-eval-") as tmp:
+        name, masks = resolve_uris(args, Path(tmp))
+        if masks and not local_masks:
+            base = check_masks_file(masks)
+        model, tok = api.load_model(name, args.dtype, args.device, args.trust_remote_code)
+        if masks:
+            from tasks.pruning.masks import apply_masks
 
-        try:
-            apply_masks(model, args.masks)
-        except UserError as e:  # masks of another model
-            raise UserError("masks", f"{e.message}; {args.masks!r} was made from model {base!r}, not {args.model!r}") from None
+            try:
+                apply_masks(model, masks)
+            except UserError as e:  # masks of another model
+                raise UserError("masks", f"{e.message}; {args.masks!r} was made from model {base!r}, not {args.model!r}") from None
     metrics: dict[str, float] = {}
     if langs:
         ppl = api.perplexity(model, tok, langs, args.data, args.seqlen, args.nsamples, args.batch_size, split=args.split)

@@ -11,10 +11,17 @@ from pathlib import Path
 
 from tasks.errors import UserError
 
+from .. import models
 
-def get_run(cl, run_id: str, field: str, uri: str):
+
+def get_run(cl, ref: str, field: str, uri: str):
+    """The run a run id names, or the source run of a model (`models:/<id>`, its bare id
+    `m-...`, `models:/<name>@<alias>`)."""
     from mlflow.exceptions import MlflowException
 
+    if ref.startswith("m-") and "/" not in ref:
+        ref = f"models:/{ref}"
+    run_id = models.logged_model(cl, ref, field).source_run_id if ref.startswith("models:/") else ref
     try:
         return cl.get_run(run_id)
     except MlflowException:
@@ -22,9 +29,7 @@ def get_run(cl, run_id: str, field: str, uri: str):
 
 
 def masks_of(cl, run, tmp: Path) -> Path | None:
-    if "masks.safetensors" not in {a.path for a in cl.list_artifacts(run.info.run_id)}:
-        return None
-    return Path(cl.download_artifacts(run.info.run_id, "masks.safetensors", str(tmp / run.info.run_id)))
+    return models.run_file(cl, run.info.run_id, run.data.tags, "masks.safetensors", tmp / run.info.run_id)
 
 
 def side_by_side(title: str, a: dict, b: dict, delta: bool):

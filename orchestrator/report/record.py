@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tasks.errors import UserError
 
-from .. import tracking
+from .. import models, tracking
 
 IDENTITY = ("model", "method", "sparsity", "calib", "seed")  # never part of a "variant" label
 NOT_VARIANT = IDENTITY + ("seqlen", "data", "dtype")  # resolved or bookkeeping, not a design choice
@@ -105,16 +105,15 @@ def check_masks(cl, runs: list[Run]) -> None:
     for r in runs:
         if r.dense:
             continue
-        names = {a.path for a in cl.list_artifacts(r.id)}
-        if "masks.safetensors" not in names:
+        if not models.has_file(cl, r.id, r.tags, "masks.safetensors"):
             raise UserError("masks", f"run {r.id} ({r.variant or r.params.get('method')} {r.params.get('sparsity')} "
                                      f"{r.calib}) has no masks.safetensors artifact; re-run it or pass --no-overlap")
 
 
 def fetch(cl, run: Run, artifact: str, tmp: Path) -> Path | None:
     if artifact not in run.files:
-        try:
-            run.files[artifact] = Path(cl.download_artifacts(run.id, artifact, str(tmp / run.id)))
+        try:  # in the run's logged model, or (older records) among the run's artifacts
+            run.files[artifact] = models.run_file(cl, run.id, run.tags, artifact, tmp / run.id)
         except Exception:  # absent (a dense run has no masks): the caller decides
             run.files[artifact] = None
     return run.files[artifact]

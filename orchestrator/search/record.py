@@ -5,7 +5,7 @@ experiment = search name; one parent run per study (tags `polyprune.role=search`
 trial (tags `polyprune.trial`, `polyprune.study`, `polyprune.sweep`,
 `polyprune.cell_id`). Params, metrics and artifacts of a trial are a sweep cell's
 (tracking.cell_params / finish_cell), plus the trial's raw Optuna parameters as
-`optuna.<name>`. At the end the parent gets the best trial(s), the baselines and
+`optuna.<name>`; each trial's pruned model is a LoggedModel like a cell's. At the end the parent gets the best trial(s), the baselines and
 Optuna's figures.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import tracking
+from ..sweep.record import attach_model
 
 TRIAL, STUDY, BASELINE = "polyprune.trial", "polyprune.study", "polyprune.baseline"
 
@@ -36,9 +37,12 @@ class SearchRecord:
         tags = {**self.tags, STUDY: self.name, TRIAL: str(number), "polyprune.kind": "trial"}
         if baseline:
             tags[BASELINE] = baseline
-        return tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags,
-                                   run_name=f"trial {number}" + (f" ({baseline})" if baseline else ""),
-                                   params={f"optuna.{k}": v for k, v in optuna_params.items()})
+        run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags,
+                                     run_name=f"trial {number}" + (f" ({baseline})" if baseline else ""),
+                                     params={f"optuna.{k}": v for k, v in optuna_params.items()})
+        attach_model(self.cl, self.exp, run_id, cell, {tracking.CELL: cell.cell_id, tracking.SWEEP: self.name,
+                                                       STUDY: self.name, TRIAL: str(number)}, trial=number)
+        return run_id
 
     def end(self, study, summary: dict[str, Any], metrics: list[str], status: str) -> None:
         """Best trials, baselines and figures on the parent; then its status."""

@@ -1,10 +1,15 @@
-"""The sweep's MLflow record: the scheduler's events written as one child run per cell."""
+"""The sweep's MLflow record: the scheduler's events written as one child run per cell, and
+one LoggedModel per cell whose artifact location the cell's worker writes into."""
 
 from __future__ import annotations
 
+import os
 import sys
 
-from .. import tracking
+from .. import models, tracking
+
+# Test hook: the worker pauses this long after each artifact it uploads (to kill it mid-upload).
+UPLOAD_DELAY_S = float(os.environ.get("POLYPRUNE_UPLOAD_DELAY_S", 0))
 
 
 class Recorder:
@@ -18,11 +23,17 @@ class Recorder:
         self.failures: list[tuple] = []
 
     def start(self, cell) -> None:
-        if cell.cell_id not in self.runs:
-            self.runs[cell.cell_id] = tracking.start_cell(self.cl, self.exp, self.parent, self.sweep, cell, self.tags)
+        if cell.cell_id not in self.runs:  # a retried cell keeps its run and model
+            run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.sweep, cell, self.tags)
+            self.runs[cell.cell_id] = run_id
+            attach_model(self.cl, self.exp, run_id, cell, {tracking.CELL: cell.cell_id, tracking.SWEEP: self.sweep})
 
     def done(self, cell, out: dict) -> None:
-        tracking.finish_cell(self.cl, self.runs.pop(cell.cell_id), out)
+        problem = tracking.finish_cell(self.cl, self.runs.pop(cell.cell_id), out)
+        if problem:
+            self.failures.append((cell, problem))
+            self.line("FAILED", cell, problem)
+            return
         self.finished.append(cell)
         m = out["metrics"]
         shown = f"ppl.mean={m['ppl.mean']:.4g}" if "ppl.mean" in m else ""
@@ -48,6 +59,13 @@ class Recorder:
     def line(self, state: str, cell, text: str) -> None:
         n = self.before + len(self.finished) + len(self.failures)
         log(f"[{n:>{len(str(self.total))}}/{self.total}] {state:8} {cell.cell_id[:8]} {cell.label()}  {text}".rstrip())
+
+
+def attach_model(cl, exp: str, run_id: str, cell, tags: dict[str, str], trial: int | None = None) -> None:
+    """The cell's PENDING LoggedModel, and where its worker is to write the artifacts: the cell's
+    run options (they reach the worker with the task; they do not change the cell id)."""
+    m = models.create(cl, exp, run_id, cell, tags, tracking.cell_params(cell), trial, cell.run.get("save_model", False))
+    cell.run = {**cell.run, "artifacts_to": models.destination(m, cl.tracking_uri), "upload_delay_s": UPLOAD_DELAY_S}
 
 
 def retry_tags(error: str, attempt: int) -> dict[str, str]:

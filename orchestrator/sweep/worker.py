@@ -3,7 +3,9 @@
 A runner is long-lived: it keeps the current base model in host memory and, between
 cells of the same model, restores the dense weights of the prunable linears from a
 snapshot instead of reloading from disk. It gets a plain dict and returns a plain
-dict (metrics, artifact bytes, placement); it never touches MLflow. A failing cell
+dict (metrics, the files it wrote, placement); it never touches MLflow's tracking store: it
+writes the cell's artifacts straight into the logged model's artifact location the driver
+gave it (`deliver`) and reports their sizes, which the driver checks. A failing cell
 comes back as {"ok": False, "error": ...}; only a dead process or node raises.
 
 `CellRunner` is plain Python (no Ray), so the benchmark's one-process-per-cell
@@ -84,7 +86,6 @@ class CellRunner:
         t_load = self._load(key["model"], key["dtype"], opts["trust_remote_code"])
         metrics: dict[str, float] = {"time.load_s": t_load}
         params: dict[str, Any] = {}
-        artifacts: dict[str, bytes] = {}
         if task["kind"] == "prune":
             spec = PruneSpec(model=key["model"], method=key["method"], sparsity=key["sparsity"], calib=key["calib"],
                              data=key["data"], nsamples=key["nsamples"], seqlen=key["seqlen"], seed=key["seed"],
@@ -99,12 +100,15 @@ class CellRunner:
                 params["seqlen"] = r["config"]["seqlen"]
             with tempfile.TemporaryDirectory(prefix="polyprune-cell-") as tmp:
                 out = save_outputs(Path(tmp) / "out", self.model, self.tok, res, save_model=opts["save_model"])
+                staged = Path(tmp) / "staged"  # the layout of the model's location: the three files + model/
                 for f in sorted(p for p in out.rglob("*") if p.is_file()):
                     rel = f.relative_to(out).as_posix()
-                    if rel in ("result.json", "masks.safetensors", "calibration.safetensors"):
-                        artifacts[rel] = f.read_bytes()
-                    elif opts["save_model"]:
-                        artifacts[f"model/{rel}"] = f.read_bytes()
+                    name = rel if rel in ("result.json", "masks.safetensors", "calibration.safetensors") else f"model/{rel}"
+                    if name.startswith("model/") and not opts["save_model"]:
+                        continue
+                    (staged / name).parent.mkdir(parents=True, exist_ok=True)
+                    f.rename(staged / name)
+                files, artifacts = deliver(staged, opts.get("artifacts_to"), opts.get("upload_delay_s", 0.0))
         else:
             metrics["sparsity.actual"] = 0.0
         t0 = time.perf_counter()
@@ -113,8 +117,10 @@ class CellRunner:
         if task["kind"] == "baseline":
             import json
 
-            artifacts["result.json"] = (json.dumps({"config": key, "metrics": metrics}, indent=2, default=str) + "\n").encode()
-        return {"metrics": metrics, "params": params, "artifacts": artifacts, "tags": {}}
+            with tempfile.TemporaryDirectory(prefix="polyprune-cell-") as tmp:
+                (Path(tmp) / "result.json").write_text(json.dumps({"config": key, "metrics": metrics}, indent=2, default=str) + "\n")
+                files, artifacts = deliver(Path(tmp), opts.get("artifacts_to"), opts.get("upload_delay_s", 0.0))
+        return {"metrics": metrics, "params": params, "files": files, "artifacts": artifacts, "tags": {}}
 
     def _evaluate(self, ev: dict[str, Any], opts: dict[str, Any], key: dict[str, Any]) -> dict[str, float]:
         from tasks.api import perplexity, ppl_metrics
@@ -135,6 +141,28 @@ class CellRunner:
         if ev.get("test"):  # a search trial's held-out pass: logged as test.*, never told to the sampler
             out.update({f"test.{k}": v for k, v in self._evaluate(ev["test"], opts, key).items()})
         return out
+
+
+def deliver(folder: Path, to: dict[str, str] | None, delay_s: float = 0.0) -> tuple[dict[str, int], dict[str, bytes]]:
+    """Write the files of `folder` into the logged model's artifact location `to` (through
+    MLflow's artifact repository: a shared folder, an object store or a tracking server's
+    proxied uploads), so no artifact byte passes through the driver; returns ({path: size}, {}).
+    Without `to` (a runner outside a sweep), the bytes themselves: ({}, {path: bytes}).
+    `delay_s` is a test hook: a pause after each file, to kill a worker mid-upload."""
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    if to is None:
+        return {}, {p.relative_to(folder).as_posix(): p.read_bytes() for p in paths}
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(to["uri"], tracking_uri=to["tracking_uri"])
+    files = {}
+    for p in paths:
+        rel = p.relative_to(folder)
+        repo.log_artifact(str(p), rel.parent.as_posix() if rel.parent != Path(".") else None)
+        files[rel.as_posix()] = p.stat().st_size
+        if delay_s:
+            time.sleep(delay_s)
+    return files, {}
 
 
 def _ray():

@@ -1,0 +1,100 @@
+"""`polyprune register NAME_OR_FILE --metric M --as MODEL_NAME`: the best pruned model of a sweep
+or search as a version of a registered model, with alias `best`.
+
+Best = the lowest value of M among the experiment's READY logged models (the highest for
+accuracy-like metrics: anything not perplexity, loss, bits, time or memory). Registering again
+adds a version and moves the alias only when the best model changed; with the same best
+it changes nothing. `models:/MODEL_NAME@best` then names the winner (`polyprune eval`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from tasks.errors import UserError
+
+ALIAS = "best"
+LOWER = ("ppl.", "loss", "bits_per_byte", "perplexity", "time.", "memory.")
+SPLITS = ("test", "valid")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME_OR_FILE", help="sweep or search name, or its file")
+    p.add_argument("--metric", required=True, help="what 'best' is judged on, e.g. ppl.sw or lmeval.xnli_sw.acc")
+    p.add_argument("--split", default="test", help="the metric's split: test (the metric as logged) or valid (valid.<metric>)")
+    p.add_argument("--as", dest="as_name", required=True, metavar="MODEL_NAME", help="registered model name")
+    p.add_argument("--tracking-uri", default=None, help="default: the file's store, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(metric.startswith(x) if x.endswith(".") else x in metric for x in LOWER)
+
+
+def metric_key(metric: str, split: str) -> str:
+    return metric if split == "test" else f"{split}.{metric}"
+
+
+def experiment_of(name: str, tracking_uri: str | None) -> tuple[str, str]:
+    """(experiment name, tracking uri) of NAME: a name, a sweep file or a search file."""
+    from pathlib import Path
+
+    from ..config import default_tracking_uri
+    from .common import resolve_name
+
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        import yaml
+
+        raw = yaml.safe_load(Path(name).read_text())
+        if isinstance(raw, dict) and "space" in raw:  # a search file
+            from ..search.file import load_search
+
+            cfg, _ = load_search(name)
+            return cfg.name, default_tracking_uri(tracking_uri) if tracking_uri else cfg.tracking_uri
+    got, uri, _ = resolve_name(name, tracking_uri)
+    return got, uri
+
+
+def run(args) -> int:
+    from .. import models, tracking
+
+    if args.split not in SPLITS:
+        raise UserError("split", f"allowed: {', '.join(SPLITS)}; got {args.split!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", args.as_name):
+        raise UserError("as", f"{args.as_name!r}: a registered model name of letters, digits, - and _")
+    name, uri = experiment_of(args.name, args.tracking_uri)
+    cl, exp = tracking.open_experiment(name, uri)
+    key = metric_key(args.metric, args.split)
+    scored = []
+    for m in models.all_models(cl, exp):
+        if str(m.status) != "READY":
+            continue
+        values = {x.key: x.value for x in m.metrics or []}
+        if key in values:
+            scored.append((values[key], m.creation_timestamp, m))
+    if not scored:
+        raise UserError("metric", f"no READY model of {name!r} has metric {key!r}")
+    low = lower_is_better(args.metric)
+    # ties: the earliest model, so a rerun that adds an equal model does not move the alias
+    value, _, best = min(scored, key=lambda t: (t[0] if low else -t[0], t[1]))
+    try:
+        current = cl.get_model_version_by_alias(args.as_name, ALIAS)
+    except Exception:  # no such registered model or alias yet
+        current = None
+    if current is not None and models.version_model_id(current) == best.model_id:
+        print(f"{args.as_name}@{ALIAS} is version {current.version} already: {best.name} ({key} = {value:.6g}); nothing registered")
+        return 0
+    try:
+        cl.get_registered_model(args.as_name)
+    except Exception:
+        cl.create_registered_model(args.as_name, description=f"pruned models chosen by polyprune register from {name!r}")
+    kind = "search" if "polyprune.trial" in best.tags else "sweep"
+    text = (f"best of {kind} {name!r} by {key} ({'lowest' if low else 'highest'}) = {value:.6g}: "
+            f"{best.name} ({best.model_id}, run {best.source_run_id})")
+    version = cl.create_model_version(args.as_name, source=best.artifact_location, run_id=best.source_run_id,
+                                      model_id=best.model_id, description=text,
+                                      tags={models.MODEL_ID: best.model_id, "polyprune.metric": key, "polyprune.value": f"{value:.10g}", "polyprune.sweep": name})
+    cl.set_registered_model_alias(args.as_name, ALIAS, version.version)
+    print(f"registered {args.as_name} version {version.version} (alias {ALIAS}): {text}")
+    print(f"use: polyprune eval --model models:/{args.as_name}@{ALIAS} --tracking-uri '{uri}' ...")
+    return 0
