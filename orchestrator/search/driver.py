@@ -58,7 +58,9 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
         cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     tracking.client(cfg.tracking_uri, create=False)  # a missing sqlite folder is a UserError before anything exists
     study, store = open_study(cfg)
-    return Search(cfg, space, evaluation(cfg), study, store, source).run(n_trials, ray_address)
+    search = Search(cfg, space, evaluation(cfg), study, store, source)
+    search.file = "" if isinstance(config, dict) else str(Path(config).resolve())  # named in the experiment's description
+    return search.run(n_trials, ray_address)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Search:
         self.flights: dict[int, Flight] = {}  # id(cell) -> its trial
         self.told, self.todo, self.last_beat = 0, 0, 0.0
         self.rec: SearchRecord | None = None
+        self.file = ""
 
     def run(self, n_trials: int | None, ray_address: str | None) -> dict[str, Any]:
         cfg = self.cfg
@@ -97,7 +100,7 @@ class Search:
         try:
             with driving(ray_address, needed=self.todo > 0):
                 rec = self.rec = SearchRecord(cfg.tracking_uri, cfg.name, tracking.provenance(), {
-                    "model": cfg.model, "method": cfg.method, "sparsity": cfg.sparsity, "space": self.space.name,
+                    "file": self.file, "model": cfg.model, "method": cfg.method, "sparsity": cfg.sparsity, "space": self.space.name,
                     "calib_languages": ",".join(self.langs), "parallel": cfg.parallel, "storage": cfg.storage,
                     "objectives": ",".join(f"{o.metric}:{o.direction}" for o in cfg.objectives)},
                     {"search.yaml": self.source, "space.yaml": Path(self.space.path).read_bytes()})
