@@ -272,8 +272,8 @@ def runs_view(cl, exp_id: str) -> str:
     metrics = sorted(keys, key=lambda k: (k != "ppl.mean", not k.startswith("ppl."), k))
     state = {"orderByKey": "metrics.`ppl.mean`" if "ppl.mean" in keys else "attributes.start_time",
              "orderByAsc": "ppl.mean" in keys,
-             "selectedColumns": ["attributes.`Dataset`", *(f"params.`{p}`" for p in VIEW_PARAMS),
-                                 *(f"metrics.`{m}`" for m in metrics), "attributes.`Source`", "attributes.`Models`"]}
+             "selectedColumns": ["attributes.`Dataset`", *(f"metrics.`{m}`" for m in metrics),
+                                 *(f"params.`{p}`" for p in VIEW_PARAMS)]}
     cl.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW}", json.dumps(state))
     return VIEW
 

@@ -148,6 +148,8 @@ def demo_model_path(cfg: DemoConfig = DemoConfig(), progress: bool = True) -> Pa
     digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
     home = builtin.cache_root() / "demo" / digest
     path = home / NAME
+    if (home / "config.json").is_file() and not path.exists():
+        _move_into_named_folder(home)  # cached before the folder had a name: keep the trained model
     if path.is_dir():
         return path
     model, tokenizer, log = train(cfg, progress)
@@ -164,6 +166,23 @@ def demo_model_path(cfg: DemoConfig = DemoConfig(), progress: bool = True) -> Pa
     except OSError:  # another process finished first; its model is the same
         shutil.rmtree(tmp_home)
     return path
+
+
+def _move_into_named_folder(home: Path) -> None:
+    """<hash>/{config.json, ...} (the first cache layout) -> <hash>/polyprune-demo-llama/."""
+    moving = home.with_name(f"{home.name}.tmp-{os.getpid()}")
+    try:
+        home.rename(moving)
+        moving.mkdir(exist_ok=True)
+    except OSError:  # another process is moving it
+        return
+    inner = moving / f"{NAME}.tmp"
+    inner.mkdir()
+    for f in list(moving.iterdir()):
+        if f != inner:
+            f.rename(inner / f.name)
+    inner.rename(moving / NAME)
+    moving.rename(home)
 
 
 def alias_config() -> DemoConfig:
