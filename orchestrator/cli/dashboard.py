@@ -40,7 +40,7 @@ def storage_arg(storage: str) -> str:
 def study_id(base: str, name: str) -> int:
     """The dashboard's id of study `name` (its /api/studies lists them)."""
     with urllib.request.urlopen(f"{base}/api/studies", timeout=10) as r:
-        studies = json.load(r)["studies"]
+        studies = json.load(r)["study_summaries"]
     for s in studies:
         if s["study_name"] == name:
             return s["study_id"]
