@@ -153,8 +153,12 @@ def local_path(value: str, base: Path, loose: bool) -> str:
 
 
 def model_path(model: str, base: Path) -> str:
-    # A hub id has one slash (org/name), as tasks.models.load_model decides.
-    return local_path(model, base, loose=model.count("/") > 1)
+    from tasks.models import resolve_alias
+
+    # A hub id has one slash (org/name), as tasks.models.load_model decides. The alias `demo`
+    # resolves here, so a cell's id names the exact demo model it ran on.
+    resolved = resolve_alias(model)
+    return resolved if resolved != model else local_path(model, base, loose=model.count("/") > 1)
 
 
 def check_model(model: str, field: str, seqlens: dict[str, int | None] | None = None) -> None:

@@ -25,6 +25,9 @@ from .models import MODEL_ID, check_model_files, end_model, log_model_params
 
 ROLE, SWEEP, CELL, ERROR, DRIVER = "polyprune.role", "polyprune.sweep", "polyprune.cell_id", "polyprune.error", "polyprune.driver"
 PARENT = "mlflow.parentRunId"
+# MLflow 3 opens an experiment on its GenAI traces unless it is marked as model development.
+KIND, MODEL_DEVELOPMENT, NOTE = "mlflow.experimentKind", "custom_model_development", "mlflow.note.content"
+MODEL_HASH = "polyprune.model_hash"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -95,7 +98,7 @@ def experiment_id(cl, name: str, uri: str, create: bool) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return cl.create_experiment(name, artifact_location=location)
+        return cl.create_experiment(name, artifact_location=location, tags={KIND: MODEL_DEVELOPMENT})
     except MlflowException:  # created by a concurrent driver meanwhile: get it
         exp = cl.get_experiment_by_name(name)
         if exp is None:
@@ -155,6 +158,7 @@ def begin_parent(cl, exp_id: str, name: str, role: str, tags: dict[str, str], pa
             cl.set_tag(r.info.run_id, ERROR, why)
             cl.set_terminated(r.info.run_id, "KILLED")
             end_model(cl, r.data.tags.get(MODEL_ID), why)
+    describe_experiment(cl, exp_id, name, role, params.get("file") or "", cl.tracking_uri)
     if parent is None:
         run = cl.create_run(exp_id, run_name=name, tags={ROLE: role, SWEEP: name})
         run_id = run.info.run_id
@@ -170,7 +174,8 @@ def start_cell(cl, exp_id: str, parent_id: str, sweep: str, cell, tags: dict[str
                params: dict[str, Any] | None = None) -> str:
     """A cell's child run (a search trial's adds its own tags, name and params)."""
     run = cl.create_run(exp_id, run_name=run_name or f"{cell.cell_id[:8]} {cell.label()}",
-                        tags={PARENT: parent_id, SWEEP: sweep, CELL: cell.cell_id, "polyprune.kind": cell.kind, **tags})
+                        tags={PARENT: parent_id, SWEEP: sweep, CELL: cell.cell_id, "polyprune.kind": cell.kind,
+                              **model_tags(cell.model), **tags})
     log_params(cl, run.info.run_id, {**cell_params(cell), **(params or {})})
     return run.info.run_id
 
@@ -179,7 +184,9 @@ def cell_params(cell) -> dict[str, Any]:
     """SPEC names: model, method, sparsity, calib, nsamples, seqlen, seed, schedule + method hps."""
     k = cell.key
     ev = k["eval"]
-    out: dict[str, Any] = {"model": k["model"], "dtype": k["dtype"]}
+    from tasks.models import model_name
+
+    out: dict[str, Any] = {"model": k["model"], "model_name": model_name(k["model"]), "dtype": k["dtype"]}
     if cell.kind == "baseline":
         out.update(method="dense", sparsity="0")
     else:
@@ -239,6 +246,7 @@ def finish_cell(cl, run_id: str, out: dict[str, Any]) -> str | None:
             return problem
     log_metrics(cl, run_id, out["metrics"], model_id)
     log_artifacts(cl, run_id, out.get("artifacts", {}))
+    log_datasets(cl, run_id, out.get("datasets", {}))
     if model_id:
         cl.finalize_logged_model(model_id, "READY")
     cl.set_terminated(run_id, "FINISHED")
@@ -261,6 +269,69 @@ def log_artifacts(cl, run_id: str, artifacts: dict[str, bytes]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         cl.log_artifacts(run_id, tmp)
+
+
+def describe_experiment(cl, exp_id: str, name: str, role: str, file: str, uri: str) -> None:
+    """Mark the experiment as model development (the UI opens on its runs table) and say in its
+    description where it came from and how to resume and report it."""
+    source = file or "(built in code, no file)"
+    again = f"polyprune {role} {file}" if file else f"rerun the code that built {name!r}"
+    text = (f"polyprune {role} **{name}** from `{source}`.\n\n"
+            f"- resume (runs only what is not FINISHED): `{again}`\n"
+            f"- progress: `polyprune status {name} --tracking-uri '{uri}'`\n"
+            f"- tables and figures: `polyprune report {name} --out {safe_name(name)}-report --tracking-uri '{uri}'`\n")
+    for key, value in ((KIND, MODEL_DEVELOPMENT), (NOTE, text)):
+        cl.set_experiment_tag(exp_id, key, value)
+
+
+def model_tags(model: str) -> dict[str, str]:
+    """The demo model's cache hash (its folder has a readable name; the hash says which build)."""
+    from tasks.demo_model import model_hash
+
+    digest = model_hash(model) if os.path.isabs(model) else None
+    return {MODEL_HASH: digest} if digest else {}
+
+
+def log_datasets(cl, run_id: str, datasets: dict[str, dict]) -> None:
+    """A worker's `datasets` ({context: {name, digest, source, profile}}) as the run's MLflow dataset
+    inputs, context `calibration` or `evaluation`: the runs table's Dataset column."""
+    if not datasets:
+        return
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = [DatasetInput(Dataset(name=d["name"][:500], digest=d["digest"], source_type="polyprune",
+                                   source=json.dumps(d["source"], sort_keys=True), profile=json.dumps(d["profile"], sort_keys=True)),
+                           [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+              for context, d in datasets.items()]
+    cl.log_inputs(run_id, datasets=inputs)
+
+
+VIEW = "polyprune"  # the share key of the runs view `runs_view` stores in the experiment
+VIEW_PARAMS = ("model_name", "method", "sparsity", "calib", "seed")
+
+
+def runs_view(cl, exp_id: str) -> str:
+    """Store a runs-table view in the experiment (MLflow's shared view state, tag
+    `mlflow.sharedViewState.<key>`): runs sorted by ppl.mean, best first, with the cell's
+    params and its perplexity metrics as columns. Any order but by date lists child runs
+    flat, so no cell hides under a collapsed parent. Returns the share key."""
+    keys: set[str] = set()
+    for r in all_runs(cl, exp_id):
+        keys.update(k for k in r.data.metrics if k.startswith(("ppl.", "lmeval.")))
+    metrics = sorted(keys, key=lambda k: (k != "ppl.mean", not k.startswith("ppl."), k))
+    state = {"orderByKey": "metrics.`ppl.mean`" if "ppl.mean" in keys else "attributes.start_time",
+             "orderByAsc": "ppl.mean" in keys,
+             "selectedColumns": ["attributes.`Dataset`", *(f"metrics.`{m}`" for m in metrics),
+                                 *(f"params.`{p}`" for p in VIEW_PARAMS)]}
+    cl.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW}", json.dumps(state))
+    return VIEW
+
+
+def runs_url(base: str, exp_id: str, view: str | None = None) -> str:
+    """The MLflow UI's runs table of an experiment in model-training mode (MLflow 3.17 routes)."""
+    shared = f"viewStateShareKey={view}&" if view else ""
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?{shared}workflowType=machine_learning"
 
 
 def provenance() -> dict[str, str]:

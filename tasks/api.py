@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .data.calibration import HELD_OUT, Calibration, sample_calibration
+from .data.calibration import HELD_OUT, Calibration, eval_key, eval_windows, fingerprint, sample_calibration
 from .data.langs import canonical_mix, parse_mix
 from .data.sources import get_source
 from .errors import UserError
@@ -189,7 +189,8 @@ def prune(model, tokenizer, spec: PruneSpec, progress: bool = True) -> PruneResu
         "sparsity_actual": zeros / total,
         "sparsity_per_block": {"target": [b["target"] for b in blocks], "actual": [b["actual"] for b in blocks]},
         "blocks": blocks,
-        "calibration": {"languages": calib.languages, "samples": counts, "tokens": int(calib.input_ids.numel())},
+        "calibration": {"languages": calib.languages, "samples": counts, "tokens": int(calib.input_ids.numel()),
+                        "fingerprint": calib.fingerprint},
         "time_calib_s": t_calib,
         "time_prune_s": t_prune,
         "peak_memory_mb": {
@@ -259,6 +260,15 @@ def save_outputs(out: str | os.PathLike, model, tokenizer, res: PruneResult, sav
     return out
 
 
+def eval_seqlen(model, seqlen: int | None) -> int:
+    """The evaluation window: `seqlen`, else min(2048, the model's positions)."""
+    positions = max_positions(model)
+    seqlen = seqlen or min(2048, positions or 2048)
+    if positions and seqlen > positions:
+        raise UserError("seqlen", f"{seqlen} is beyond the model's {positions} positions")
+    return seqlen
+
+
 def perplexity(model, tokenizer, languages: list[str], data: str = "builtin", seqlen: int | None = None,
                nsamples: int | None = None, batch_size: int = 8, split: str = "test") -> dict[str, float]:
     """{lang: perplexity} on the source's held-out text (never the calibration text): split "test"
@@ -268,11 +278,34 @@ def perplexity(model, tokenizer, languages: list[str], data: str = "builtin", se
     source = get_source(data)
     for lang in languages:
         source.check_language(lang, "ppl")
-    positions = max_positions(model)
-    seqlen = seqlen or min(2048, positions or 2048)
-    if positions and seqlen > positions:
-        raise UserError("seqlen", f"{seqlen} is beyond the model's {positions} positions")
-    return _ppl.perplexity(model, tokenizer, source, languages, seqlen, nsamples, batch_size, split)
+    return _ppl.perplexity(model, tokenizer, source, languages, eval_seqlen(model, seqlen), nsamples, batch_size, split)
+
+
+def calibration_dataset(res: PruneResult) -> dict[str, Any]:
+    """What a pruned model was calibrated on, as a record's dataset: name (source and mix), digest
+    (the calibration fingerprint), source and profile (tokens per language)."""
+    cfg, calib = res.result["config"], res.calibration
+    seqlen = calib.input_ids.shape[1]
+    tokens = {l: int((calib.language == i).sum()) * seqlen for i, l in enumerate(calib.languages)}
+    return {"name": f"{_data_name(cfg['data'])} calib {canonical_mix(parse_mix(cfg['calib']))}", "digest": calib.fingerprint,
+            "source": {"data": cfg["data"], "split": "calib"}, "profile": {"tokens": tokens, "seqlen": seqlen,
+                                                                           "nsamples": int(calib.input_ids.shape[0])}}
+
+
+def evaluation_dataset(model, tokenizer, languages: list[str], data: str = "builtin", seqlen: int | None = None,
+                       nsamples: int | None = None, split: str = "test") -> dict[str, Any]:
+    """The held-out windows `perplexity` reads with the same arguments, as a record's dataset; the
+    digest covers every language's windows and the count taken."""
+    source, seqlen = get_source(data), eval_seqlen(model, seqlen)
+    keys = [eval_key(source, tokenizer, lang, seqlen, split) for lang in languages]
+    tokens = {lang: int(eval_windows(source, tokenizer, lang, seqlen, nsamples, split).numel()) for lang in languages}
+    return {"name": f"{_data_name(data)} {split} {','.join(languages)}", "digest": fingerprint({"windows": keys, "nsamples": nsamples}),
+            "source": {"data": data, "split": split}, "profile": {"tokens": tokens, "seqlen": seqlen, "nsamples": nsamples}}
+
+
+def _data_name(data: str) -> str:
+    # a folder by its own name, so dataset names stay short; the full path is the dataset's source
+    return Path(data).name if os.path.sep in data else data
 
 
 def ppl_metrics(ppl: dict[str, float]) -> dict[str, float]:

@@ -6,7 +6,8 @@ built-in corpus (`tasks.data.builtin`), half of every batch from the ten target
 languages, the rest from all other text there. Held-out bits per byte use the
 eval split, which training never saw. The recipe was measured on a 2-core CPU
 (SPEC, "The offline demo"); training is deterministic from the seed, and the
-result is cached under <cache root>/demo/<hash of config and corpus>/.
+result is cached under <cache root>/demo/<hash of config and corpus>/polyprune-demo-llama/,
+and the model alias `demo` names it wherever a model is named.
 """
 
 from __future__ import annotations
@@ -135,26 +136,74 @@ def train(cfg: DemoConfig = DemoConfig(), progress: bool = True):
     return model, tokenizer, {"losses": losses, "time_s": time.perf_counter() - start}
 
 
+NAME = "polyprune-demo-llama"  # the folder's name, so records and tables show a name, not a cache hash
+ALIAS = "demo"  # usable wherever a model is named (tasks.models.resolve_alias)
+
+
 def demo_model_path(cfg: DemoConfig = DemoConfig(), progress: bool = True) -> Path:
-    """The trained demo model's folder (loadable by plain transformers); trains it on first use."""
+    """The trained demo model's folder <cache>/demo/<hash>/polyprune-demo-llama (loadable by plain
+    transformers); trains it on first use."""
     spec = json.dumps({"config": dataclasses.asdict(cfg), "corpus": builtin.corpus_version(), "build": BUILD},
                       sort_keys=True)
-    path = builtin.cache_root() / "demo" / hashlib.sha256(spec.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
+    home = builtin.cache_root() / "demo" / digest
+    path = home / NAME
+    if (home / "config.json").is_file() and not path.exists():
+        _move_into_named_folder(home)  # cached before the folder had a name: keep the trained model
     if path.is_dir():
         return path
     model, tokenizer, log = train(cfg, progress)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp_home = home.with_name(f"{digest}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp_home, ignore_errors=True)
+    tmp = tmp_home / NAME
     model.save_pretrained(tmp)  # safetensors and config.json
     tokenizer.save_pretrained(tmp)
     versions = {p: version(p) for p in ("torch", "transformers", *builtin.PACKAGES)}
-    record = {**json.loads(spec), "versions": versions, "torch_threads": torch.get_num_threads(), **log}
+    record = {**json.loads(spec), "hash": digest, "versions": versions, "torch_threads": torch.get_num_threads(), **log}
     (tmp / "training.json").write_text(json.dumps(record, indent=1))
     try:
-        tmp.rename(path)  # atomic: the folder appears complete or not at all
+        tmp_home.rename(home)  # atomic: the folder appears complete or not at all
     except OSError:  # another process finished first; its model is the same
-        shutil.rmtree(tmp)
+        shutil.rmtree(tmp_home)
     return path
+
+
+def _move_into_named_folder(home: Path) -> None:
+    """<hash>/{config.json, ...} (the first cache layout) -> <hash>/polyprune-demo-llama/."""
+    moving = home.with_name(f"{home.name}.tmp-{os.getpid()}")
+    try:
+        home.rename(moving)
+        moving.mkdir(exist_ok=True)
+    except OSError:  # another process is moving it
+        return
+    inner = moving / f"{NAME}.tmp"
+    inner.mkdir()
+    for f in list(moving.iterdir()):
+        if f != inner:
+            f.rename(inner / f.name)
+    inner.rename(moving / NAME)
+    moving.rename(home)
+
+
+def alias_config() -> DemoConfig:
+    """The config the `demo` alias trains: the recipe's, or POLYPRUNE_DEMO_STEPS steps (a shortened
+    model for tests and quick looks; its hash differs, so it never replaces the real one)."""
+    steps = os.environ.get("POLYPRUNE_DEMO_STEPS")
+    if not steps:
+        return DemoConfig()
+    if not steps.isdigit() or int(steps) < 1:
+        from .errors import UserError
+
+        raise UserError("POLYPRUNE_DEMO_STEPS", f"must be a positive integer, got {steps!r}")
+    return DemoConfig(steps=int(steps))
+
+
+def model_hash(path: str | os.PathLike) -> str | None:
+    """The cache hash of a demo model folder (None for any other folder)."""
+    record = Path(path) / "training.json"
+    if Path(path).name != NAME or not record.is_file():
+        return None
+    return json.loads(record.read_text()).get("hash") or Path(path).parent.name
 
 
 @torch.no_grad()

@@ -66,14 +66,31 @@ def max_positions(model: nn.Module) -> int | None:
     return None
 
 
+def resolve_alias(name: str) -> str:
+    """THE model-name resolver's one rule beyond paths: the alias `demo` is the demo model's folder
+    (trained and cached on first use); any other name is returned as given."""
+    from . import demo_model
+
+    if name != demo_model.ALIAS:
+        return name
+    return str(demo_model.demo_model_path(demo_model.alias_config(), progress=True))
+
+
+def model_name(model: str) -> str:
+    """A readable name for records and tables: a hub id as given, a local folder by its own name."""
+    local = Path(model).expanduser()
+    return local.name if local.is_dir() and local.name else model
+
+
 def load_model(name: str, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False):
-    """(model, tokenizer) from a hub id or a local folder, in eval mode on `device`."""
+    """(model, tokenizer) from a hub id, a local folder or the alias `demo`, in eval mode on `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per load drowns the one-line errors and our own progress
     if dtype not in DTYPES:
         raise UserError("dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
+    name = resolve_alias(name)
     local = Path(name).expanduser()
     if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise UserError("model", f"folder {name!r} does not exist")

@@ -37,7 +37,8 @@ def test_training_is_deterministic_and_learns(cached):
 def test_demo_model_path_trains_once_then_reuses(cached, monkeypatch):
     root, path = cached
     assert {"config.json", "model.safetensors", "training.json"} <= {p.name for p in path.iterdir()}
-    assert path.parent == root / "demo" and not list(path.parent.glob("*.tmp-*"))
+    assert path.parent.parent == root / "demo" and path.name == demo_model.NAME
+    assert not list((root / "demo").glob("*.tmp-*")) and demo_model.model_hash(path) == path.parent.name
     record = json.loads((path / "training.json").read_text())
     assert record["config"]["steps"] == SMALL.steps and len(record["losses"]) == SMALL.steps
 

@@ -23,7 +23,8 @@ COMMANDS = {
     "report": ("orchestrator.cli.report", "tables and figures of a sweep or search"),
     "compare": ("orchestrator.cli.compare", "two runs side by side: params, metrics, mask overlap per block"),
     "register": ("orchestrator.cli.register", "register the best model of a sweep or search (alias best)"),
-    "ui": ("orchestrator.cli.ui", "MLflow UI on the configured tracking URI"),
+    "ui": ("orchestrator.cli.ui", "MLflow UI on the runs of a sweep or search (its store, bound to 127.0.0.1)"),
+    "dashboard": ("orchestrator.cli.dashboard", "optuna-dashboard on a search's study (bound to 127.0.0.1)"),
 }
 
 

@@ -1,25 +1,40 @@
-"""`polyprune ui`: the MLflow UI on a sweep's store, bound to 127.0.0.1 unless told otherwise.
+"""`polyprune ui`: the MLflow UI on a sweep's or search's store, bound to 127.0.0.1 unless told otherwise.
 
-The store is --tracking-uri, else the sweep file's (when FILE is given), else
-MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder. Artifacts of a
-sqlite store live where the sweep put them (file:// paths beside the database),
-so the UI reads them straight from disk.
+The store is --tracking-uri, else the file's (when FILE is a sweep or search file),
+else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder. Artifacts of a
+sqlite store live where the sweep put them (file:// paths beside the database), so
+the UI reads them straight from disk. Once the server answers, the URL of the
+experiment's runs table (model-training view) is printed on stdout; `--open`
+opens it in a browser.
+
+The server is this command's child: SIGINT / SIGTERM stop it and everything it
+started (`serve`), so nothing outlives the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 from tasks.errors import UserError
 
+READY_TIMEOUT_S = 300  # mlflow server imports a lot: ~20 s on an idle 2-core machine, minutes on a loaded one
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", nargs="?", default=None, help="a sweep file: use its tracking_uri")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (sqlite:///..., postgresql://..., http://...)")
+    p.add_argument("target", metavar="FILE|NAME", nargs="?", default=None,
+                   help="a sweep or search file (its store and experiment), or an experiment name")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (sqlite:///..., postgresql://...)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the UI to the network)")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--open", action="store_true", help="open the runs view in a browser once the server answers")
 
 
 def command(uri: str, host: str, port: int) -> list[str]:
@@ -29,24 +44,145 @@ def command(uri: str, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", "1"]
 
 
+def check_port(host: str, port: int) -> None:
+    """A taken port is one line now, not a server that dies after this command reported success."""
+    if not 0 < port < 65536:
+        raise UserError("port", f"must be in 1..65535, got {port}")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError("port", f"cannot listen on {host}:{port} ({e.strerror}); give a free --port") from None
+
+
+def browse_host(host: str) -> str:
+    """Where a browser on this machine reaches a server bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
+
+
+def serve(cmd: list[str], ready: str, what: str, url_of=None, open_browser: bool = False) -> int:
+    """Run a server child until it exits or this process gets SIGINT / SIGTERM, then stop the child's
+    whole process group (uvicorn / gunicorn workers included) and wait for it. Once `ready` answers
+    HTTP 200, print the URL (`url_of()`, or `ready`) on stdout. Exit: the server's code; 1 when it
+    dies before answering; 130 / 143 when stopped by a signal."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: one signal reaches every worker
+    got: list[int] = []
+
+    def stop(signum, frame):
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        deadline, url = time.monotonic() + READY_TIMEOUT_S, None
+        while url is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(ready, timeout=2) as r:
+                    if r.status == 200:
+                        url = url_of() if url_of else ready
+            except OSError:
+                time.sleep(0.3)
+        if url is None:
+            if proc.poll() is None:
+                sys.stderr.write(f"polyprune: {what} did not answer at {ready} within {READY_TIMEOUT_S} s; stopped it\n")
+                return 1
+            sys.stderr.write(f"polyprune: {what} exited ({proc.returncode}) before answering at {ready}\n")
+            return 1
+        print(url, flush=True)
+        sys.stderr.write(f"{what}: {url}  (Ctrl-C stops it)\n")
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 128 + (got[0] if got else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        _signal_all(proc.pid, family, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        _, alive = psutil.wait_procs(_procs(family), timeout=5)
+        if alive:
+            _signal_all(proc.pid, [p.pid for p in alive], signal.SIGKILL)
+        proc.wait()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _procs(pids: list[int]) -> list:
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _signal_all(group: int, pids: list[int], sig: int) -> None:
+    # the group first; then each pid in case one moved to a session of its own
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def file_target(target: str) -> dict | None:
+    """{name, tracking_uri, storage} of a sweep or search file, read without loading its model (a
+    browsing command must not train the `demo` alias); None when `target` is not a YAML file."""
+    if not (target.endswith((".yaml", ".yml")) and Path(target).is_file()):
+        return None
+    from ..config import read_mapping, resolve_tracking_uri
+    from ..search.file import resolve_storage
+
+    raw = read_mapping(Path(target), "name")
+    if not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise UserError("name", f"{target!r} has no name (a sweep or search file names its experiment)")
+    base = Path(os.path.abspath(target)).parent
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = resolve_tracking_uri(raw.get("tracking_uri"), base) if raw.get("tracking_uri") or not env else resolve_tracking_uri(env, Path.cwd())
+    storage = resolve_storage(raw.get("storage"), base) if "space" in raw else None
+    return {"name": raw["name"], "tracking_uri": uri, "storage": storage}
+
+
 def run(args) -> int:
     from .. import tracking
+
     from ..config import default_tracking_uri
 
-    if not 0 < args.port < 65536:
-        raise UserError("port", f"must be in 1..65535, got {args.port}")
-    if args.tracking_uri or not args.file:
-        uri = default_tracking_uri(args.tracking_uri)
-    else:
-        from ..sweep.file import load_sweep
-
-        uri = load_sweep(args.file).tracking_uri
+    found = file_target(args.target) if args.target else None
+    name = found["name"] if found else args.target
+    uri = default_tracking_uri(args.tracking_uri) if args.tracking_uri or not found else found["tracking_uri"]
     path = tracking.sqlite_path(uri)
     if path is not None and not path.exists():
         raise UserError("tracking-uri", f"no MLflow store at {uri} (run a sweep first, or give --tracking-uri)")
     cmd = command(uri, args.host, args.port)
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 130
+    check_port(args.host, args.port)
+    if name is not None:
+        cl, exp = tracking.open_experiment(name, uri)
+    else:  # the newest experiment polyprune made, else the server's front page
+        cl = tracking.client(uri, create=False)
+        made = cl.search_experiments(filter_string=f"tags.`{tracking.KIND}` = '{tracking.MODEL_DEVELOPMENT}'",
+                                     order_by=["creation_time DESC"], max_results=1)
+        exp = made[0].experiment_id if made else None
+    base = f"http://{browse_host(args.host)}:{args.port}"
+    url = tracking.runs_url(base, exp, tracking.runs_view(cl, exp)) if exp is not None else base + "/"
+    sys.stderr.write(f"starting the MLflow UI for {uri} on {args.host}:{args.port} ...\n")
+    return serve(cmd, f"{base}/health", "MLflow UI", lambda: url, args.open)

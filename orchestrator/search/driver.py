@@ -66,7 +66,9 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
     exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)
     with hold("search", cfg.name, cl, exp, tracking.sqlite_path(cfg.tracking_uri)):  # one driver per study
         study, store = open_study(cfg)
-        return Search(cfg, space, trial_evaluation(cfg), study, store, source).run(n_trials, ray_address)
+        search = Search(cfg, space, trial_evaluation(cfg), study, store, source)
+        search.file = "" if isinstance(config, dict) else str(Path(config).resolve())  # named in the experiment's description
+        return search.run(n_trials, ray_address)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Search:
         self.flights: dict[int, Flight] = {}  # id(cell) -> its trial
         self.told, self.todo, self.last_beat = 0, 0, 0.0
         self.rec: SearchRecord | None = None
+        self.file = ""
 
     def run(self, n_trials: int | None, ray_address: str | None) -> dict[str, Any]:
         cfg = self.cfg
@@ -108,7 +111,7 @@ class Search:
         try:
             with driving(ray_address, needed=self.todo > 0):
                 rec = self.rec = SearchRecord(cfg.tracking_uri, cfg.name, tracking.provenance(), {
-                    "model": cfg.model, "method": cfg.method, "sparsity": cfg.sparsity, "space": self.space.name,
+                    "file": self.file, "model": cfg.model, "method": cfg.method, "sparsity": cfg.sparsity, "space": self.space.name,
                     "calib_languages": ",".join(self.langs), "parallel": cfg.parallel, "storage": cfg.storage,
                     "objectives": ",".join(f"{o.metric}:{o.direction}" for o in cfg.objectives)},
                     {"search.yaml": self.source, "space.yaml": Path(self.space.path).read_bytes()})

@@ -79,19 +79,21 @@ class CellRunner:
         return time.perf_counter() - t0
 
     def _run(self, task: dict[str, Any]) -> dict[str, Any]:
-        from tasks.api import PruneSpec, prune, save_outputs
+        from tasks.api import PruneSpec, calibration_dataset, prune, save_outputs
 
         key, opts = task["key"], task["run"]
         self.dirty = True  # until proven otherwise: an exception below leaves the weights unknown
         t_load = self._load(key["model"], key["dtype"], opts["trust_remote_code"])
         metrics: dict[str, float] = {"time.load_s": t_load}
         params: dict[str, Any] = {}
+        datasets: dict[str, dict] = {}  # context -> what the run read (tracking.log_datasets)
         if task["kind"] == "prune":
             spec = PruneSpec(model=key["model"], method=key["method"], sparsity=key["sparsity"], calib=key["calib"],
                              data=key["data"], nsamples=key["nsamples"], seqlen=key["seqlen"], seed=key["seed"],
                              schedule=key["schedule"], hp=dict(key["hp"]), batch_size=opts["batch_size"],
                              device=_device(), dtype=key["dtype"], trust_remote_code=opts["trust_remote_code"])
             res = prune(self.model, self.tok, spec, progress=False)
+            datasets["calibration"] = calibration_dataset(res)
             r = res.result
             metrics.update({"sparsity.actual": r["sparsity_actual"], "time.prune_s": r["time_prune_s"],
                             "time.calib_s": r["time_calib_s"]})
@@ -114,13 +116,19 @@ class CellRunner:
         t0 = time.perf_counter()
         metrics.update(self._evaluate(key["eval"], opts, key))
         metrics["time.eval_s"] = time.perf_counter() - t0
+        if key["eval"]["ppl"]:
+            from tasks.api import evaluation_dataset
+
+            p = key["eval"]["ppl"]
+            datasets["evaluation"] = evaluation_dataset(self.model, self.tok, p["languages"], p["data"], p["seqlen"],
+                                                        p["nsamples"], p.get("split", "test"))
         if task["kind"] == "baseline":
             import json
 
             with tempfile.TemporaryDirectory(prefix="polyprune-cell-") as tmp:
                 (Path(tmp) / "result.json").write_text(json.dumps({"config": key, "metrics": metrics}, indent=2, default=str) + "\n")
                 files, artifacts = deliver(Path(tmp), opts.get("artifacts_to"), opts.get("upload_delay_s", 0.0))
-        return {"metrics": metrics, "params": params, "files": files, "artifacts": artifacts, "tags": {}}
+        return {"metrics": metrics, "params": params, "files": files, "artifacts": artifacts, "tags": {}, "datasets": datasets}
 
     def _evaluate(self, ev: dict[str, Any], opts: dict[str, Any], key: dict[str, Any]) -> dict[str, float]:
         from tasks.api import perplexity, ppl_metrics

@@ -37,9 +37,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return json.dumps([type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer), ids])
 
 
+def fingerprint(key: dict) -> str:
+    """The digest of everything that determines a tokenised set: it keys the cache and names the
+    data in records (MLflow dataset digests), so equal digests mean equal token ids."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def _cached(kind: str, key: dict, build):
     """Load tensors from the cache keyed by `key`, or build and store them (atomically)."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    digest = fingerprint(key)
     path = cache_root() / "tokens" / f"{kind}-{digest}.safetensors"
     if path.exists():
         return load_file(path)
@@ -56,6 +62,7 @@ class Calibration:
     input_ids: torch.Tensor  # int64 [nsamples, seqlen]
     language: torch.Tensor  # int64 [nsamples], index into `languages`
     languages: list[str]
+    fingerprint: str = ""  # of the sampling key: source text, tokenizer, counts, seqlen, seed
 
 
 def _tokenize(tokenizer, docs: list[str]) -> list[list[int]]:
@@ -98,7 +105,12 @@ def sample_calibration(source: Source, tokenizer, mix: dict[str, float], nsample
         return {"input_ids": torch.tensor(ids, dtype=torch.int64), "language": torch.tensor(lang_idx, dtype=torch.int64)}
 
     t = _cached("calib", key, build)
-    return Calibration(t["input_ids"], t["language"], languages)
+    return Calibration(t["input_ids"], t["language"], languages, fingerprint(key))
+
+
+def eval_key(source: Source, tokenizer, lang: str, seqlen: int, split: str) -> dict:
+    """What determines a language's evaluation windows (before `nsamples` takes the first ones)."""
+    return {"source": source.fingerprint, "tok": tokenizer_fingerprint(tokenizer), "lang": lang, "seqlen": seqlen, "split": split}
 
 
 def eval_windows(source: Source, tokenizer, lang: str, seqlen: int, nsamples: int | None = None,
@@ -107,7 +119,7 @@ def eval_windows(source: Source, tokenizer, lang: str, seqlen: int, nsamples: in
     if split not in HELD_OUT:
         raise UserError("split", f"evaluation reads held-out text; allowed: {', '.join(HELD_OUT)}, got {split!r}")
     source.check_language(lang, "ppl")
-    key = {"source": source.fingerprint, "tok": tokenizer_fingerprint(tokenizer), "lang": lang, "seqlen": seqlen, "split": split}
+    key = eval_key(source, tokenizer, lang, seqlen, split)
 
     def build():
         ids = _tokenize(tokenizer, ["\n\n".join(source.documents(lang, split))])[0]

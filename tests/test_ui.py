@@ -1,0 +1,222 @@
+"""Browsing the record (issue 10): the example files run as shipped on the `demo` alias, every
+run carries its calibration and evaluation data as MLflow dataset inputs, `polyprune ui` opens
+on the runs table and `polyprune dashboard` on the study, and both leave no server behind.
+
+One module-scoped record: the shipped example sweep and search, shrunk (fewer cells, fewer
+samples), on the session's Ray and the shortened demo model (conftest: POLYPRUNE_DEMO_STEPS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import ROOT, child_runs
+
+from orchestrator.cli import main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+STARTUP_S = 420  # an MLflow server takes ~20 s to answer on an idle 2-core machine, minutes on a loaded one
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shrink(shipped: Path, out: Path, top: dict, calibration: dict, ppl: dict) -> Path:
+    raw = yaml.safe_load(shipped.read_text())
+    raw.update(top)
+    raw["calibration"].update(calibration)
+    raw["evaluation"]["ppl"].update(ppl)
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def record(ray_local, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("examples")
+    sweep = shrink(ROOT / "sweeps" / "tiny_local.yaml", folder / "sweep.yaml",
+                   {"methods": ["wanda", "mwanda"], "sparsities": [0.6], "seeds": [0], "resources": {"cpu_workers": 1}},
+                   {"languages": ["en", "en=0.5,sw=0.5"], "nsamples": 4}, {"languages": ["en", "sw"], "nsamples": 2})
+    search = shrink(ROOT / "searches" / "tiny_local.yaml", folder / "search.yaml", {"n_trials": 2, "parallel": 1},
+                    {"nsamples": 4}, {"nsamples": 2})
+    assert main(["sweep", str(sweep)]) == 0
+    assert main(["search", str(search)]) == 0
+    return folder
+
+
+def test_example_files_validate_as_shipped_with_the_demo_alias():
+    from orchestrator.search.file import load_search
+    from orchestrator.sweep.file import expand, load_sweep
+    from tasks.demo_model import NAME, alias_config, demo_model_path
+
+    demo = str(demo_model_path(alias_config(), progress=False))
+    cfg = load_sweep(ROOT / "sweeps" / "tiny_local.yaml")
+    assert cfg.models == [demo] and Path(demo).name == NAME and len(expand(cfg)) == 65
+    assert load_search(ROOT / "searches" / "tiny_local.yaml")[0].model == demo
+
+
+def test_experiments_open_on_runs_and_say_how_to_resume(record):
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(f"sqlite:///{record / 'mlflow.db'}")
+    for name, file, verb in (("tiny-local", "sweep.yaml", "sweep"), ("tiny-local-search", "search.yaml", "search")):
+        tags = cl.get_experiment_by_name(name).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        note = tags["mlflow.note.content"]
+        assert f"polyprune {verb} {record / file}" in note and f"polyprune report {name}" in note and f"polyprune status {name}" in note
+
+
+def test_runs_have_readable_model_names(record):
+    from tasks.demo_model import NAME
+
+    runs = child_runs(record / "mlflow.db", "tiny-local") + child_runs(record / "mlflow.db", "tiny-local-search")
+    assert len(runs) == 5 + 2
+    for r in runs:
+        assert r.data.params["model_name"] == NAME
+        assert r.data.tags["polyprune.model_hash"] == Path(r.data.params["model"]).parent.name
+    assert all(NAME in r.info.run_name for r in runs if "polyprune.trial" not in r.data.tags)
+
+
+def test_every_run_has_calibration_and_evaluation_inputs_matching_the_fingerprints(record):
+    from tasks.api import load_model
+    from tasks.data.calibration import eval_key, fingerprint, sample_calibration
+    from tasks.data.langs import parse_mix
+    from tasks.data.sources import get_source
+
+    runs = child_runs(record / "mlflow.db", "tiny-local") + child_runs(record / "mlflow.db", "tiny-local-search")
+    _, tok = load_model(runs[0].data.params["model"])
+    source = get_source("builtin")
+    seen = set()
+    for r in runs:
+        p = r.data.params
+        inputs = {d.tags[0].value: d.dataset for d in r.inputs.dataset_inputs}
+        ev = inputs["evaluation"]
+        langs, n, seqlen = p["eval.ppl_languages"].split(","), 2, 64
+        assert ev.digest == fingerprint({"windows": [eval_key(source, tok, l, seqlen, "test") for l in langs], "nsamples": n})
+        assert ev.name == f"builtin test {p['eval.ppl_languages']}"
+        assert json.loads(ev.profile)["tokens"] == {l: n * seqlen for l in langs}
+        if p["method"] == "dense":
+            assert set(inputs) == {"evaluation"}
+            continue
+        cal = inputs["calibration"]
+        drawn = sample_calibration(source, tok, parse_mix(p["calib"]), int(p["nsamples"]), int(p["seqlen"]), int(p["seed"]))
+        assert cal.digest == drawn.fingerprint and cal.name == f"builtin calib {p['calib']}"
+        tokens = json.loads(cal.profile)["tokens"]
+        assert tokens == {l: int((drawn.language == i).sum()) * 64 for i, l in enumerate(drawn.languages)}
+        assert sum(tokens.values()) == 4 * 64
+        seen.add(cal.digest)
+    assert len(seen) >= 2  # different mixes are different data
+
+
+# ---------------------------------------------------------------- servers
+
+
+def start(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """`polyprune ARGS` in a subprocess, and the URL it prints once its server answers."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], stdout=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + STARTUP_S
+    for line in proc.stdout:  # mlflow writes a notice of its own on stdout too
+        if line.startswith("http://"):
+            return proc, line.strip()
+        assert time.monotonic() < deadline, "no URL in time"
+    pytest.fail(f"{args[0]} exited {proc.wait()} without a URL")
+
+
+def stop_and_check_nothing_survives(proc: subprocess.Popen) -> None:
+    import psutil
+
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    assert len(family) >= 2  # the command and its server at least
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                                              for p in family):
+        time.sleep(0.2)
+    alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left behind: {alive}"
+
+
+@pytest.fixture(scope="module")
+def ui(record):
+    proc, url = start(["ui", str(record / "sweep.yaml"), "--port", str(free_port())])
+    yield proc, url
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium)")
+def test_ui_url_renders_the_runs_table_in_chromium(ui, record, tmp_path):
+    _, url = ui
+    assert re.search(r"/#/experiments/\d+/runs\?.*workflowType=machine_learning", url), url
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--window-size=2200,900",
+                          "--virtual-time-budget=30000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=300).stdout
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S))
+    for r in child_runs(record / "mlflow.db", "tiny-local"):
+        assert r.info.run_name in text, r.info.run_name  # child runs listed, not folded under their parent
+    assert "Run Name" in text and "ppl.mean" in text and "ppl.en" in text
+    ppl_en = min(r.data.metrics["ppl.en"] for r in child_runs(record / "mlflow.db", "tiny-local"))
+    assert f"{ppl_en:.3f}"[:5] in text  # a metric value, not only a column header
+    assert "builtin calib en=1" in text  # the Dataset column
+
+
+def test_ui_stops_with_its_server_on_sigterm(ui):
+    stop_and_check_nothing_survives(ui[0])
+
+
+def test_ui_on_a_taken_port_is_one_line_and_nonzero(record, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["ui", str(record / "sweep.yaml"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("polyprune ui: port:") and str(port) in err[0], err
+
+
+def test_dashboard_serves_the_study_then_stops_on_sigterm(record):
+    proc, url = start(["dashboard", str(record / "search.yaml"), "--port", str(free_port())])
+    try:
+        study = re.search(r"/dashboard/studies/(\d+)$", url)
+        assert study, url
+        base = url.split("/dashboard/")[0]
+        assert base.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(f"{base}/api/studies/{study.group(1)}", timeout=60) as r:
+            assert r.status == 200
+            body = json.load(r)
+        assert body["name"] == "tiny-local-search"
+        assert sum(t["state"].lower() == "complete" for t in body["trials"]) == 2
+        stop_and_check_nothing_survives(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_dashboard_bad_input_is_one_line_exit_2(record, tmp_path, capsys):
+    cases = [(["dashboard", str(record / "sweep.yaml")], "SEARCH.yaml"),
+             (["dashboard", "x", "--storage", f"sqlite:///{tmp_path / 'none.db'}"], "storage"),
+             (["dashboard", str(record / "search.yaml"), "--port", "0"], "port")]
+    for args, field in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"polyprune dashboard: {field}:"), err
+    assert not (tmp_path / "none.db").exists()
