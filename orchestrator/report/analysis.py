@@ -16,7 +16,6 @@ UserError naming the field.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 from collections import defaultdict
@@ -160,9 +159,3 @@ def collect_rows(rows: dict, res: dict, by_id: dict[str, Run], model: str) -> No
         rows["neurons"].append({"model": model, **row})
     for run_id, got in res["runs"].items():
         rows["runs"].append({**ident(run_id), **got["metrics"]})
-
-
-def copy_into(src: Path, dst: Path) -> None:
-    for f in src.iterdir():
-        if f.is_file():
-            shutil.copy2(f, dst / f.name)
