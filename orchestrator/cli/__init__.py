@@ -21,6 +21,7 @@ COMMANDS = {
     "search": ("orchestrator.cli.search", "Optuna search of calibration mixes / schedules on Ray"),
     "status": ("orchestrator.cli.status", "progress of a sweep or search from MLflow"),
     "report": ("orchestrator.cli.report", "tables and figures of a sweep or search"),
+    "analyze": ("orchestrator.cli.analyze", "what pruning kept per language inside the model: neurons, drift, subspaces"),
     "compare": ("orchestrator.cli.compare", "two runs side by side: params, metrics, mask overlap per block"),
     "register": ("orchestrator.cli.register", "register the best model of a sweep or search (alias best)"),
     "ui": ("orchestrator.cli.ui", "MLflow UI on the runs of a sweep or search (its store, bound to 127.0.0.1)"),
