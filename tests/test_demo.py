@@ -19,6 +19,7 @@ def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
     assert "best: trial" in printed and "vs uniform" in printed and "test ppl.mean" in printed
     assert "5 trials" in printed
     assert (out / "report" / "report.html").exists() and (out / "mlflow.db").exists() and (out / "optuna.db").exists()
+    assert "Inside the pruned model" in (out / "report" / "report.html").read_text()  # the demo runs `analyze`
     # a second run resumes: nothing new is pruned
     assert main(args) == 0
     assert "(0 now, 3 before)" in capsys.readouterr().out

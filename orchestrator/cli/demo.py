@@ -95,6 +95,11 @@ def run(args) -> int:
     _print_table(cfg, evals, bool(args.limit))
     if args.trials:
         code = code or _search(out, model, args, calibs, evals, demo_cfg)
+    if code == 0:  # what each calibration language kept inside the model: a section of the report
+        from ..report.analysis import analyze_sweep
+
+        print("\ninside the pruned models (polyprune analyze):")
+        analyze_sweep(cfg.name, cfg.tracking_uri, evals, out / "analysis", seqlen=args.seqlen)
     code = code or _report(out, cfg)
     print(f"\nall runs: polyprune ui --tracking-uri {cfg.tracking_uri}\nreport:   {out / 'report' / 'report.html'}")
     return code
