@@ -307,33 +307,6 @@ def log_datasets(cl, run_id: str, datasets: dict[str, dict]) -> None:
     cl.log_inputs(run_id, datasets=inputs)
 
 
-VIEW = "polyprune"  # the share key of the runs view `runs_view` stores in the experiment
-VIEW_PARAMS = ("model_name", "method", "sparsity", "calib", "seed")
-
-
-def runs_view(cl, exp_id: str) -> str:
-    """Store a runs-table view in the experiment (MLflow's shared view state, tag
-    `mlflow.sharedViewState.<key>`): runs sorted by ppl.mean, best first, with the cell's
-    params and its perplexity metrics as columns. Any order but by date lists child runs
-    flat, so no cell hides under a collapsed parent. Returns the share key."""
-    keys: set[str] = set()
-    for r in all_runs(cl, exp_id):
-        keys.update(k for k in r.data.metrics if k.startswith(("ppl.", "lmeval.")))
-    metrics = sorted(keys, key=lambda k: (k != "ppl.mean", not k.startswith("ppl."), k))
-    state = {"orderByKey": "metrics.`ppl.mean`" if "ppl.mean" in keys else "attributes.start_time",
-             "orderByAsc": "ppl.mean" in keys,
-             "selectedColumns": ["attributes.`Dataset`", *(f"metrics.`{m}`" for m in metrics),
-                                 *(f"params.`{p}`" for p in VIEW_PARAMS)]}
-    cl.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW}", json.dumps(state))
-    return VIEW
-
-
-def runs_url(base: str, exp_id: str, view: str | None = None) -> str:
-    """The MLflow UI's runs table of an experiment in model-training mode (MLflow 3.17 routes)."""
-    shared = f"viewStateShareKey={view}&" if view else ""
-    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?{shared}workflowType=machine_learning"
-
-
 def provenance() -> dict[str, str]:
     """Tags on every run: git commit of the code and library versions."""
     from tasks.api import versions

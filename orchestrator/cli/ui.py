@@ -14,6 +14,7 @@ started (`serve`), so nothing outlives the command.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -183,6 +184,33 @@ def run(args) -> int:
                                      order_by=["creation_time DESC"], max_results=1)
         exp = made[0].experiment_id if made else None
     base = f"http://{browse_host(args.host)}:{args.port}"
-    url = tracking.runs_url(base, exp, tracking.runs_view(cl, exp)) if exp is not None else base + "/"
+    url = runs_url(base, exp, runs_view(cl, exp)) if exp is not None else base + "/"
     sys.stderr.write(f"starting the MLflow UI for {uri} on {args.host}:{args.port} ...\n")
     return serve(cmd, f"{base}/health", "MLflow UI", lambda: url, args.open)
+
+
+VIEW = "polyprune"  # the share key of the runs view `runs_view` stores in the experiment
+VIEW_PARAMS = ("model_name", "method", "sparsity", "calib", "seed")
+
+
+def runs_view(cl, exp_id: str) -> str:
+    """Store a runs-table view in the experiment (MLflow's shared view state, tag
+    `mlflow.sharedViewState.<key>`): runs sorted by ppl.mean, best first, with the cell's
+    params and its perplexity metrics as columns. Any order but by date lists child runs
+    flat, so no cell hides under a collapsed parent. Returns the share key."""
+    keys: set[str] = set()
+    for r in tracking.all_runs(cl, exp_id):
+        keys.update(k for k in r.data.metrics if k.startswith(("ppl.", "lmeval.")))
+    metrics = sorted(keys, key=lambda k: (k != "ppl.mean", not k.startswith("ppl."), k))
+    state = {"orderByKey": "metrics.`ppl.mean`" if "ppl.mean" in keys else "attributes.start_time",
+             "orderByAsc": "ppl.mean" in keys,
+             "selectedColumns": ["attributes.`Dataset`", *(f"metrics.`{m}`" for m in metrics),
+                                 *(f"params.`{p}`" for p in VIEW_PARAMS)]}
+    cl.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW}", json.dumps(state))
+    return VIEW
+
+
+def runs_url(base: str, exp_id: str, view: str | None = None) -> str:
+    """The MLflow UI's runs table of an experiment in model-training mode (MLflow 3.17 routes)."""
+    shared = f"viewStateShareKey={view}&" if view else ""
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?{shared}workflowType=machine_learning"
