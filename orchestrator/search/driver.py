@@ -232,7 +232,10 @@ class Search:
             v = max((m[c.metric] - c.max) if c.max is not None else -math.inf,
                     (c.min - m[c.metric]) if c.min is not None else -math.inf)
             f.trial.set_constraint(c.metric, v)
-        tracking.finish_cell(self.rec.cl, f.run_id, out)
+        problem = tracking.finish_cell(self.rec.cl, f.run_id, out)
+        if problem:  # the worker's files did not all arrive: the run ended FAILED, so does the trial
+            self.tell_failed(f, problem)
+            return
         values = [float(m[k]) for k in self.metrics]
         self.study.tell(f.trial, values)
         self.told += 1
@@ -241,10 +244,13 @@ class Search:
             f"calib={cell.key['calib']} {m.get('time.cell_s', 0):.1f}s")
 
     def failed(self, cell, error: str, detail: str, tags: dict[str, str]) -> None:
-        from optuna.trial import TrialState
-
         f = self.flights.pop(id(cell))
         tracking.fail_cell(self.rec.cl, f.run_id, error, detail, "FAILED", tags)
+        self.tell_failed(f, error)
+
+    def tell_failed(self, f, error: str) -> None:
+        from optuna.trial import TrialState
+
         f.trial.set_user_attr("polyprune.error", error[:1000])
         self.study.tell(f.trial, state=TrialState.FAIL)
         self.told += 1
