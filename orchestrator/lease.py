@@ -16,7 +16,9 @@ Two layers, both taken by `hold(kind, name, cl, exp_id)` and its `Lease`:
 
 A refused driver gets one `UserError` naming the holder (host, pid, since when).
 `creating(path)` serialises the creation of a sqlite store's schema (MLflow's and
-Optuna's both fail when two processes create it at once).
+Optuna's both fail when two processes create it at once); `check_uri` / `check_durable`
+probe a store before anything is created (a known scheme, a server that answers, a
+place that outlives a Ray job).
 """
 
 from __future__ import annotations
@@ -215,3 +217,37 @@ def creating(path: Path | None) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+SCHEMES = ("sqlite", "http", "https", "file", "databricks", "postgresql", "mysql", "mssql")
+PROBE_TIMEOUT_S = 5.0  # an unreachable server is one line in seconds, not after MLflow's ~250 s of retries
+
+
+def check_uri(uri: str) -> None:
+    """Before anything is created or started: a scheme MLflow can use, and a server that answers."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+    if scheme not in SCHEMES:
+        raise UserError("tracking_uri", f"unknown scheme {scheme!r} in {uri!r}; use sqlite:///FILE, http(s)://HOST:PORT "
+                                        f"(mlflow server), postgresql://... or a folder")
+    if scheme in ("sqlite", "file"):
+        check_durable(uri, "tracking_uri")
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # something answers: MLflow's own calls will say more
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise UserError("tracking_uri", f"no MLflow server answers at {uri} ({reason}); start it or fix the address") from None
+
+
+def check_durable(path: str, field: str) -> None:
+    """A store must outlive the run: `ray job submit` runs the driver in a per-job copy of the
+    working directory that Ray deletes, so a store there (a relative default) would be lost."""
+    if f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}" in path:
+        raise UserError(field, f"{path!r} lies inside Ray's per-job copy of the working directory, which is deleted "
+                               f"with the job; give --{field.replace('_', '-')} with a server (http://...) or an absolute "
+                               f"path outside it")

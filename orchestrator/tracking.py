@@ -20,7 +20,7 @@ from typing import Any
 
 from tasks.errors import UserError
 
-from .lease import creating
+from .lease import check_uri, creating
 from .models import MODEL_ID, check_model_files, end_model, log_model_params
 
 ROLE, SWEEP, CELL, ERROR, DRIVER = "polyprune.role", "polyprune.sweep", "polyprune.cell_id", "polyprune.error", "polyprune.driver"
@@ -33,40 +33,6 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-SCHEMES = ("sqlite", "http", "https", "file", "databricks", "postgresql", "mysql", "mssql")
-PROBE_TIMEOUT_S = 5.0  # an unreachable server is one line in seconds, not after MLflow's ~250 s of retries
-
-
-def check_uri(uri: str) -> None:
-    """Before anything is created or started: a scheme MLflow can use, and a server that answers."""
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
-    if scheme not in SCHEMES:
-        raise UserError("tracking_uri", f"unknown scheme {scheme!r} in {uri!r}; use sqlite:///FILE, http(s)://HOST:PORT "
-                                        f"(mlflow server), postgresql://... or a folder")
-    if scheme in ("sqlite", "file"):
-        check_durable(uri, "tracking_uri")
-    if scheme in ("http", "https"):
-        import urllib.error
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            pass  # something answers: MLflow's own calls will say more
-        except (OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise UserError("tracking_uri", f"no MLflow server answers at {uri} ({reason}); start it or fix the address") from None
-
-
-def check_durable(path: str, field: str) -> None:
-    """A store must outlive the run: `ray job submit` runs the driver in a per-job copy of the
-    working directory that Ray deletes, so a store there (a relative default) would be lost."""
-    if f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}" in path:
-        raise UserError(field, f"{path!r} lies inside Ray's per-job copy of the working directory, which is deleted "
-                               f"with the job; give --{field.replace('_', '-')} with a server (http://...) or an absolute "
-                               f"path outside it")
 
 
 def client(uri: str, create: bool):

@@ -17,7 +17,7 @@ from typing import Any
 from tasks.errors import UserError
 
 from ..lease import creating
-from ..tracking import check_durable
+from ..lease import check_durable
 
 DEFAULTS = {
     "beat_s": 10.0,  # the driver's heartbeat on the study (user attr): shown to people; the lease decides
