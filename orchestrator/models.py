@@ -225,10 +225,15 @@ def resolve_file(cl, uri: str, dest: Path, field: str) -> Path:
     return got
 
 
+def holds(files: dict, path: str) -> bool:
+    """Is `path` one of `files`, or a folder of them (`model` for `model/config.json`)?"""
+    return path in files or any(f.startswith(path.rstrip("/") + "/") for f in files)
+
+
 def has_file(cl, run_id: str, tags: dict, path: str) -> bool:
-    """Does the run (its logged model, else its own artifacts) hold `path`?"""
+    """Does the run (its logged model, else its own artifacts) hold `path` (a file or a folder)?"""
     model_id = tags.get(MODEL_ID)
-    if model_id and path in model_files(cl, model_id):
+    if model_id and holds(model_files(cl, model_id), path):
         return True
     parent = str(Path(path).parent) if "/" in path else None
     return path in {a.path for a in cl.list_artifacts(run_id, parent)}
@@ -242,7 +247,7 @@ def run_file(cl, run_id: str, tags: dict, path: str, dest: Path) -> Path | None:
         return None
     dest.mkdir(parents=True, exist_ok=True)
     model_id = tags.get(MODEL_ID)
-    if model_id and path in model_files(cl, model_id):
+    if model_id and holds(model_files(cl, model_id), path):
         location = cl.get_logged_model(model_id).artifact_location
         return Path(artifact_repo(location, cl.tracking_uri).download_artifacts(path, str(dest)))
     return Path(cl.download_artifacts(run_id, path, str(dest)))

@@ -57,6 +57,7 @@ def runs_by(db: Path) -> dict:
 def test_scalars_land_on_the_runs_and_match_the_tasks_api(swept, analysed, capfd):
     from mlflow import MlflowClient
 
+    from orchestrator.models import run_file
     from tasks.analysis.inside import AnalysisSpec, analyze
     from tasks.models import load_model
 
@@ -72,7 +73,8 @@ def test_scalars_land_on_the_runs_and_match_the_tasks_api(swept, analysed, capfd
     assert not any(k.startswith("analysis.") for k in runs[("sparsegpt", "en=1")].data.metrics)
     # the logged figures are the tasks API's on the same masks, text and settings
     run = runs[("wanda", "sw=1")]
-    masks = MlflowClient(f"sqlite:///{swept / 'mlflow.db'}").download_artifacts(run.info.run_id, "masks.safetensors", str(swept / "dl"))
+    cl = MlflowClient(f"sqlite:///{swept / 'mlflow.db'}")  # the masks live in the run's logged model
+    masks = str(run_file(cl, run.info.run_id, run.data.tags, "masks.safetensors", swept / "dl"))
     model, tok = load_model(str(swept / "tiny"))
     spec = AnalysisSpec(languages=LANGS, data=str(swept / "text"), nsamples=3, seqlen=64)
     direct = analyze(model, tok, {"r": masks}, spec, progress=False)["runs"]["r"]["metrics"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from tasks.errors import UserError
 
 from .. import tracking
+from ..models import has_file, run_file
 from .record import Run, eval_languages, load_record
 
 ARTIFACT_PATH = "analysis"  # folder of the parent run's artifacts (report reads it back)
@@ -63,15 +64,14 @@ def plan_runs(cl, runs: list[Run]) -> tuple[dict[tuple, list[tuple[Run, str]]], 
     for r in runs:
         if r.dense or r.trial is not None:
             continue
-        names = {a.path for a in cl.list_artifacts(r.id)}
         label = f"run {r.id} ({r.variant or r.params.get('method')} {r.params.get('sparsity')} {r.calib} seed {r.seed})"
         if r.params.get("method") in UPDATES_WEIGHTS:
-            if "model" not in names:
+            if not has_file(cl, r.id, r.tags, "model"):
                 skipped.append(f"skipped {label}: {r.params['method']} changes the kept weights and the run has no saved "
                                "model (sweep with save_model: true to analyse it)")
                 continue
             plan[(r.params.get("model", ""), r.params.get("dtype", "auto"))].append((r, "model"))
-        elif "masks.safetensors" not in names:
+        elif not has_file(cl, r.id, r.tags, "masks.safetensors"):
             raise UserError("masks", f"{label} has no masks.safetensors artifact; re-run it")
         else:
             plan[(r.params.get("model", ""), r.params.get("dtype", "auto"))].append((r, "masks.safetensors"))
@@ -118,7 +118,7 @@ def analyze_sweep(name: str, tracking_uri: str, languages=None, out: str | Path 
     with tempfile.TemporaryDirectory(prefix="polyprune-analyze-") as tmp:
         for key, items in plan.items():
             model, tok = models.pop(key)
-            paths = {r.id: tracking_download(cl, r.id, art, Path(tmp)) for r, art in items}
+            paths = {r.id: str(run_file(cl, r.id, r.tags, art, Path(tmp) / r.id)) for r, art in items}
             log(f"analysing {len(items)} runs of {Path(key[0]).name} on {', '.join(langs)} ({spec.split} text of {spec.data})")
             res = analyze(model, tok, paths, spec, progress=progress)
             by_id = {r.id: r for r, _ in items}
@@ -138,10 +138,6 @@ def analyze_sweep(name: str, tracking_uri: str, languages=None, out: str | Path 
             cl.log_artifacts(parent.info.run_id, str(folder), artifact_path=ARTIFACT_PATH)
     return {"out": out_path, "runs": results, "skipped": skipped, "files": files,
             "parent": parent.info.run_id if parent is not None and log_mlflow else None}
-
-
-def tracking_download(cl, run_id: str, artifact: str, tmp: Path) -> str:
-    return cl.download_artifacts(run_id, artifact, str(tmp / run_id))
 
 
 def collect_rows(rows: dict, res: dict, by_id: dict[str, Run], model: str) -> None:
