@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import save_tiny_model, tiny_llama_config
 from helpers import link_inputs, write_yaml
 from orchestrator.cli import main
 from orchestrator.models import version_model_id
@@ -109,7 +110,7 @@ def test_eval_by_model_uri_and_runs_masks_uri_give_the_cells_own_perplexity(swep
         if m.model_type == "polyprune-masks":
             base = m.tags["polyprune.base_model"]
             out = eval_json(capsys, "--model", base, "--masks", f"runs:/{run.info.run_id}/masks.safetensors", *common)
-            assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["ppl.sw"], rel=1e-6)
+            assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["test.ppl.sw"], rel=1e-6)  # eval: test split
 
 
 @pytest.mark.parametrize("model,masks,expected", [
@@ -129,8 +130,9 @@ def test_a_uri_that_does_not_resolve_is_one_line_exit_2(swept, model, masks, exp
 def test_a_failed_cell_has_a_failed_model(ray_local, run_dir, tiny_llama):
     broken = run_dir / "broken"
     broken.mkdir()
+    # intact weights (validation reads their headers) that do not fit the config: fails only at load
+    save_tiny_model(broken, tiny_llama_config(hidden=32, ffn=64))
     shutil.copy(Path(tiny_llama) / "config.json", broken / "config.json")
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     path = write_yaml(run_dir / "sweep.yaml", SWEEP, name="f", models=["./broken"], calibration={
         "languages": ["en"], "data": "./text", "nsamples": 4, "seqlen": 32})
     assert main(["sweep", str(path)]) == 1
@@ -171,13 +173,14 @@ def test_register_the_best_trial_then_again_after_more_trials(ray_local, run_dir
 
     def best_now():
         ready = [m for m in logged_models(cl, "s") if str(m.status) == "READY"]
-        return min(ready, key=lambda m: ({x.key: x.value for x in m.metrics}["ppl.sw"], m.creation_timestamp))
+        # register judges on the test split by default: a trial's test.ppl.sw (its ppl.sw is valid)
+        return min(ready, key=lambda m: ({x.key: x.value for x in m.metrics}["test.ppl.sw"], m.creation_timestamp))
 
     register = ["register", str(path), "--metric", "ppl.sw", "--as", "sw-winner"]
     assert main(register) == 0
     v1 = cl.get_model_version_by_alias("sw-winner", "best")
     assert str(v1.version) == "1" and version_model_id(v1) == best_now().model_id
-    value = {x.key: x.value for x in best_now().metrics}["ppl.sw"]
+    value = {x.key: x.value for x in best_now().metrics}["test.ppl.sw"]
     assert "'s'" in v1.description and "ppl.sw" in v1.description and f"{value:.6g}" in v1.description
 
     assert main(register) == 0  # nothing new: nothing registered
@@ -197,7 +200,7 @@ def test_register_the_best_trial_then_again_after_more_trials(ray_local, run_dir
     run = cl.get_run(best.source_run_id)
     out = eval_json(capsys, "--model", "models:/sw-winner@best", "--ppl", "sw", "--data", str(text_dir),
                     "--nsamples", "4", "--seqlen", "32", "--tracking-uri", uri)
-    assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["ppl.sw"], rel=1e-6)
+    assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["test.ppl.sw"], rel=1e-6)  # eval: test split
 
 
 def test_register_input_errors(swept, capsys):
@@ -261,7 +264,7 @@ def test_artifacts_land_in_the_models_location_through_a_real_server(ray_local, 
     run = cl.get_run(pruned.source_run_id)
     out = eval_json(capsys, "--model", f"models:/{pruned.model_id}", "--ppl", "sw", "--data", str(text_dir),
                     "--nsamples", "4", "--seqlen", "32", "--tracking-uri", url)
-    assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["ppl.sw"], rel=1e-6)
+    assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["test.ppl.sw"], rel=1e-6)  # eval: test split
 
 
 def test_kill_9_of_a_worker_during_its_upload_retries_the_cell_finished_once(ray_local, run_dir, monkeypatch):

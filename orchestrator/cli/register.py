@@ -22,7 +22,8 @@ SPLITS = ("test", "valid")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME_OR_FILE", help="sweep or search name, or its file")
     p.add_argument("--metric", required=True, help="what 'best' is judged on, e.g. ppl.sw or lmeval.xnli_sw.acc")
-    p.add_argument("--split", default="test", help="the metric's split: test (the metric as logged) or valid (valid.<metric>)")
+    p.add_argument("--split", default="test", help="the metric's split: test (default) or valid (a search's trials log valid "
+                   "as the metric, test as test.<metric>; a sweep's cells log the split their evaluation names)")
     p.add_argument("--as", dest="as_name", required=True, metavar="MODEL_NAME", help="registered model name")
     p.add_argument("--tracking-uri", default=None, help="default: the file's store, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
 
@@ -31,8 +32,15 @@ def lower_is_better(metric: str) -> bool:
     return any(metric.startswith(x) if x.endswith(".") else x in metric for x in LOWER)
 
 
-def metric_key(metric: str, split: str) -> str:
-    return metric if split == "test" else f"{split}.{metric}"
+def metric_key(metric: str, split: str, values: dict, params: dict) -> str | None:
+    """Which of a model's metrics is `metric` on `split`, or None. A search trial logs `valid` as
+    the metric itself (what its sampler saw) and `test` as `test.<metric>`; a sweep cell logs one
+    split, the one its param `eval.ppl_split` names (lm-eval metrics have no split of ours)."""
+    if f"test.{metric}" in values:
+        return f"test.{metric}" if split == "test" else metric
+    if metric.startswith("ppl.") and params.get("eval.ppl_split", "test") != split:
+        return None
+    return metric
 
 
 def experiment_of(name: str, tracking_uri: str | None) -> tuple[str, str]:
@@ -64,19 +72,19 @@ def run(args) -> int:
         raise UserError("as", f"{args.as_name!r}: a registered model name of letters, digits, - and _")
     name, uri = experiment_of(args.name, args.tracking_uri)
     cl, exp = tracking.open_experiment(name, uri)
-    key = metric_key(args.metric, args.split)
     scored = []
     for m in models.all_models(cl, exp):
         if str(m.status) != "READY":
             continue
         values = {x.key: x.value for x in m.metrics or []}
+        key = metric_key(args.metric, args.split, values, m.params or {})
         if key in values:
-            scored.append((values[key], m.creation_timestamp, m))
+            scored.append((values[key], m.creation_timestamp, key, m))
     if not scored:
-        raise UserError("metric", f"no READY model of {name!r} has metric {key!r}")
+        raise UserError("metric", f"no READY model of {name!r} has metric {args.metric!r} on the {args.split} split")
     low = lower_is_better(args.metric)
     # ties: the earliest model, so a rerun that adds an equal model does not move the alias
-    value, _, best = min(scored, key=lambda t: (t[0] if low else -t[0], t[1]))
+    value, _, key, best = min(scored, key=lambda t: (t[0] if low else -t[0], t[1]))
     try:
         current = cl.get_model_version_by_alias(args.as_name, ALIAS)
     except Exception:  # no such registered model or alias yet
