@@ -41,3 +41,22 @@ def sqlite_rows(db: Path, sql: str, params: tuple = ()) -> list:
             return con.execute(sql, params).fetchall()
     except sqlite3.Error:
         return []
+
+
+def kill_9_when(proc, ready, timeout_s: float = 180, poll_s: float = 0.2) -> None:
+    """SIGKILL a driver's whole process group once `ready()` holds (the driver must still be
+    running then: a driver that ended first fails the test with its output)."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ready():
+                break
+            time.sleep(poll_s)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, child_runs, sqlite_rows, write_yaml
+from helpers import ROOT, child_runs, kill_9_when, sqlite_rows, write_yaml
 from orchestrator.cli import main
 
 SEARCH = {
@@ -293,17 +291,12 @@ def test_kill_9_driver_then_resume_loses_no_trial(ray_local, run_dir):
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "search", str(path), "--ray-address", ray_local],
                             cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     db = run_dir / "optuna.db"
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            s = states(db)
-            if s.get("COMPLETE", 0) >= 1 and s.get("RUNNING", 0) >= 1:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(30)
+
+    def mid_search():
+        s = states(db)
+        return s.get("COMPLETE", 0) >= 1 and s.get("RUNNING", 0) >= 1
+
+    kill_9_when(proc, mid_search)
     before = trials(run_dir)
     running = [t.number for t in before if t.state.name == "RUNNING"]
     assert running

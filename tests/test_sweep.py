@@ -12,13 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import save_tiny_model, tiny_llama_config
-from helpers import ROOT, child_runs, sqlite_rows, write_yaml
+from helpers import ROOT, child_runs, kill_9_when, sqlite_rows, write_yaml
 from orchestrator.cli import main
 
 SWEEP = {
@@ -206,16 +205,7 @@ def test_kill_9_driver_then_resume_finishes_every_cell_once(ray_local, run_dir):
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--ray-address", ray_local],
                             cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     db = run_dir / "mlflow.db"
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if count_finished(db) >= 3:
-                break
-            time.sleep(0.3)
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(30)
+    kill_9_when(proc, lambda: count_finished(db) >= 3, poll_s=0.3)
     before = runs(db)
     assert 3 <= sum(r["status"] == "FINISHED" for r in before) < n
     assert any(r["status"] == "RUNNING" for r in before)  # what the dead driver left behind

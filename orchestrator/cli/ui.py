@@ -198,6 +198,8 @@ def runs_view(cl, exp_id: str) -> str:
     `mlflow.sharedViewState.<key>`): runs sorted by ppl.mean, best first, with the cell's
     params and its perplexity metrics as columns. Any order but by date lists child runs
     flat, so no cell hides under a collapsed parent. Returns the share key."""
+    from .. import tracking
+
     keys: set[str] = set()
     for r in tracking.all_runs(cl, exp_id):
         keys.update(k for k in r.data.metrics if k.startswith(("ppl.", "lmeval.")))

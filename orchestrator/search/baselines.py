@@ -42,7 +42,7 @@ class BaselineSpec(Strict):
             return CalibFrom.model_validate(v)
         if isinstance(v, str):
             return v
-        raise ValueError(f"a mix like en=0.7,sw=0.3, or {{from: FILE}} (training-language shares)")
+        raise ValueError("a mix like en=0.7,sw=0.3, or {from: FILE} (training-language shares)")
 
 
 @dataclass
