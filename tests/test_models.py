@@ -110,7 +110,7 @@ def test_eval_by_model_uri_and_runs_masks_uri_give_the_cells_own_perplexity(swep
         if m.model_type == "polyprune-masks":
             base = m.tags["polyprune.base_model"]
             out = eval_json(capsys, "--model", base, "--masks", f"runs:/{run.info.run_id}/masks.safetensors", *common)
-            assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["test.ppl.sw"], rel=1e-6)  # eval: test split
+            assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["ppl.sw"], rel=1e-6)  # a sweep evaluates test
 
 
 @pytest.mark.parametrize("model,masks,expected", [
@@ -264,7 +264,7 @@ def test_artifacts_land_in_the_models_location_through_a_real_server(ray_local, 
     run = cl.get_run(pruned.source_run_id)
     out = eval_json(capsys, "--model", f"models:/{pruned.model_id}", "--ppl", "sw", "--data", str(text_dir),
                     "--nsamples", "4", "--seqlen", "32", "--tracking-uri", url)
-    assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["test.ppl.sw"], rel=1e-6)  # eval: test split
+    assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["ppl.sw"], rel=1e-6)  # a sweep evaluates test
 
 
 def test_kill_9_of_a_worker_during_its_upload_retries_the_cell_finished_once(ray_local, run_dir, monkeypatch):
