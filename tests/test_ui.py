@@ -105,8 +105,10 @@ def test_every_run_has_calibration_and_evaluation_inputs_matching_the_fingerprin
         inputs = {d.tags[0].value: d.dataset for d in r.inputs.dataset_inputs}
         ev = inputs["evaluation"]
         langs, n, seqlen = p["eval.ppl_languages"].split(","), 2, 64
-        assert ev.digest == fingerprint({"windows": [eval_key(source, tok, l, seqlen, "test") for l in langs], "nsamples": n})
-        assert ev.name == f"builtin test {p['eval.ppl_languages']}"
+        split = p["eval.ppl_split"]  # a sweep's cells: test; a search's trials: valid (what the sampler saw)
+        assert split == ("valid" if "polyprune.trial" in r.data.tags else "test")
+        assert ev.digest == fingerprint({"windows": [eval_key(source, tok, l, seqlen, split) for l in langs], "nsamples": n})
+        assert ev.name == f"builtin {split} {p['eval.ppl_languages']}"
         assert json.loads(ev.profile)["tokens"] == {l: n * seqlen for l in langs}
         if p["method"] == "dense":
             assert set(inputs) == {"evaluation"}
