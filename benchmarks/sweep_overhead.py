@@ -72,12 +72,17 @@ def main() -> int:
     for k, v in DEFAULTS.items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v[0]) if isinstance(v, list) else type(v),
                        nargs="+" if isinstance(v, list) else None, default=v)
+    p.add_argument("--startup", type=int, metavar="REPEATS", default=0,
+                   help="measure only the fixed start-up cost: a 2-cell sweep, REPEATS times, wall minus the "
+                        "cells' time.cell_s (issue 13's definition); prints each repeat and the median")
     p.add_argument("--one-cell", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one_cell:
         one_cell(a.one_cell)
         return 0
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "TOKENIZERS_PARALLELISM": "false"}
+    if a.startup:
+        return startup(a, env)
     with tempfile.TemporaryDirectory(prefix="polyprune-bench-") as tmp:
         tmp = Path(tmp)
         make_model(tmp / "model", a)
@@ -110,6 +115,35 @@ def main() -> int:
               "overhead_vs_ideal": round(sweep_wall / ideal - 1, 3), "naive_wall_s": round(naive_wall, 2),
               "speedup_vs_naive": round(naive_wall / sweep_wall, 2)}
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def startup(a, env: dict) -> int:
+    """Fixed cost of a sweep: a fresh 2-cell sweep (wanda 50% in en and sw), its wall time from CLI start to
+    exit minus the sum of its cells' `time.cell_s` (load + calibrate + prune + evaluate), REPEATS times."""
+    import statistics
+
+    a.methods, a.sparsities, a.languages, a.seeds, a.workers = ["wanda"], ["0.5"], ["en", "sw"], [0], 1
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="polyprune-bench-") as tmp:
+        tmp = Path(tmp)
+        make_model(tmp / "model", a)
+        for i in range(a.startup):
+            folder = tmp / f"r{i}"
+            folder.mkdir()
+            (folder / "model").symlink_to(tmp / "model")
+            path = write_sweep(folder, a)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(path)], cwd=ROOT, env=env,
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wall = time.perf_counter() - t0
+            _, cell_s = _own_times(folder / "mlflow.db")
+            rows.append({"wall_s": round(wall, 2), "cells_time_cell_s": round(cell_s, 2),
+                         "fixed_s": round(wall - cell_s, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+    fixed = [r["fixed_s"] for r in rows]
+    print(json.dumps({"repeats": len(rows), "fixed_s_median": statistics.median(fixed), "fixed_s": fixed,
+                      "load_avg_1min": os.getloadavg()[0], "target_s": 6.0}, indent=1))
     return 0
 
 

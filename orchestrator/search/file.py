@@ -64,6 +64,8 @@ class SearchConfig(Strict):
     save_model: bool = False
     dtype: str = "auto"
     trust_remote_code: bool = False
+    # registered model the best trial goes to when the search ends (as `polyprune register` picks it)
+    register: str | None = Field(None, min_length=1)
 
     @field_validator("baselines", mode="before")
     @classmethod
