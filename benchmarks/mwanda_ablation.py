@@ -3,6 +3,11 @@
     python benchmarks/mwanda_ablation.py [--configs wanda,var,...] [--sparsities 0.5,0.6,0.7] [--seeds 0,1,2]
                                          [--out benchmarks/results/mwanda_ablation.jsonl]
     python benchmarks/mwanda_ablation.py --summary            # tables from the results file only
+    python benchmarks/mwanda_ablation.py --sweep DIR [--configs ...] [--sparsities ...] [--seeds ...]
+
+`--sweep DIR` runs the same cells through `polyprune sweep` instead (one sweep per schedule and per
+evaluation split, valid then test, recorded in DIR/mlflow.db: browse them with `polyprune ui`), reads
+the numbers back from MLflow into DIR/ablation.jsonl and prints the same tables from them.
 
 Calibration over the ten target languages (equal shares), 64 x 128 tokens, through the tasks API
 (prune, then perplexity per language on BOTH held-out splits). One JSON line per cell is appended to
@@ -86,6 +91,63 @@ def run(args) -> None:
               f"test {geo_mean(row['test'].values()):.3f} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
+def run_sweeps(args) -> Path:
+    """The cells as sweeps, recorded in MLflow; the rows read back from it, as `run` writes them."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tasks.demo_model import DemoConfig, demo_model_path
+
+    folder = Path(args.sweep).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = str(demo_model_path(DemoConfig(), progress=True))
+    groups: dict[str, list] = {}  # schedule -> [(name, method, hp)]: a sweep has one schedule
+    for config in args.configs.split(","):
+        name, (method, schedule, hp) = parse_config(config)
+        groups.setdefault(schedule, []).append((name, method, hp))
+    names = {}
+    for split in ("valid", "test"):
+        for schedule, entries in groups.items():
+            sweep = {"name": f"ablation-{schedule}-{split}", "models": [path],
+                     "methods": [{"name": m, "hp": hp} for _, m, hp in entries],
+                     "sparsities": args.sparsities.split(","), "seeds": [int(x) for x in args.seeds.split(",")],
+                     "calibration": {"languages": [",".join(LANGS)], "data": "builtin", "nsamples": args.nsamples,
+                                     "seqlen": args.seqlen},
+                     "schedule": schedule,
+                     "evaluation": {"ppl": {"languages": LANGS, "seqlen": args.seqlen, "split": split}},
+                     "resources": {"cpu_workers": 1, "cpus_per_worker": args.threads},
+                     "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"}
+            file = folder / f"{sweep['name']}.yaml"
+            file.write_text(yaml.safe_dump(sweep, sort_keys=False))
+            print(f"polyprune sweep {file}", flush=True)
+            subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(file)], check=True)
+            names.update({(schedule, m, json.dumps(hp, sort_keys=True)): n for n, m, hp in entries})
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    rows: dict[tuple, dict] = {}
+    for split in ("valid", "test"):
+        for schedule in groups:
+            exp = cl.get_experiment_by_name(f"ablation-{schedule}-{split}")
+            for r in cl.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=5000):
+                p, m = r.data.params, r.data.metrics
+                if p.get("method") == "dense":
+                    key, config = ("dense", "0", 0), "dense"
+                else:
+                    hp = {k: float(v) for k, v in p.items() if k in ("lambda_var", "lambda_prob", "cwl_lambda")}
+                    config = names[(schedule, p["method"], json.dumps(hp, sort_keys=True))]
+                    key = (config, p["sparsity"], int(p["seed"]))
+                row = rows.setdefault(key, {"config": key[0], "sparsity": key[1], "seed": key[2],
+                                            "run_ids": {}, "hp": {}})
+                row[split] = {lang: m[f"ppl.{lang}"] for lang in LANGS}
+                row["run_ids"][split] = r.info.run_id
+    out = folder / "ablation.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows.values() if "valid" in r and "test" in r))
+    return out
+
+
 def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -167,6 +229,7 @@ def main():
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "mwanda_ablation.jsonl"))
     p.add_argument("--summary", action="store_true", help="only print the tables of --out")
+    p.add_argument("--sweep", metavar="DIR", help="run the cells as `polyprune sweep`s recorded in DIR/mlflow.db")
     p.add_argument("--blocks", action="store_true", help="only print what owl and cwl score per block (first sparsity)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; on a shared, loaded CPU one thread spent 7x less CPU per forward than two")
@@ -176,6 +239,8 @@ def main():
     torch.set_num_threads(args.threads)
     if args.blocks:
         return blocks(args)
+    if args.sweep:
+        return summary(run_sweeps(args))
     if not args.summary:
         run(args)
     summary(Path(args.out))

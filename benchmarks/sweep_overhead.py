@@ -75,6 +75,9 @@ def main() -> int:
     p.add_argument("--startup", type=int, metavar="REPEATS", default=0,
                    help="measure only the fixed start-up cost: a 2-cell sweep, REPEATS times, wall minus the "
                         "cells' time.cell_s (issue 13's definition); prints each repeat and the median")
+    p.add_argument("--before", type=Path, metavar="CHECKOUT",
+                   help="with --startup: also time this checkout (e.g. a `git worktree` of an older commit), "
+                        "alternating with this one, so both see the same machine load")
     p.add_argument("--one-cell", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one_cell:
@@ -119,31 +122,38 @@ def main() -> int:
 
 
 def startup(a, env: dict) -> int:
-    """Fixed cost of a sweep: a fresh 2-cell sweep (wanda 50% in en and sw), its wall time from CLI start to
-    exit minus the sum of its cells' `time.cell_s` (load + calibrate + prune + evaluate), REPEATS times."""
+    """Fixed cost of a sweep: a fresh 2-cell sweep (wanda 50% in en and sw, plus its dense baseline),
+    its wall time from CLI start to exit minus the sum of its cells' `time.cell_s` (load + calibrate +
+    prune + evaluate), REPEATS times; with --before, that checkout and this one alternate."""
     import statistics
 
     a.methods, a.sparsities, a.languages, a.seeds, a.workers = ["wanda"], ["0.5"], ["en", "sw"], [0], 1
-    rows = []
+    codes = {"before": a.before.resolve(), "this": ROOT} if a.before else {"this": ROOT}
+    rows: dict[str, list[dict]] = {k: [] for k in codes}
     with tempfile.TemporaryDirectory(prefix="polyprune-bench-") as tmp:
         tmp = Path(tmp)
         make_model(tmp / "model", a)
         for i in range(a.startup):
-            folder = tmp / f"r{i}"
-            folder.mkdir()
-            (folder / "model").symlink_to(tmp / "model")
-            path = write_sweep(folder, a)
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(path)], cwd=ROOT, env=env,
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wall = time.perf_counter() - t0
-            _, cell_s = _own_times(folder / "mlflow.db")
-            rows.append({"wall_s": round(wall, 2), "cells_time_cell_s": round(cell_s, 2),
-                         "fixed_s": round(wall - cell_s, 2)})
-            print(json.dumps(rows[-1]), flush=True)
-    fixed = [r["fixed_s"] for r in rows]
-    print(json.dumps({"repeats": len(rows), "fixed_s_median": statistics.median(fixed), "fixed_s": fixed,
-                      "load_avg_1min": os.getloadavg()[0], "target_s": 6.0}, indent=1))
+            for label, code in codes.items():
+                folder = tmp / f"{label}{i}"
+                folder.mkdir()
+                (folder / "model").symlink_to(tmp / "model")
+                path = write_sweep(folder, a)
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(path)], cwd=code,
+                               env={**env, "PYTHONPATH": str(code)}, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                wall = time.perf_counter() - t0
+                _, cell_s = _own_times(folder / "mlflow.db")
+                rows[label].append({"wall_s": round(wall, 2), "cells_time_cell_s": round(cell_s, 2),
+                                    "fixed_s": round(wall - cell_s, 2), "load_avg_1min": os.getloadavg()[0]})
+                print(label, json.dumps(rows[label][-1]), flush=True)
+    out = {label: {"repeats": len(r), "fixed_s_median": statistics.median(x["fixed_s"] for x in r),
+                   "fixed_s": [x["fixed_s"] for x in r]} for label, r in rows.items()}
+    if a.before:
+        out["this_over_before"] = round(out["this"]["fixed_s_median"] / out["before"]["fixed_s_median"], 3)
+    out["target_s"] = 6.0
+    print(json.dumps(out, indent=1))
     return 0
 
 

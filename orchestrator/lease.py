@@ -10,7 +10,7 @@ Two layers, both taken by `hold(kind, name, cl, exp_id)` and its `Lease`:
   whose process is gone (same host) or whose beat is older than `expiry_s` (another
   host, a lost node) is taken over without manual cleanup. This is the layer that
   spans machines and Ray clusters.
-- the cluster: once Ray is connected (`scheduler.driving` calls `claim_ray`), a named
+- the cluster: once Ray is connected (`sweep.session.driving` calls `claim_ray`), a named
   actor `polyprune/<kind>:<name>`. Ray registers a name atomically and ends a
   non-detached actor with the job that owns it, so a driver killed with -9 frees it.
 
@@ -174,12 +174,14 @@ class Lease:
         if self in HELD:
             HELD.remove(self)
         if self.actor is not None:
-            try:
-                import ray
+            import ray
 
-                ray.kill(self.actor)
-            except Exception:
-                pass
+            # After ray.shutdown the actor is gone with its job, and any Ray call would start a new local Ray.
+            if ray.is_initialized():
+                try:
+                    ray.kill(self.actor)
+                except Exception:
+                    pass
         try:
             if self.read().get("token") == self.claim["token"]:
                 self.write({})

@@ -29,7 +29,8 @@ from tasks.errors import UserError
 from .. import tracking
 from ..lease import hold
 from ..sweep.record import log, retry_tags
-from ..sweep.scheduler import driving, run_cells
+from ..sweep.scheduler import run_cells
+from ..sweep.session import driving
 from .record import SearchRecord, finite
 from . import baselines
 from .study import (BASELINE, BASELINES_DONE, BEAT, DEFAULTS, DRIVER, OVERRIDE, check_storage, counted, lose, open_study,

@@ -1,7 +1,8 @@
 """A sweep's run: `execute` (the cells on Ray, recorded in MLflow) and `dry_run`.
 
 Order of work: validate the whole file and every cell (nothing is created on a
-bad file) -> open the MLflow store (the driver creates the sqlite schema, once)
+bad file) -> open the MLflow store (the driver creates the sqlite schema, once;
+a new store's creation overlaps Ray's start and the workers' imports, `Starting`)
 -> take the sweep's lease (`orchestrator.lease`: one driver per sweep, or exit 2)
 -> skip cells already FINISHED -> connect to Ray -> parent run (reused on
 resume; children a dead driver left RUNNING are ended KILLED) -> cells on worker
@@ -19,7 +20,8 @@ from pathlib import Path
 from .. import tracking
 from ..lease import hold
 from .record import Recorder, log
-from .scheduler import FixedCells, driving, run_cells
+from .scheduler import FixedCells, run_cells
+from .session import Starting, driving
 
 # ---------------------------------------------------------------- dry run
 
@@ -76,19 +78,27 @@ def execute(cfg, cells, ray_address: str | None = None, file: Path | None = None
     """Run `cells` of `cfg` (from `sweep.file.expand`) and record them; the exit code.
     Usable from Python (e.g. `polyprune demo` builds a SweepConfig in code: file=None)."""
     t0 = time.time()
-    cl = tracking.client(cfg.tracking_uri, create=True)
-    exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)  # creates the schema here, once
-    with hold("sweep", cfg.name, cl, exp, tracking.sqlite_path(cfg.tracking_uri)):
-        rec, status, code = run_parent(cfg, cells, cl, exp, ray_address, file, t0)
+    # Creating a sqlite store takes seconds (MLflow's schema); meanwhile Ray and the workers start.
+    # An existing store opens at once and may hold every cell already: Ray starts only if needed.
+    path = tracking.sqlite_path(cfg.tracking_uri)
+    started = Starting(ray_address, cfg.resources, log) if path is not None and not path.exists() else None
+    try:
+        cl = tracking.client(cfg.tracking_uri, create=True)
+        exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)  # creates the schema here, once
+        with hold("sweep", cfg.name, cl, exp, path):
+            rec, status, code = run_parent(cfg, cells, cl, exp, ray_address, file, t0, started)
+    finally:
+        if started is not None:
+            started.abandon()  # a driver stopped before running anything (refused lease, bad store)
     summary(cfg, rec, status)
     return code
 
 
-def run_parent(cfg, cells, cl, exp, ray_address, file, t0):
+def run_parent(cfg, cells, cl, exp, ray_address, file, t0, started=None):
     """Under the sweep's lease: the parent run and the cells still to run; (recorder, status, exit code)."""
     done = tracking.finished_cells(cl, exp, cfg.name)
     todo = [c for c in cells if c.cell_id not in done]
-    with driving(ray_address, needed=bool(todo)):
+    with driving(ray_address, needed=bool(todo), started=started):
         prov = tracking.provenance()
         parent = tracking.begin_parent(cl, exp, cfg.name, "sweep", prov, {"file": str(file.resolve()) if file else "",
                                                                            "cells": len(cells), "models": ",".join(cfg.models)})
@@ -104,7 +114,7 @@ def run_parent(cfg, cells, cl, exp, ray_address, file, t0):
         status, code = "FINISHED", 0
         try:
             if todo:
-                run_cells(FixedCells(todo), cfg.resources, rec, log)
+                run_cells(FixedCells(todo), cfg.resources, rec, log, pool=started.pool if started else None)
         except KeyboardInterrupt:
             status, code = "KILLED", 130
             rec.end_inflight("KILLED", "interrupted (Ctrl-C / SIGTERM)")

@@ -16,21 +16,16 @@ and owns the record. Rules:
 - an actor that cannot even start is replaced; after 2 x pool size such failures with
   no actor up, the run stops (RuntimeError);
 - when no actor can be placed for `WORKER_WAIT_S`, the cells still owed fail.
-`driving()` wraps a driver's run: Ray connected (or started), SIGTERM taken as Ctrl-C.
+A driver runs this loop inside `session.driving` (Ray connected or started, SIGTERM taken as Ctrl-C).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import threading
 import time
 from collections import Counter, deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
-
-from tasks.errors import UserError
+from typing import Any, Callable, Protocol
 
 PER_WORKER = 2
 WORKER_WAIT_S = float(os.environ.get("POLYPRUNE_WORKER_WAIT_S", 600))  # give up when no actor can be placed this long
@@ -149,13 +144,15 @@ def death_errors():
             rx.LocalRayletDiedError, rx.NodeDiedError, rx.OutOfMemoryError)
 
 
-def run_cells(source: Source, resources, events: Events, log: Callable[[str], None] = print, delay_s: float = CELL_DELAY_S) -> None:
+def run_cells(source: Source, resources, events: Events, log: Callable[[str], None] = print, delay_s: float = CELL_DELAY_S,
+              pool: WorkerPool | None = None) -> None:
     """Run every cell `source` gives once (plus retries after worker deaths). KeyboardInterrupt
-    propagates after the actors are killed; the caller ends its in-flight records."""
+    propagates after the actors are killed; the caller ends its in-flight records. `pool`: actors
+    already starting (`Starting`), else they are started here."""
     import ray
 
     death = death_errors()
-    pool = WorkerPool(resources, log)
+    pool = pool or WorkerPool(resources, log)
     again: deque = deque()  # cells back from a dead worker: sent before new ones
     inflight: dict[Any, tuple[Any, Worker]] = {}
     attempts: Counter = Counter()  # by cell identity: two trials may share a cell id
@@ -258,52 +255,3 @@ def deliver(events: Events, cell, out: dict[str, Any]) -> None:
 
 def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-
-
-# ---------------------------------------------------------------- the driver's session
-
-
-@contextmanager
-def driving(address: str | None, needed: bool = True) -> Iterator[None]:
-    """A driver's run: Ray joined or started (when `needed`; a Ray this call started is shut
-    down after) and SIGTERM raised as KeyboardInterrupt meanwhile: `ray job stop` and batch
-    schedulers send SIGTERM, and in-flight runs should then end KILLED, as on Ctrl-C."""
-    owns_ray = needed and connect(address)
-    if needed:
-        from ..lease import claim_ray
-
-        claim_ray()  # the cluster layer of this driver's lease (orchestrator.lease)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if owns_ray:
-            import ray
-
-            ray.shutdown()
-
-
-def interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def connect(address: str | None) -> bool:
-    """Join (or start) Ray; False when this process is already connected (tests, notebooks)."""
-    import logging
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs = {"logging_level": logging.WARNING, "log_to_driver": RAY_LOGS}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs["include_dashboard"] = False  # a private local Ray: nobody to show a dashboard to
-    try:
-        ray.init(address=address, **kwargs)
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        raise UserError("ray-address", f"cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from None
-    return True

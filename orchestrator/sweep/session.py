@@ -1,0 +1,120 @@
+"""A driver's session with Ray: `driving` (Ray joined or started, the lease's cluster layer
+taken, SIGTERM taken as Ctrl-C) and `Starting` (all of that begun in the background, so a
+driver's own start-up overlaps Ray's)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from tasks.errors import UserError
+
+from .scheduler import RAY_LOGS, WorkerPool
+
+class Starting:
+    """Ray joined or started, and the worker actors spawned, in a background thread: the
+    driver's own start-up (creating the MLflow store, the lease, the parent run) overlaps
+    Ray's start and the actors' imports instead of preceding them. `driving(..., started=)`
+    waits for it and takes it over; `pool` hands the actors to `run_cells`. A driver that
+    stops before that (refused lease, bad store) calls `abandon`."""
+
+    def __init__(self, address: str | None, resources, log: Callable[[str], None] = print):
+        self.address, self.resources, self.log = address, resources, log
+        self.owns_ray, self.pool, self.error, self.taken = False, None, None, False
+        self.ready, self.over = threading.Event(), threading.Event()
+        threading.Thread(target=self._start, name="polyprune-ray-start", daemon=True).start()
+
+    def _start(self) -> None:
+        try:
+            self.owns_ray = connect(self.address)
+            self.pool = WorkerPool(self.resources, self.log)
+        except BaseException as e:  # re-raised in the driver's thread by wait()
+            self.error = e
+        finally:
+            self.ready.set()
+        # Ray ties the processes it starts (GCS, raylet, ...) to the *thread* that started them
+        # (PR_SET_PDEATHSIG): this thread must outlive them, until Ray is shut down.
+        self.over.wait()
+
+    def wait(self) -> bool:
+        """Ray is up (or the start's error is raised); True when this process started it."""
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+        return self.owns_ray
+
+    def end(self) -> None:
+        self.over.set()
+
+    def abandon(self) -> None:
+        """Undo the start unless `driving` took it over (then Ray is its to shut down)."""
+        if self.taken:
+            return
+        self.ready.wait()
+        if self.pool is not None:
+            self.pool.shutdown()
+        if self.owns_ray:
+            import ray
+
+            ray.shutdown()
+        self.end()
+
+
+@contextmanager
+def driving(address: str | None, needed: bool = True, started: Starting | None = None) -> Iterator[None]:
+    """A driver's run: Ray joined or started (when `needed`; a Ray this call started is shut
+    down after) and SIGTERM raised as KeyboardInterrupt meanwhile: `ray job stop` and batch
+    schedulers send SIGTERM, and in-flight runs should then end KILLED, as on Ctrl-C.
+    `started`: Ray is being started already (`Starting`); wait for it instead."""
+    if started is not None:
+        started.taken, needed = True, True
+    owns_ray = started.wait() if started is not None else needed and connect(address)
+    if needed:
+        from ..lease import claim_ray
+
+        claim_ray()  # the cluster layer of this driver's lease (orchestrator.lease)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+        if started is not None:
+            started.end()
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def connect(address: str | None) -> bool:
+    """Join (or start) Ray; False when this process is already connected (tests, notebooks)."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": RAY_LOGS}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs["include_dashboard"] = False  # a private local Ray: nobody to show a dashboard to
+    quiet = logging.getLogger("ray._private.worker")
+    level = quiet.level
+    if threading.current_thread() is not threading.main_thread():
+        quiet.setLevel(logging.ERROR)  # "SIGTERM handler is not set": `driving` sets ours in the main thread
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise UserError("ray-address", f"cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from None
+    finally:
+        quiet.setLevel(level)
+    return True
