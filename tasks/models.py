@@ -188,6 +188,13 @@ def available_host_memory() -> int:
     return free
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.0f} KiB"
+
+
 def check_host_memory(name: str, dtype: str = "auto", available: int | None = None, config=None,
                       trust_remote_code: bool = False, headroom: float = 1.1) -> int:
     """Fail with one line before loading when the host lacks memory for the model's weights.
@@ -207,8 +214,8 @@ def check_host_memory(name: str, dtype: str = "auto", available: int | None = No
     need = int(weight_bytes(config, dtype) * headroom)
     have = available_host_memory() if available is None else int(available)
     if need > have:
-        raise UserError("model", f"{name!r} needs about {need / 2**30:.1f} GiB of host memory ({dtype} weights), "
-                                 f"but only {have / 2**30:.1f} GiB is available on this host")
+        raise UserError("model", f"{name!r} needs about {_size(need)} of host memory ({dtype} weights), "
+                                 f"but only {_size(have)} is available on this host")
     return need
 
 
