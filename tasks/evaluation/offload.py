@@ -71,8 +71,11 @@ def dispatched(model: nn.Module, device_map: dict[str, int | str]):
     from accelerate.hooks import remove_hook_from_module
 
     home = next(model.parameters()).device
+    # where offloaded blocks run and lm-eval's inputs go: the first GPU of the map (accelerate would
+    # take any of them)
+    main = next((d for d in device_map.values() if d not in ("cpu", "disk")), "cpu")
     # force_hooks: a one-device map gets the hooks too, so the CPU tests run the same code
-    dispatch_model(model, device_map, force_hooks=True)
+    dispatch_model(model, device_map, main_device=main, force_hooks=True)
     try:
         yield model
     finally:
