@@ -100,7 +100,9 @@ def load_model(name: str, dtype: str = "auto", device: str = "cpu", trust_remote
     if local.exists():
         check_weight_files(local)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        # safetensors only: a pickled checkpoint can run code on load
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, SafetensorError) as e:
         raise UserError("model", f"cannot load {name!r}: {str(e).splitlines()[0]}") from None
@@ -109,20 +111,23 @@ def load_model(name: str, dtype: str = "auto", device: str = "cpu", trust_remote
     return model.to(device), tokenizer
 
 
-def fits_device(model: nn.Module, device, reserve: float = 0.15) -> bool:
+def fits_device(model: nn.Module, device, reserve: float = 0.15, free: int | None = None) -> bool:
     """Whether the whole model fits `device` with `reserve` of its memory left for activations.
 
-    Host memory always counts as fitting: the model was loaded there.
+    Host memory always counts as fitting: the model was loaded there. `free` gives the device's
+    free bytes instead of measuring them (a simulated device budget, on any device type).
     """
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" and free is None:
         return True
-    if device.index is None:
+    if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    missing = sum(p.numel() * p.element_size() for p in model.parameters() if p.device != device)
+    missing = sum(p.numel() * p.element_size() for p in model.parameters() if p.device != device or free is not None)
     if not missing:
         return True
-    free, total = torch.cuda.mem_get_info(device)
+    total = free
+    if free is None:
+        free, total = torch.cuda.mem_get_info(device)
     return missing <= free - reserve * total
 
 
@@ -157,11 +162,23 @@ def weight_bytes(config, dtype: str = "auto") -> int:
     return sum(p.numel() for p in model.parameters()) * size  # buffers (rotary tables) are negligible
 
 
+HOST_MEMORY_ENV = "POLYPRUNE_HOST_MEMORY_GIB"
+
+
 def available_host_memory() -> int:
-    """Bytes this process may still allocate: the host's available memory, or less under a cgroup limit."""
+    """Bytes this process may still allocate: the host's available memory, or less under a cgroup
+    limit, or less than $POLYPRUNE_HOST_MEMORY_GIB (a cap for shared nodes; tests simulate a small host)."""
+    import os
+
     import psutil
 
     free = psutil.virtual_memory().available
+    cap = os.environ.get(HOST_MEMORY_ENV)
+    if cap:
+        try:
+            free = min(free, int(float(cap) * 2**30))
+        except ValueError:
+            raise UserError(HOST_MEMORY_ENV, f"must be a number of GiB, got {cap!r}") from None
     try:  # containers: the cgroup v2 limit binds before the host runs out
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         if limit != "max":
@@ -169,6 +186,13 @@ def available_host_memory() -> int:
     except (OSError, ValueError):
         pass
     return free
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.0f} KiB"
 
 
 def check_host_memory(name: str, dtype: str = "auto", available: int | None = None, config=None,
@@ -182,7 +206,7 @@ def check_host_memory(name: str, dtype: str = "auto", available: int | None = No
     if config is None:
         from transformers import AutoConfig
 
-        local = Path(name).expanduser()
+        local = Path(resolve_alias(name)).expanduser()
         try:
             config = AutoConfig.from_pretrained(str(local) if local.exists() else name, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
@@ -190,9 +214,14 @@ def check_host_memory(name: str, dtype: str = "auto", available: int | None = No
     need = int(weight_bytes(config, dtype) * headroom)
     have = available_host_memory() if available is None else int(available)
     if need > have:
-        raise UserError("model", f"{name!r} needs about {need / 2**30:.1f} GiB of host memory ({dtype} weights), "
-                                 f"but only {have / 2**30:.1f} GiB is available on this host")
+        raise UserError("model", f"{name!r} needs about {_size(need)} of host memory ({dtype} weights), "
+                                 f"but only {_size(have)} is available on this host")
     return need
+
+
+def linear_bytes(model: nn.Module) -> int:
+    """Bytes of the prunable linears' weights: what `snapshot` copies."""
+    return sum(lin.weight.numel() * lin.weight.element_size() for lin in prunable_weights(model).values())
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

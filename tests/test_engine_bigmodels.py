@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def test_host_memory_check_fails_in_one_line_under_a_simulated_limit(tiny_llama)
     with pytest.raises(UserError) as e:
         check_host_memory(str(tiny_llama), "float32", available=need // 2)
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("model: ") and "GiB" in msg and str(tiny_llama) in msg
+    assert "\n" not in msg and msg.startswith("model: ") and str(tiny_llama) in msg
+    assert re.search(r"needs about [1-9][0-9.]* [KM]iB of host memory \(float32 weights\), but only [1-9][0-9.]* [KM]iB", msg)
     # the real host has far more than a tiny model needs
     assert check_host_memory(str(tiny_llama)) == need
 
@@ -87,3 +89,51 @@ def test_host_memory_check_fails_in_one_line_under_a_simulated_limit(tiny_llama)
 def test_host_memory_check_of_a_folder_without_a_config(tmp_path):
     with pytest.raises(UserError, match="cannot read the config"):
         check_host_memory(str(tmp_path), available=10**12)
+
+
+def test_api_perplexity_forwards_device_and_blockwise(tiny_llama, text_dir, monkeypatch):
+    from tasks import api
+    from tasks.evaluation import perplexity as ppl_module
+
+    model, tok = api.load_model(str(tiny_llama), "float64")
+    args = dict(data=str(text_dir), seqlen=32, nsamples=4)
+    full = api.perplexity(model, tok, ["en", "sw"], **args)
+    calls = []
+
+    def spy(*a, **kw):  # the real block-by-block pass, counted
+        calls.append(a[3])
+        return blockwise_logits(*a, **kw)
+
+    monkeypatch.setattr(ppl_module, "blockwise_logits", spy)
+    assert api.perplexity(model, tok, ["en", "sw"], **args, device="cpu", blockwise=False) == full
+    assert not calls
+    blocks = api.perplexity(model, tok, ["en", "sw"], **args, device="cpu", blockwise=True)
+    assert calls and all(str(d) == "cpu" for d in calls)
+    assert blocks == pytest.approx(full, rel=1e-9)
+    if not torch.cuda.is_available():  # the device reaches the check: a missing one is a one-line error
+        with pytest.raises(UserError, match="^device: 'cuda'"):
+            api.perplexity(model, tok, ["en"], **args, device="cuda")
+    with pytest.raises(UserError, match="^device: 'gpu0' is not a torch device"):
+        api.perplexity(model, tok, ["en"], **args, device="gpu0")
+
+
+def test_host_memory_cap_from_the_environment(tiny_llama, monkeypatch):
+    from tasks.models import HOST_MEMORY_ENV, available_host_memory
+
+    real = available_host_memory()
+    monkeypatch.setenv(HOST_MEMORY_ENV, "0.5")
+    assert available_host_memory() == min(real, 2**29)
+    monkeypatch.setenv(HOST_MEMORY_ENV, "0.0001")  # ~105 KB: less than the tiny model's weights
+    with pytest.raises(UserError, match="host memory"):
+        check_host_memory(str(tiny_llama), "float32")
+    monkeypatch.setenv(HOST_MEMORY_ENV, "lots")
+    with pytest.raises(UserError, match=f"^{HOST_MEMORY_ENV}: must be a number of GiB, got 'lots'"):
+        available_host_memory()
+
+
+def test_fits_device_with_a_simulated_budget():
+    model = tiny("llama", torch.float32)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert fits_device(model, "cpu", free=2 * size)
+    assert not fits_device(model, "cpu", free=size)  # the reserve leaves too little
+    assert fits_device(model, "cpu", reserve=0, free=size)

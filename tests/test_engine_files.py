@@ -135,3 +135,17 @@ def test_console_script_truncated_weights_no_traceback(broken_model, text_dir, t
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.safetensors" in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_pickled_weights_are_refused(tiny_llama, tmp_path):
+    """Safetensors only: a folder whose weights are a pickled pytorch_model.bin (loading one can run
+    code) does not load, in one line naming the model."""
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_llama, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(UserError) as e:
+        load_model(str(folder))
+    assert e.value.field == "model" and "\n" not in str(e.value) and str(folder) in str(e.value)
+    load_model(str(tiny_llama))  # the safetensors original loads

@@ -8,6 +8,12 @@ writes the cell's artifacts straight into the logged model's artifact location t
 gave it (`deliver`) and reports their sizes, which the driver checks. A failing cell
 comes back as {"ok": False, "error": ...}; only a dead process or node raises.
 
+A model is loaded on the host after its size (from its config) was checked against the host's
+free memory: too big fails the cell in one line, never an OOM kill. A model that fits the cell's
+device moves there whole (the fast path); a bigger one stays on the host: pruning and perplexity
+move one decoder block at a time to the device, lm-eval runs it spread over the cell's GPUs with
+the rest offloaded to the host (`tasks.evaluation.offload`).
+
 `CellRunner` is plain Python (no Ray), so the benchmark's one-process-per-cell
 baseline runs exactly the same code.
 """
@@ -26,7 +32,9 @@ from typing import Any
 
 
 class CellRunner:
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, device_memory: int | None = None):
+        """`device_memory`: the device's free bytes to plan with instead of measuring them (tests
+        simulate a small device with it, also on the CPU)."""
         import torch
 
         if threads:
@@ -34,6 +42,8 @@ class CellRunner:
         self.name: str | None = None  # the base model in memory
         self.model = self.tok = self.snap = None
         self.dirty = False  # weights differ from the snapshot
+        self.device_memory = device_memory
+        self.whole = True  # the model sits whole on the device (else on the host, moved block by block)
 
     def ready(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "node": _node_id(), "device": _device()}
@@ -47,7 +57,8 @@ class CellRunner:
                 out = self._run(task)
             out["metrics"].update(system.metrics())
             out["metrics"]["time.cell_s"] = time.perf_counter() - t0
-            return {"ok": True, **out, "tags": {**out.get("tags", {}), **self._where()}}
+            tags = {**out.get("tags", {}), **self._where(), "polyprune.placement": "device" if self.whole else "blockwise"}
+            return {"ok": True, **out, "tags": tags}
         except Exception as e:  # a deterministic failure: report it, stay alive for the next cell
             self.dirty = True
             _free_cuda()
@@ -62,9 +73,10 @@ class CellRunner:
     def _load(self, name: str, dtype: str, trust_remote_code: bool) -> float:
         """Make `name` the dense model in memory; returns the load time (0 when it was already there)."""
         from tasks.api import load_model, restore, snapshot
+        from tasks.models import available_host_memory, check_host_memory, fits_device, linear_bytes
 
         t0 = time.perf_counter()
-        if self.name == name and self.model is not None:
+        if self.name == name and self.model is not None and (self.snap is not None or not self.dirty):
             if self.dirty:
                 restore(self.model, self.snap)
                 self.dirty = False
@@ -72,9 +84,15 @@ class CellRunner:
         self.name = self.model = self.tok = self.snap = None
         gc.collect()
         _free_cuda()
+        have = available_host_memory()
+        need = check_host_memory(name, dtype, available=have, trust_remote_code=trust_remote_code)
         model, tok = load_model(name, dtype, "cpu", trust_remote_code)
-        snap = snapshot(model)  # on the host: restoring copies host -> device
-        self.model, self.tok, self.snap = model.to(_device()), tok, snap
+        # The dense copy (on the host: restoring copies host -> device) saves a reload per cell, where
+        # the host has room for it beside the model; without it a dirty model is reloaded from disk.
+        snap = snapshot(model) if need + linear_bytes(model) <= have else None
+        device = _device()
+        self.whole = fits_device(model, device, free=self.device_memory)
+        self.model, self.tok, self.snap = model.to(device) if self.whole else model, tok, snap
         self.name, self.dirty = name, False
         return time.perf_counter() - t0
 
@@ -136,15 +154,21 @@ class CellRunner:
         out: dict[str, float] = {}
         if ev["ppl"]:
             p = ev["ppl"]
+            where = {} if self.whole else {"device": _device(), "blockwise": True}
             ppl = perplexity(self.model, self.tok, p["languages"], data=p["data"], seqlen=p["seqlen"],
-                             nsamples=p["nsamples"], batch_size=opts["ppl_batch_size"], split=p.get("split", "test"))
+                             nsamples=p["nsamples"], batch_size=opts["ppl_batch_size"], split=p.get("split", "test"), **where)
             out.update(ppl_metrics(ppl))
         if ev["lm_eval"]:
+            from contextlib import nullcontext
+
             from tasks.evaluation.lmeval import run_lmeval
+            from tasks.evaluation.offload import dispatched, gpu_budgets, offload_map
 
             le = ev["lm_eval"]
-            res = run_lmeval(self.model, self.tok, le["tasks"], num_fewshot=le["num_fewshot"], limit=le["limit"],
-                             batch_size=opts["lm_eval_batch_size"], include_paths=le["include_paths"])
+            placed = nullcontext() if self.whole else dispatched(self.model, offload_map(self.model, gpu_budgets()))
+            with placed:
+                res = run_lmeval(self.model, self.tok, le["tasks"], num_fewshot=le["num_fewshot"], limit=le["limit"],
+                                 batch_size=opts["lm_eval_batch_size"], include_paths=le["include_paths"])
             out.update({k: float(v) for k, v in res["metrics"].items() if isinstance(v, (int, float))})
         if ev.get("test"):  # a search trial's held-out pass: logged as test.*, never told to the sampler
             out.update({f"test.{k}": v for k, v in self._evaluate(ev["test"], opts, key).items()})
