@@ -283,6 +283,6 @@ def check_durable(path: str, field: str) -> None:
     """A store must outlive the run: `ray job submit` runs the driver in a per-job copy of the
     working directory that Ray deletes, so a store there (a relative default) would be lost."""
     if f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}" in path:
+        server = "tracking server (http://...)" if field == "tracking_uri" else "database (postgresql://...)"
         raise UserError(field, f"{path!r} lies inside Ray's per-job copy of the working directory, which is deleted "
-                               f"with the job; give --{field.replace('_', '-')} with a server (http://...) or an absolute "
-                               f"path outside it")
+                               f"with the job; give --{field.replace('_', '-')} with a {server} or an absolute path outside it")
