@@ -66,7 +66,7 @@ class ResourcesConfig(Strict):
     cpu_workers: StrictInt = Field(1, gt=0)  # worker actors when it has none
     cpus_per_worker: StrictInt | None = Field(None, gt=0)  # default: the cluster's CPUs / cpu_workers
     max_in_flight: StrictInt | None = Field(None, gt=0)  # default: 2 per worker (one running, one queued)
-    max_retries: StrictInt = Field(2, ge=0, le=100)  # re-runs of a cell whose worker died; bounded: a cell that kills every worker ends
+    max_retries: StrictInt = Field(2, ge=0, le=100)  # re-runs of a cell whose worker died; bounded: a cell killing every worker ends
 
 
 # ---------------------------------------------------------------- reading a file
@@ -118,9 +118,7 @@ def dotted(loc: list) -> str:
 
 def fields_at(model: Any, loc: list) -> list[str]:
     """Field names of the section that `loc` points into (for "allowed here")."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
+    for part in (p for p in loc if not isinstance(p, int)):
         ann = model.model_fields[part].annotation
         model = next((a for a in _flatten(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if model is None:
@@ -281,15 +279,17 @@ def check_evaluation(cfg: Any, ev: dict[str, Any]) -> None:
 
 
 def check_fit(cfg: Any, models: list[str], mixes: list[str], ev: dict[str, Any], splits: tuple[str, ...]) -> None:
-    """Every local model takes the file's seqlens and its text serves them, read with the engine's
-    functions as `prune` and the cells read it: nsamples x seqlen tokens in each language, as many
-    samples as any of `mixes` draws there (a search passes each language alone: the most a searched
-    mix can put on one), and an evaluation window per ppl language in each of `splits`."""
+    """The file's dtype loads; each local model takes its seqlens and its text serves them as `prune` and the
+    cells read it (the engine's functions): nsamples x seqlen tokens per language, as many samples as any of `mixes`
+    draws there (a search passes each language alone: the most a mix can put on one), and a ppl window per split."""
     from tasks.data.calibration import calibration_docs, eval_windows
     from tasks.data.langs import parse_mix, split_counts
     from tasks.data.sources import get_source
+    from tasks.models import DTYPES
     from transformers import AutoTokenizer
 
+    if cfg.dtype not in DTYPES:  # as load_model checks it in each cell
+        raise UserError("dtype", f"{cfg.dtype!r} is not one of {', '.join(DTYPES)}")
     streamed = set(HUB_SOURCES) - {"builtin"}  # hub corpora: checked by each cell as it streams them
     calib, ppl = cfg.calibration, ev["ppl"] if ev["ppl"] and ev["ppl"]["data"] not in streamed else None
     seqlens = {"calibration.seqlen": calib.seqlen}

@@ -330,6 +330,7 @@ DRY = {  # sweep-file change -> the one line `sweep --dry-run` (and `sweep`) mus
     "too little text": ({"calibration": {**SWEEP["calibration"], "nsamples": 100000}}, "calibration.nsamples: 100000 samples of 16 tokens need"),
     "model is a file": ({"models": ["./tiny/config.json"]}, "is a file; expected a model folder"),
     "a thousand workers on a GPU": ({"resources": {"gpus_per_cell": 0.001}}, "resources.gpus_per_cell: input should be greater than or equal to 0.01"),
+    "dtype": ({"dtype": "float77"}, "dtype: 'float77' is not one of auto, float32"),
     "endless retries": ({"resources": {"max_retries": 10**9}}, "resources.max_retries: input should be less than or equal to 100"),
 }
 
@@ -365,6 +366,7 @@ def test_dry_run_checks_evaluation_text_as_the_cells_read_it(run_dir, capsys):
 SEARCH_BAD = {  # search-file change -> its one line, before any study, run or Ray
     "parallel beyond the study": ({"parallel": 1000}, "parallel: 1000 trials in flight is more than n_trials (2"),
     "bool n_trials": ({"n_trials": True}, "n_trials: input should be a valid integer"),
+    "dtype": ({"dtype": "float77"}, "dtype: 'float77' is not one of auto, float32"),
     # 1000 x 16 tokens: a mix can put them all on one language, which holds ~13K (the uniform
     # mix's 500 per language would fit: the check is the worst case, not the first trial)
     "text for the worst mix": ({"calibration": {**SEARCH["calibration"], "nsamples": 1000}},
