@@ -10,6 +10,7 @@ trial configuration through the engine's `check_spec`.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,12 @@ class Constraint(Strict):
         if self.max is None and self.min is None:
             raise ValueError("give max and/or min")
         return self
+
+
+# `register` is also ABCMeta's method on every pydantic model class; as a field it is only read from
+# instances (cfg.register), so pydantic's shadowing warning is noise, and two lines of it on the stderr
+# of every `polyprune search` break its one-line messages.
+warnings.filterwarnings("ignore", message='Field name "register" in "SearchConfig" shadows', category=UserWarning)
 
 
 class SearchConfig(Strict):
