@@ -1,10 +1,9 @@
 """What sweep files and search files share (SPEC "Sweep and search files").
 
-The sections both files have (calibration, evaluation, resources), the error format
-of a bad file (one `UserError` whose field is the file path of the value:
-`calibration.nsamples`, `methods[2].hp`), THE path resolver (relative paths are
-relative to the file, for sweeps and searches alike), the evaluation set in the
-plain form cells carry, its checks, and which metrics it produces.
+The sections both files have (calibration, evaluation, resources), the error format of
+a bad file (one `UserError` whose field is the file path of the value: `methods[2].hp`),
+THE path resolver (relative to the file, for sweeps and searches alike), the evaluation
+set in the plain form cells carry, and the checks of models, positions and text.
 `orchestrator.sweep.file` and `orchestrator.search.file` build on this module; a
 check both kinds of file need goes here, once.
 """
@@ -24,8 +23,6 @@ from tasks.errors import UserError
 
 NAMED_SCHEDULES = ("uniform", "owl", "cwl")
 HUB_SOURCES = ("builtin", "mc4", "culturax", "wikipedia", "flores")
-# Metrics every cell reports besides its evaluation (sweep.worker.CellRunner).
-ALWAYS = ("sparsity.actual", "time.prune_s", "time.eval_s", "time.cell_s", "time.calib_s", "time.load_s")
 
 
 class Strict(BaseModel):
@@ -65,11 +62,11 @@ class EvaluationConfig(Strict):
 
 
 class ResourcesConfig(Strict):
-    gpus_per_cell: float = Field(1, gt=0, allow_inf_nan=False)  # per worker actor when the cluster has GPUs
+    gpus_per_cell: float = Field(1, ge=0.01, allow_inf_nan=False)  # per worker actor with GPUs; at most 100 share one
     cpu_workers: StrictInt = Field(1, gt=0)  # worker actors when it has none
     cpus_per_worker: StrictInt | None = Field(None, gt=0)  # default: the cluster's CPUs / cpu_workers
     max_in_flight: StrictInt | None = Field(None, gt=0)  # default: 2 per worker (one running, one queued)
-    max_retries: StrictInt = Field(2, ge=0)  # re-runs of a cell whose worker or node died
+    max_retries: StrictInt = Field(2, ge=0, le=100)  # re-runs of a cell whose worker died; bounded: a cell killing every worker ends
 
 
 # ---------------------------------------------------------------- reading a file
@@ -121,9 +118,7 @@ def dotted(loc: list) -> str:
 
 def fields_at(model: Any, loc: list) -> list[str]:
     """Field names of the section that `loc` points into (for "allowed here")."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
+    for part in (p for p in loc if not isinstance(p, int)):
         ann = model.model_fields[part].annotation
         model = next((a for a in _flatten(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if model is None:
@@ -161,9 +156,9 @@ def model_path(model: str, base: Path) -> str:
     return resolved if resolved != model else local_path(model, base, loose=model.count("/") > 1)
 
 
-def check_model(model: str, field: str, seqlens: dict[str, int | None] | None = None) -> None:
+def check_model(model: str, field: str) -> None:
     """A resolved local model folder (hub ids stay relative) must exist and hold a saved model with
-    readable weights that take every `seqlens` value (field -> seqlen) as prune checks it."""
+    readable weights (their positions and text: `check_fit`)."""
     if not os.path.isabs(model):
         return
     if os.path.exists(model) and not os.path.isdir(model):
@@ -178,10 +173,6 @@ def check_model(model: str, field: str, seqlens: dict[str, int | None] | None = 
         check_weight_files(Path(model))  # headers only: a truncated file fails here, not in every cell
     except UserError as e:
         raise UserError(field, e.message) from None
-    for where, seqlen in (seqlens or {}).items():
-        positions = model_positions(model)
-        if seqlen is not None and positions and seqlen > positions:
-            raise UserError(where, f"{seqlen} is beyond the {positions} positions of model {model!r}")
 
 
 def model_positions(model: str) -> int | None:
@@ -209,10 +200,8 @@ def resolve_paths(cfg: Any, base: Path) -> None:
         ev.lm_eval.include_paths = [local_path(p, base, loose=True) for p in ev.lm_eval.include_paths]
     if cfg.schedule not in NAMED_SCHEDULES:
         cfg.schedule = local_path(cfg.schedule, base, loose=True)
-    if cfg.tracking_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
-        cfg.tracking_uri = resolve_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], Path.cwd())
-    else:
-        cfg.tracking_uri = resolve_tracking_uri(cfg.tracking_uri, base)
+    env = os.environ.get("MLFLOW_TRACKING_URI") if cfg.tracking_uri is None else None
+    cfg.tracking_uri = resolve_tracking_uri(env, Path.cwd()) if env else resolve_tracking_uri(cfg.tracking_uri, base)
 
 
 def resolve_tracking_uri(uri: str | None, base: Path) -> str:
@@ -286,28 +275,46 @@ def check_evaluation(cfg: Any, ev: dict[str, Any]) -> None:
                                batch_size=cfg.evaluation.lm_eval.batch_size, include_paths=le["include_paths"])
             resolve_tasks(names, task_manager(le["include_paths"]))  # indexes lm-eval's tasks: ~15 s, once
         except UserError as e:
-            field_ = {"tasks": "tasks", "num_fewshot": "num_fewshot", "limit": "limit", "batch_size": "batch_size"}
-            raise UserError(f"evaluation.lm_eval.{field_.get(e.field, e.field)}", e.message) from None
+            raise UserError(f"evaluation.lm_eval.{e.field}", e.message) from None
 
 
-def produces(ev: dict[str, Any], metric: str) -> bool:
-    """Does a cell with evaluation `ev` report `metric`?"""
-    if metric in ALWAYS:
-        return True
-    if ev["ppl"] and metric in {f"ppl.{l}" for l in ev["ppl"]["languages"]} | {"ppl.mean"}:
-        return True
-    if ev["lm_eval"] and metric.startswith("lmeval."):
-        # lmeval.<task>.<metric>[.<filter>]; task names may themselves hold dots rarely: match by prefix
-        rest = metric[len("lmeval."):]
-        return any(fnmatch.fnmatch(rest.split(".", 1)[0], t) or rest.startswith(t + ".") for t in ev["lm_eval"]["tasks"])
-    return False
+def check_fit(cfg: Any, models: list[str], mixes: list[str], ev: dict[str, Any], splits: tuple[str, ...]) -> None:
+    """The file's dtype loads; each local model takes its seqlens and its text serves them as `prune` and the
+    cells read it (the engine's functions): nsamples x seqlen tokens per language, as many samples as any of `mixes`
+    draws there (a search passes each language alone: the most a mix can put on one), and a ppl window per split."""
+    from tasks.data.calibration import calibration_docs, eval_windows
+    from tasks.data.langs import parse_mix, split_counts
+    from tasks.data.sources import get_source
+    from tasks.models import DTYPES
+    from transformers import AutoTokenizer
 
-
-def available(ev: dict[str, Any]) -> list[str]:
-    """The metric names `produces` accepts, for messages."""
-    out = []
+    if cfg.dtype not in DTYPES:  # as load_model checks it in each cell
+        raise UserError("dtype", f"{cfg.dtype!r} is not one of {', '.join(DTYPES)}")
+    streamed = set(HUB_SOURCES) - {"builtin"}  # hub corpora: checked by each cell as it streams them
+    calib, ppl = cfg.calibration, ev["ppl"] if ev["ppl"] and ev["ppl"]["data"] not in streamed else None
+    seqlens = {"calibration.seqlen": calib.seqlen}
     if ev["ppl"]:
-        out += [f"ppl.{l}" for l in ev["ppl"]["languages"]] + ["ppl.mean"]
-    if ev["lm_eval"]:
-        out += [f"lmeval.{t}.<metric>" for t in ev["lm_eval"]["tasks"]]
-    return out + list(ALWAYS)
+        seqlens["evaluation.ppl.seqlen" if cfg.evaluation and cfg.evaluation.ppl.seqlen else "calibration.seqlen"] = ev["ppl"]["seqlen"]
+    need: dict[str, int] = {}  # language -> the most samples any mix draws in it
+    for mix in [] if calib.data in streamed else mixes:
+        for lang, n in split_counts(parse_mix(mix), calib.nsamples).items():
+            if n:  # a language a mix leaves out is not sampled (tasks.data.calibration.sample_calibration)
+                need[lang] = max(n, need.get(lang, 0))
+    for model in [m for m in models if os.path.isabs(m)]:
+        positions = model_positions(model)
+        for where, seqlen in seqlens.items():
+            if seqlen is not None and positions and seqlen > positions:
+                raise UserError(where, f"{seqlen} is beyond the {positions} positions of model {model!r}")
+        tok = AutoTokenizer.from_pretrained(model, trust_remote_code=cfg.trust_remote_code) if need or ppl else None
+        default = min(2048, positions or 2048)  # seqlen None, as tasks.api.eval_seqlen
+        for lang, n in need.items():
+            try:
+                calibration_docs(get_source(calib.data), tok, lang, n, calib.seqlen or default)
+            except UserError as e:
+                raise UserError(f"calibration.{e.field}", e.message) from None
+        for i, lang in enumerate(ppl["languages"] if ppl else []):
+            for split in splits:
+                try:
+                    eval_windows(get_source(ppl["data"]), tok, lang, ppl["seqlen"] or default, ppl["nsamples"], split)
+                except UserError as e:
+                    raise UserError(f"evaluation.ppl.languages[{i}]" if cfg.evaluation else "evaluation", e.message) from None

@@ -16,9 +16,9 @@ Two layers, both taken by `hold(kind, name, cl, exp_id)` and its `Lease`:
 
 A refused driver gets one `UserError` naming the holder (host, pid, since when).
 `creating(path)` serialises the creation of a sqlite store's schema (MLflow's and
-Optuna's both fail when two processes create it at once); `check_uri` / `check_durable`
-probe a store before anything is created (a known scheme, a server that answers, a
-place that outlives a Ray job).
+Optuna's both fail when two processes create it at once); `check_uri` / `check_database` /
+`check_durable` probe a store before anything is created (a known scheme, a server that
+answers, its driver installed, a place that outlives a Ray job).
 """
 
 from __future__ import annotations
@@ -233,6 +233,8 @@ def check_uri(uri: str) -> None:
                                         f"(mlflow server), postgresql://... or a folder")
     if scheme in ("sqlite", "file"):
         check_durable(uri, "tracking_uri")
+    if scheme in DB_PORTS:
+        check_database(uri, "tracking_uri")
     if scheme in ("http", "https"):
         import urllib.error
         import urllib.request
@@ -246,10 +248,41 @@ def check_uri(uri: str) -> None:
             raise UserError("tracking_uri", f"no MLflow server answers at {uri} ({reason}); start it or fix the address") from None
 
 
+DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # the servers' default ports, for the probe
+
+
+def check_database(uri: str, field: str) -> None:
+    """A database store (MLflow's or Optuna's): a SQLAlchemy URL, a server that accepts a TCP
+    connection within the probe timeout (drivers and MLflow otherwise wait and retry for
+    minutes), then its driver installed. Credentials are checked by the store's first open."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(uri)
+        dialect = url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise UserError(field, f"cannot use {uri!r}: not a database URL SQLAlchemy knows "
+                               f"(postgresql://USER:PASSWORD@HOST:PORT/DB, mysql://...)") from None
+    shown = url.render_as_string(hide_password=True)  # never echo a password
+    port = url.port or DB_PORTS.get(url.get_backend_name())
+    if url.host and port:  # no host: a local socket, opened by the driver
+        try:
+            socket.create_connection((url.host, port), timeout=PROBE_TIMEOUT_S).close()
+        except OSError as e:
+            raise UserError(field, f"no database server answers at {url.host}:{port} for {shown} "
+                                   f"({e.strerror or e}); start it or fix the address") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise UserError(field, f"{shown} needs the Python driver {e.name or url.get_driver_name()!r}, which is not "
+                               f"installed; install it or name an installed one: {url.get_backend_name()}+DRIVER://...") from None
+
+
 def check_durable(path: str, field: str) -> None:
     """A store must outlive the run: `ray job submit` runs the driver in a per-job copy of the
     working directory that Ray deletes, so a store there (a relative default) would be lost."""
     if f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}" in path:
+        server = "tracking server (http://...)" if field == "tracking_uri" else "database (postgresql://...)"
         raise UserError(field, f"{path!r} lies inside Ray's per-job copy of the working directory, which is deleted "
-                               f"with the job; give --{field.replace('_', '-')} with a server (http://...) or an absolute "
-                               f"path outside it")
+                               f"with the job; give --{field.replace('_', '-')} with a {server} or an absolute path outside it")

@@ -179,12 +179,13 @@ def test_ray_layer_refuses_a_second_holder_in_the_cluster(ray_local, tmp_path):
 # ---------------------------------------------------------------- stores probed first
 
 
-def assert_one_line(capsys, code: int, command: str, expected: str, folder: Path) -> None:
+def assert_one_line(capsys, code: int, command: str, expected: str, folder: Path) -> str:
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith(f"polyprune {command}: "), err
     assert expected in err, err
     assert not any(p.name.endswith(".db") or p.name == "mlartifacts" for p in folder.iterdir()), list(folder.iterdir())
+    return err
 
 
 def test_unreachable_server_is_one_line_within_seconds(run_dir, capsys):
@@ -220,8 +221,22 @@ def test_a_store_inside_a_ray_job_copy_is_refused(tmp_path, run_dir, capsys):
     for name in ("tiny", "text"):
         (copy / name).symlink_to(run_dir / name)
     path = write_yaml(copy / "sweep.yaml", SWEEP)
-    assert_one_line(capsys, main(["sweep", str(path), "--dry-run"]), "sweep", "Ray's per-job copy of the working directory", copy)
+    refused = "lies inside Ray's per-job copy of the working directory"
+    assert_one_line(capsys, main(["sweep", str(path), "--dry-run"]), "sweep", f"tracking_uri: 'sqlite:///{copy}/mlflow.db' {refused}", copy)
+    assert_one_line(capsys, main(["sweep", str(path)]), "sweep", f"tracking_uri: 'sqlite:///{copy}/mlflow.db' {refused}", copy)
+    # The check reads the final store: a store given on the command line is not refused
+    # (an unreachable server then fails its own probe, past the copy check).
     assert main(["sweep", str(path), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'keep.db'}"]) == 0
+    url = f"http://127.0.0.1:{free_port()}"
+    assert_one_line(capsys, main(["sweep", str(path), "--tracking-uri", url]), "sweep", f"no MLflow server answers at {url}", copy)
+    search = write_yaml(copy / "search.yaml", SEARCH)
+    outside = [f"--tracking-uri=sqlite:///{tmp_path / 'keep.db'}", f"--storage=sqlite:///{tmp_path / 'keep-optuna.db'}"]
+    for argv, expected in (([], f"tracking_uri: 'sqlite:///{copy}/mlflow.db' {refused}"),
+                           (outside[:1], f"storage: '{copy}/optuna.db' {refused}, which is deleted with the job; give --storage with a database"),
+                           (outside[1:], f"tracking_uri: 'sqlite:///{copy}/mlflow.db' {refused}, which is deleted with the job; give --tracking-uri with a tracking server"),
+                           ([f"--tracking-uri={url}", outside[1]], f"no MLflow server answers at {url}")):
+        assert_one_line(capsys, main(["search", str(search), *argv]), "search", expected, copy)
+    assert not list(tmp_path.glob("*.db"))
 
 
 # ---------------------------------------------------------------- a server restart mid-sweep
@@ -314,6 +329,9 @@ DRY = {  # sweep-file change -> the one line `sweep --dry-run` (and `sweep`) mus
     "truncated weights": ({"models": ["./broken"]}, "model.safetensors' is not a complete safetensors weights file"),
     "too little text": ({"calibration": {**SWEEP["calibration"], "nsamples": 100000}}, "calibration.nsamples: 100000 samples of 16 tokens need"),
     "model is a file": ({"models": ["./tiny/config.json"]}, "is a file; expected a model folder"),
+    "a thousand workers on a GPU": ({"resources": {"gpus_per_cell": 0.001}}, "resources.gpus_per_cell: input should be greater than or equal to 0.01"),
+    "dtype": ({"dtype": "float77"}, "dtype: 'float77' is not one of auto, float32"),
+    "endless retries": ({"resources": {"max_retries": 10**9}}, "resources.max_retries: input should be less than or equal to 100"),
 }
 
 
@@ -328,6 +346,72 @@ def test_dry_run_checks_every_cell_as_prune_does(case, run_dir, tiny_llama, caps
     path = write_yaml(run_dir / "sweep.yaml", SWEEP, **over)
     for argv in (["sweep", str(path), "--dry-run"], ["sweep", str(path)]):
         assert_one_line(capsys, main(argv), "sweep", expected, run_dir)
+
+
+def short_text(run_dir: Path, split: str, lang: str) -> str:
+    """./short: the test text with `lang`'s `split` given as a file too short for one 16-token window."""
+    (run_dir / "short").mkdir()
+    for f in (run_dir / "text").iterdir():
+        (run_dir / "short" / f.name).symlink_to(f)
+    (run_dir / "short" / f"{lang}.{split}.txt").write_text("tiny\n")
+    return "./short"
+
+
+def test_dry_run_checks_evaluation_text_as_the_cells_read_it(run_dir, capsys):
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP, calibration={**SWEEP["calibration"], "data": short_text(run_dir, "test", "en")})
+    for argv in (["sweep", str(path), "--dry-run"], ["sweep", str(path)]):
+        assert_one_line(capsys, main(argv), "sweep", "evaluation.ppl.languages[0]: test text of 'en'", run_dir)
+
+
+SEARCH_BAD = {  # search-file change -> its one line, before any study, run or Ray
+    "parallel beyond the study": ({"parallel": 1000}, "parallel: 1000 trials in flight is more than n_trials (2"),
+    "bool n_trials": ({"n_trials": True}, "n_trials: input should be a valid integer"),
+    "dtype": ({"dtype": "float77"}, "dtype: 'float77' is not one of auto, float32"),
+    # 1000 x 16 tokens: a mix can put them all on one language, which holds ~13K (the uniform
+    # mix's 500 per language would fit: the check is the worst case, not the first trial)
+    "text for the worst mix": ({"calibration": {**SEARCH["calibration"], "nsamples": 1000}},
+                               "calibration.nsamples: 1000 samples of 16 tokens need 16000 tokens of"),
+    "ppl positions": ({"evaluation": {"ppl": {"languages": ["en", "sw"], "seqlen": 4096}}},
+                      "evaluation.ppl.seqlen: 4096 is beyond the 256 positions"),
+    "valid text": ("valid", "evaluation.ppl.languages[1]: valid text of 'sw'"),
+    "test text": ("test", "evaluation.ppl.languages[1]: test text of 'sw'"),
+}
+
+
+@pytest.mark.parametrize("case", list(SEARCH_BAD), ids=list(SEARCH_BAD))
+def test_search_checks_every_trial_up_front(case, run_dir, capsys):
+    over, expected = SEARCH_BAD[case]
+    if isinstance(over, str):  # trials are measured on valid and on test: both must serve a window
+        over = {"calibration": {**SEARCH["calibration"], "data": short_text(run_dir, over, "sw")}}
+    path = write_yaml(run_dir / "search.yaml", SEARCH, **over)
+    assert_one_line(capsys, main(["search", str(path)]), "search", expected, run_dir)
+
+
+def test_database_stores_are_probed_first(run_dir, capsys):
+    """postgresql / mysql: a closed port is one line in seconds (the password never shown), a server
+    that listens but whose driver is missing is one line naming the driver; nothing created."""
+    import importlib.util
+
+    sweep, search = write_yaml(run_dir / "sweep.yaml", SWEEP), write_yaml(run_dir / "search.yaml", SEARCH)
+    closed = free_port()
+    cases = [(["sweep", str(sweep), "--dry-run", "--tracking-uri", f"mysql://u:secret@127.0.0.1:{closed}/db"], "sweep",
+              f"tracking_uri: no database server answers at 127.0.0.1:{closed}"),
+             (["search", str(search), "--storage", f"postgresql://u:secret@127.0.0.1:{closed}/db"], "search",
+              f"storage: no database server answers at 127.0.0.1:{closed}"),
+             (["search", str(search), "--tracking-uri", f"postgresql://u:secret@127.0.0.1:{closed}/db"], "search",
+              f"tracking_uri: no database server answers at 127.0.0.1:{closed}")]
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        if importlib.util.find_spec("psycopg2") is None:
+            cases.append((["search", str(search), "--storage", f"postgresql+psycopg2://u:secret@127.0.0.1:{port}/db"], "search",
+                          "storage: postgresql+psycopg2://u:***@127.0.0.1:" f"{port}/db needs the Python driver 'psycopg2'"))
+        for argv, command, expected in cases:
+            t0 = time.monotonic()
+            code = main(argv)
+            assert time.monotonic() - t0 < 10
+            assert "secret" not in assert_one_line(capsys, code, command, expected, run_dir)
 
 
 def test_yaml_syntax_error_is_one_line(tmp_path, capsys):

@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from .. import tracking
     from ..config import resolve_tracking_uri
     from ..sweep.driver import dry_run, execute
     from ..sweep.file import expand, load_sweep
@@ -21,6 +22,10 @@ def run(args) -> int:
     cfg = load_sweep(args.file)
     if args.tracking_uri:
         cfg.tracking_uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    # The final store, probed before the cells are checked (seconds) and before `execute` starts Ray
+    # alongside its creation: a refused store (a missing folder, Ray's per-job copy, a server that
+    # is down) is one line at once, and launches nothing.
+    tracking.client(cfg.tracking_uri, create=False)
     cells = expand(cfg)
     if args.dry_run:
         return dry_run(cfg, cells)

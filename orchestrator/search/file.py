@@ -10,15 +10,16 @@ trial configuration through the engine's `check_spec`.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from tasks.errors import UserError
 
-from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, available, check_evaluation, check_model,
-                      model_path, produces, read_mapping, resolve_evaluation, resolve_paths, validate)
+from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, check_evaluation, check_fit, check_model,
+                      model_path, read_mapping, resolve_evaluation, resolve_paths, validate)
 
 
 class Objective(Strict):
@@ -40,24 +41,30 @@ class Constraint(Strict):
         return self
 
 
+# `register` is also ABCMeta's method on every pydantic model class; as a field it is only read from
+# instances (cfg.register), so pydantic's shadowing warning is noise, and two lines of it on the stderr
+# of every `polyprune search` break its one-line messages.
+warnings.filterwarnings("ignore", message='Field name "register" in "SearchConfig" shadows', category=UserWarning)
+
+
 class SearchConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[\w][\w.\- ]*$")  # MLflow experiment and Optuna study name
     model: str
     method: str = "mwanda"
     sparsity: str  # unstructured fraction: searched schedules and profiles need one
     calibration: CalibrationConfig  # languages: the codes a mix is searched over (plain codes, no mixes)
-    seed: int = 0  # calibration sampling seed (the same for every trial: trials differ only by the space)
+    seed: StrictInt = 0  # calibration sampling seed (the same for every trial: trials differ only by the space)
     schedule: str = "uniform"  # used when the space does not search the schedule
     hp: dict[str, Any] = Field(default_factory=dict)  # fixed hyperparameters the space does not search
     evaluation: EvaluationConfig | None = None  # default: perplexity in every calibration language
     space: str  # a file of search_spaces/ by name, or a path
     objectives: list[Objective] = Field(min_length=1)
     constraints: list[Constraint] = Field(default_factory=list)
-    n_trials: int = Field(20, gt=0)  # the study's total; `--n-trials N` adds N more
-    parallel: int = Field(2, gt=0)  # trials in flight on Ray
+    n_trials: StrictInt = Field(20, gt=0)  # the study's total; `--n-trials N` adds N more
+    parallel: StrictInt = Field(2, gt=0)  # trials in flight on Ray (at most n_trials; fewer when the cluster is smaller)
     # enqueued first: true (uniform mix + the target language alone), false, or a list (search.baselines)
     baselines: bool | list[Any] = True
-    sampler_seed: int | None = None  # TPE's seed (reproducible proposals for a fixed completion order)
+    sampler_seed: StrictInt | None = None  # TPE's seed (reproducible proposals for a fixed completion order)
     storage: str | None = None  # default: sqlite:///optuna.db next to the search file
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # cpu_workers default: parallel
     tracking_uri: str | None = None  # default: sqlite:///mlflow.db next to the search file
@@ -151,7 +158,13 @@ def check(cfg: SearchConfig, space) -> None:
 
     from . import baselines
 
-    check_model(cfg.model, "model", {"calibration.seqlen": cfg.calibration.seqlen})
+    check_model(cfg.model, "model")
+    # More trials in flight than the study has is a typo (1000 for 10), never a plan: TPE would
+    # propose every trial before seeing one result. A cluster smaller than `parallel` is fine:
+    # trials wait for workers.
+    if cfg.parallel > cfg.n_trials:
+        raise UserError("parallel", f"{cfg.parallel} trials in flight is more than n_trials ({cfg.n_trials}, the study's "
+                                    f"total); give at most {cfg.n_trials}")
     try:
         source = get_source(cfg.calibration.data)
     except UserError as e:
@@ -218,7 +231,11 @@ def check(cfg: SearchConfig, space) -> None:
                          data=cfg.calibration.data, nsamples=cfg.calibration.nsamples, seqlen=cfg.calibration.seqlen,
                          seed=cfg.seed, schedule=schedule, hp={**fixed_hp(cfg, space, schedule), **hp})
 
-    baselines.check(cfg, baselines.resolve(cfg, target_language(cfg)), source, spec)
+    chosen = baselines.resolve(cfg, target_language(cfg))
+    baselines.check(cfg, chosen, source, spec)
+    # A searched mix may put all of nsamples on any one language: each alone is the worst case.
+    # Trials are measured on valid (what the sampler sees) and on test.
+    check_fit(cfg, [cfg.model], [*langs, *(b.calib for b in chosen if b.calib)], ev, ("valid", "test"))
 
 
 def searches_schedule(space) -> bool:
@@ -244,3 +261,32 @@ def fixed_hp(cfg: SearchConfig, space, schedule_kind: str) -> dict[str, Any]:
     if schedule_kind in SCHEDULES.names():
         keep |= set(hp_names(SCHEDULES.get(schedule_kind).Params))
     return {k: v for k, v in hp.items() if k in keep}
+
+
+# ---------------------------------------------------------------- metrics
+
+# Metrics every cell reports besides its evaluation (sweep.worker.CellRunner).
+ALWAYS = ("sparsity.actual", "time.prune_s", "time.eval_s", "time.cell_s", "time.calib_s", "time.load_s")
+
+
+def produces(ev: dict[str, Any], metric: str) -> bool:
+    """Does a cell with evaluation `ev` report `metric`?"""
+    if metric in ALWAYS:
+        return True
+    if ev["ppl"] and metric in {f"ppl.{l}" for l in ev["ppl"]["languages"]} | {"ppl.mean"}:
+        return True
+    if ev["lm_eval"] and metric.startswith("lmeval."):
+        # lmeval.<task>.<metric>[.<filter>]; task names may themselves hold dots rarely: match by prefix
+        rest = metric[len("lmeval."):]
+        return any(fnmatch.fnmatch(rest.split(".", 1)[0], t) or rest.startswith(t + ".") for t in ev["lm_eval"]["tasks"])
+    return False
+
+
+def available(ev: dict[str, Any]) -> list[str]:
+    """The metric names `produces` accepts, for messages."""
+    out = []
+    if ev["ppl"]:
+        out += [f"ppl.{l}" for l in ev["ppl"]["languages"]] + ["ppl.mean"]
+    if ev["lm_eval"]:
+        out += [f"lmeval.{t}.<metric>" for t in ev["lm_eval"]["tasks"]]
+    return out + list(ALWAYS)

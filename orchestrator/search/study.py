@@ -16,8 +16,7 @@ from typing import Any
 
 from tasks.errors import UserError
 
-from ..lease import creating
-from ..lease import check_durable
+from ..lease import DB_PORTS, check_database, check_durable, creating
 
 DEFAULTS = {
     "beat_s": 10.0,  # the driver's heartbeat on the study (user attr): shown to people; the lease decides
@@ -27,24 +26,19 @@ LOST, ATTEMPT, OVERRIDE, BASELINE = "polyprune.lost", "polyprune.attempt", "poly
 
 
 def check_storage(uri: str) -> None:
-    """Before anything is created: a storage Optuna can open (journal file or a SQLAlchemy URL
-    whose dialect is installed) in a folder that exists."""
-    if uri.startswith("journal:///"):
-        path = Path(uri[len("journal:///") - 1:])
-    else:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-        try:
-            make_url(uri).get_dialect()
-        except (ArgumentError, NoSuchModuleError, ImportError, ValueError):
-            raise UserError("storage", f"cannot use {uri!r}: give sqlite:///FILE, journal:///FILE or postgresql://... "
-                                       f"(with its driver installed)") from None
-        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-    if path is not None and not path.parent.is_dir():
-        raise UserError("storage", f"folder of {uri!r} does not exist")
-    if path is not None:
+    """Before anything is created: a storage Optuna can open, a journal or sqlite file in a folder
+    that exists and outlives a Ray job, or a database server that answers with its driver installed."""
+    if uri.startswith(("journal:///", "sqlite:///")):
+        path = Path(uri[len("journal:///") - 1:] if uri.startswith("journal:///") else uri[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise UserError("storage", f"folder of {uri!r} does not exist")
         check_durable(str(path), "storage")
+        return
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in DB_PORTS:
+        raise UserError("storage", f"cannot use {uri!r}: give sqlite:///FILE, journal:///FILE or postgresql://... "
+                                   f"(mysql://..., with its driver installed)")
+    check_database(uri, "storage")
 
 
 def open_study(cfg):

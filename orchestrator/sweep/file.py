@@ -18,8 +18,8 @@ from pydantic import Field, StrictInt, field_validator
 
 from tasks.errors import UserError
 
-from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, check_evaluation, check_model, model_path,
-                      read_mapping, resolve_evaluation, resolve_paths, run_options, validate)
+from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, check_evaluation, check_fit, check_model,
+                      model_path, read_mapping, resolve_evaluation, resolve_paths, run_options, validate)
 from .cells import Cell, baseline_cell, prune_cell
 
 
@@ -78,11 +78,8 @@ def expand(cfg: SweepConfig) -> list[Cell]:
     from tasks.api import PruneSpec, check_spec  # heavy (torch); only once a file has parsed
 
     ev = _evaluation(cfg)
-    seqlens = {"calibration.seqlen": cfg.calibration.seqlen}
-    if ev["ppl"]:
-        seqlens["evaluation.ppl.seqlen" if cfg.evaluation and cfg.evaluation.ppl.seqlen else "calibration.seqlen"] = ev["ppl"]["seqlen"]
     for i, m in enumerate(cfg.models):
-        check_model(m, f"models[{i}]", seqlens)
+        check_model(m, f"models[{i}]")
     check_evaluation(cfg, ev)
     checked: dict[str, Any] = {}  # check_spec does not depend on the model: once per spec
     cells: list[Cell] = []
@@ -115,42 +112,8 @@ def expand(cfg: SweepConfig) -> list[Cell]:
             raise UserError(b[k] if k else "FILE", f"gives the same cell as {a[k] if k else 'another entry'} "
                                                    f"after canonicalisation ({c.label()}); remove the duplicate")
         seen[c.cell_id] = c
-    check_text(cfg, cells)
+    check_fit(cfg, cfg.models, cfg.calibration.languages, ev, (ev["ppl"]["split"],) if ev["ppl"] else ())
     return cells
-
-
-def check_text(cfg: SweepConfig, cells: list[Cell]) -> None:
-    """Enough calibration text for every cell's nsamples x seqlen, as `prune` checks it, for local
-    models and local or built-in text (a hub corpus is streamed: checked by the cell itself)."""
-    from tasks.data.calibration import calibration_docs
-    from tasks.data.langs import parse_mix, split_counts
-    from tasks.data.sources import get_source
-
-    from ..config import HUB_SOURCES, model_positions
-
-    data = cfg.calibration.data
-    if data in HUB_SOURCES and data != "builtin":
-        return
-    need: dict[tuple, int] = {}  # (model, lang, seqlen) -> the most samples any cell draws
-    for c in cells:
-        k = c.key
-        if c.kind != "prune" or not os.path.isabs(c.model):
-            continue
-        seqlen = k["seqlen"] or min(2048, model_positions(c.model) or 2048)
-        for lang, n in split_counts(parse_mix(k["calib"]), k["nsamples"]).items():
-            need[(c.model, lang, seqlen)] = max(n, need.get((c.model, lang, seqlen), 0))
-    if not need:
-        return
-    from transformers import AutoTokenizer
-
-    source, tokenizers = get_source(data), {}
-    for (model, lang, seqlen), n in need.items():
-        if model not in tokenizers:
-            tokenizers[model] = AutoTokenizer.from_pretrained(model, trust_remote_code=cfg.trust_remote_code)
-        try:
-            calibration_docs(source, tokenizers[model], lang, n, seqlen)
-        except UserError as e:
-            raise UserError(f"calibration.{e.field}", e.message) from None
 
 
 def _is_zero(s: str) -> bool:
