@@ -24,13 +24,14 @@ class Starting:
     def __init__(self, address: str | None, resources, log: Callable[[str], None] = print):
         self.address, self.resources, self.log = address, resources, log
         self.owns_ray, self.pool, self.error, self.taken = False, None, None, False
+        self.said: list[str] = []  # the pool's lines, shown once taken: a refused driver says one line only
         self.ready, self.over = threading.Event(), threading.Event()
         threading.Thread(target=self._start, name="polyprune-ray-start", daemon=True).start()
 
     def _start(self) -> None:
         try:
             self.owns_ray = connect(self.address)
-            self.pool = WorkerPool(self.resources, self.log)
+            self.pool = WorkerPool(self.resources, self.said.append)
         except BaseException as e:  # re-raised in the driver's thread by wait()
             self.error = e
         finally:
@@ -45,6 +46,10 @@ class Starting:
         if self.error is not None:
             raise self.error
         return self.owns_ray
+
+    def show(self) -> None:
+        for line in self.said:
+            self.log(line)
 
     def end(self) -> None:
         self.over.set()
@@ -72,14 +77,16 @@ def driving(address: str | None, needed: bool = True, started: Starting | None =
     if started is not None:
         started.taken, needed = True, True
     owns_ray = started.wait() if started is not None else needed and connect(address)
-    if needed:
-        from ..lease import claim_ray
-
-        claim_ray()  # the cluster layer of this driver's lease (orchestrator.lease)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, interrupt)
     try:
+        if needed:
+            from ..lease import claim_ray
+
+            claim_ray()  # the cluster layer of this driver's lease (orchestrator.lease); refused: Ray is shut below
+        if started is not None:
+            started.show()
         yield
     finally:
         if previous is not None:
