@@ -203,6 +203,50 @@ def test_register_the_best_trial_then_again_after_more_trials(ray_local, run_dir
     assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["test.ppl.sw"], rel=1e-6)  # eval: test split
 
 
+def test_a_search_file_registers_its_best_trial_on_valid_when_it_ends(ray_local, run_dir, capsys):
+    import optuna
+
+    path = write_yaml(run_dir / "search.yaml", SEARCH, name="r", n_trials=1, parallel=1, baselines=False, register="r-best")
+    cl = client(f"sqlite:///{run_dir / 'mlflow.db'}")
+
+    def registered_after(args) -> tuple[str, object]:
+        capsys.readouterr()
+        assert main(["search", str(path), *args]) == 0
+        said = [line for line in capsys.readouterr().out.splitlines() if "r-best" in line]
+        assert len(said) == 1, said
+        return said[0], cl.get_model_version_by_alias("r-best", "best")
+
+    said, v1 = registered_after([])
+    [only] = logged_models(cl, "r")
+    assert str(v1.version) == "1" and version_model_id(v1) == only.model_id
+    assert said.startswith("registered r-best version 1, alias best moved to it")
+    run = cl.get_run(only.source_run_id)
+    valid, test = run.data.metrics["ppl.sw"], run.data.metrics["test.ppl.sw"]
+    assert valid != test  # a search trial evaluates valid (told) and test (quoted) on different text
+    for part in ("search 'r'", "ppl.sw on valid", f"= {valid:.6g}", f"test {test:.6g}", only.model_id):
+        assert part in v1.description, (part, v1.description)
+
+    said, now = registered_after(["--n-trials", "1"])
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    best_run = study.best_trial.user_attrs["mlflow_run_id"]  # chosen on valid, the study's own value
+    assert cl.get_run(best_run).data.metrics["ppl.sw"] == min(t.value for t in study.trials)
+    versions = cl.search_model_versions("name = 'r-best'")
+    if best_run == run.info.run_id:  # the first trial still best: nothing new, the alias stays
+        assert len(versions) == 1 and str(now.version) == "1" and "nothing registered" in said
+    else:
+        assert len(versions) == 2 and str(now.version) == "2" and "version 2, alias best moved" in said
+    assert cl.get_logged_model(version_model_id(now)).source_run_id == best_run
+
+
+def test_a_bad_register_name_in_a_search_file_is_one_line_exit_2_nothing_created(run_dir, capsys):
+    path = write_yaml(run_dir / "search.yaml", SEARCH, register="a/b")
+    capsys.readouterr()
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "register: 'a/b'" in err, err
+    assert not (run_dir / "mlflow.db").exists() and not (run_dir / "optuna.db").exists()
+
+
 def test_register_input_errors(swept, capsys):
     _, path, _ = swept
     for args, expected in ((["--metric", "ppl.zz", "--as", "x"], "metric: no READY model of 'm' has metric 'ppl.zz'"),
