@@ -113,6 +113,29 @@ def test_eval_by_model_uri_and_runs_masks_uri_give_the_cells_own_perplexity(swep
             assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["ppl.sw"], rel=1e-6)  # a sweep evaluates test
 
 
+def test_a_model_saved_with_its_weights_evaluates_from_them_not_from_base_and_masks(ray_local, run_dir, text_dir, capsys):
+    from orchestrator.models import resolve_model
+
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP, name="w", save_model=True, resources={"cpu_workers": 1},
+                      calibration={"languages": ["sw"], "data": "./text", "nsamples": 4, "seqlen": 32})
+    assert main(["sweep", str(path)]) == 0
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    cl = client(uri)
+    [m] = [m for m in logged_models(cl, "w") if m.model_type != "polyprune-dense"]
+    assert m.model_type == "polyprune-weights" and str(m.status) == "READY"
+    assert {"model/config.json", "masks.safetensors"} <= set(model_files(cl, m))
+    # the base model is gone: only the saved weights can give the cell's perplexity now
+    assert m.tags["polyprune.base_model"] == str(run_dir / "tiny")
+    (run_dir / "tiny").unlink()
+    loaded, masks = resolve_model(cl, f"models:/{m.model_id}", run_dir / "got")
+    assert masks is None and Path(loaded).is_relative_to(run_dir / "got") and (Path(loaded) / "config.json").is_file()
+    out = eval_json(capsys, "--model", f"models:/{m.model_id}", "--ppl", "en,sw", "--data", str(text_dir),
+                    "--nsamples", "4", "--seqlen", "32", "--tracking-uri", uri)
+    run = cl.get_run(m.source_run_id)
+    for lang in ("en", "sw"):
+        assert out["metrics"][f"ppl.{lang}"] == pytest.approx(run.data.metrics[f"ppl.{lang}"], rel=1e-6)
+
+
 @pytest.mark.parametrize("model,masks,expected", [
     ("models:/m-0123456789abcdef0123456789abcdef", None, "model: 'models:/m-0123456789abcdef0123456789abcdef' does not resolve"),
     ("models:/nobody@best", None, "model: 'models:/nobody@best' does not resolve"),
