@@ -53,7 +53,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "mlflow-ui.png"))
     ap.add_argument("--models-out", default=str(ROOT / "docs" / "mlflow-models.png"))
-    ap.add_argument("--models-window", default="3000,620", help="Chromium window size W,H of the Models tab (its grid "
+    ap.add_argument("--models-window", default="3400,560", help="Chromium window size W,H of the Models tab (its grid "
                     "draws only the columns in view: wide enough for every ppl column)")
     ap.add_argument("--keep", default=None, help="run the sweep in DIR and keep it (default: a temporary folder)")
     ap.add_argument("--port", type=int, default=5055)
