@@ -157,9 +157,19 @@ def stop_and_check_nothing_survives(proc: subprocess.Popen) -> None:
 def ui(record):
     proc, url = start(["ui", str(record / "sweep.yaml"), "--port", str(free_port())])
     yield proc, url
+    end(proc)
+
+
+def end(proc: subprocess.Popen) -> None:
+    """Stop a `polyprune ui` / `dashboard` a failed test left running: SIGTERM, so it stops its
+    server's process group too (a SIGKILL would orphan the server)."""
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def dom_text(url: str, profile: Path, width: int = 2200) -> str:
@@ -241,9 +251,7 @@ def test_dashboard_serves_the_study_then_stops_on_sigterm(record):
         assert sum(t["state"].lower() == "complete" for t in body["trials"]) == 2
         stop_and_check_nothing_survives(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end(proc)
 
 
 def test_dashboard_bad_input_is_one_line_exit_2(record, tmp_path, capsys):
