@@ -1,10 +1,12 @@
-"""Screenshot of the MLflow UI on a small demo sweep's runs, as README shows it (docs/mlflow-ui.png).
+"""Screenshots of the MLflow UI on a small demo sweep, as README shows them: its runs
+(docs/mlflow-ui.png) and its Models tab, one row per pruned model (docs/mlflow-models.png).
 
-    python docs/mlflow_ui_screenshot.py [--out docs/mlflow-ui.png] [--keep DIR]
+    python docs/mlflow_ui_screenshot.py [--out docs/mlflow-ui.png] [--models-out docs/mlflow-models.png] [--keep DIR]
 
 Runs a 5-cell copy of sweeps/tiny_local.yaml (the `demo` model; wanda and mwanda at 60%,
 calibrated in en and en=0.5,sw=0.5) into a fresh folder, starts `polyprune ui` on it, and
-photographs the URL it prints with headless Chromium (Debian: apt-get install chromium). The
+photographs the URL it prints, and the same server's Models tab (`polyprune ui --view models`
+prints that one), with headless Chromium (Debian: apt-get install chromium). The
 first run trains and caches the demo model (minutes); set POLYPRUNE_DEMO_STEPS for a shortened
 one. Nothing is left running: the UI is stopped with SIGTERM, which stops its server too.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +27,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from orchestrator.cli.ui import models_url  # noqa: E402  (the script runs from docs/)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--run-all-compositor-stages-before-draw"]
@@ -47,6 +52,9 @@ def polyprune(*args: str, **kw):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "mlflow-ui.png"))
+    ap.add_argument("--models-out", default=str(ROOT / "docs" / "mlflow-models.png"))
+    ap.add_argument("--models-window", default="3400,560", help="Chromium window size W,H of the Models tab (its grid "
+                    "draws only the columns in view: wide enough for every ppl column)")
     ap.add_argument("--keep", default=None, help="run the sweep in DIR and keep it (default: a temporary folder)")
     ap.add_argument("--port", type=int, default=5055)
     ap.add_argument("--window", default="2000,760", help="Chromium window size W,H")
@@ -64,12 +72,15 @@ def main() -> int:
         url = next((line.strip() for line in ui.stdout if line.startswith("http://")), None)
         if url is None:
             sys.exit("polyprune ui printed no URL")
-        with tempfile.TemporaryDirectory(prefix="polyprune-chromium-") as profile:
-            # The UI is a JS app: give it virtual time to fetch the runs and draw the table.
-            subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={args.window}",
-                            "--virtual-time-budget=30000", f"--screenshot={os.path.abspath(args.out)}", url],
-                           check=True, capture_output=True, timeout=600)
-        print(f"{args.out}  ({url})")
+        base, exp = re.match(r"(http://[^/]+)/#/experiments/(\d+)/", url).groups()
+        shots = [(args.out, url, args.window), (args.models_out, models_url(base, exp), args.models_window)]
+        for out, page, window in shots:
+            with tempfile.TemporaryDirectory(prefix="polyprune-chromium-") as profile:
+                # The UI is a JS app: give it virtual time to fetch the runs and draw the table.
+                subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={window}",
+                                "--virtual-time-budget=30000", f"--screenshot={os.path.abspath(out)}", page],
+                               check=True, capture_output=True, timeout=600)
+            print(f"{out}  ({page})")
     finally:
         ui.send_signal(signal.SIGTERM)
         ui.wait(timeout=120)

@@ -152,6 +152,37 @@ def end_model(cl, model_id: str | None, error: str) -> None:
         pass
 
 
+# ---------------------------------------------------------------- the registry
+
+ALIAS = "best"  # the alias `register` (the command and a search's `register:`) moves to the winner
+
+
+def check_registered_name(name: str, field: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", name):
+        raise UserError(field, f"{name!r}: a registered model name of letters, digits, - and _")
+
+
+def register(cl, name: str, model, description: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """`model` (a LoggedModel) as a new version of registered model `name` with alias `best`:
+    (version, True). When `name@best` names that model already, nothing is registered:
+    (its version, False), so registering the same winner twice leaves one version."""
+    try:
+        current = cl.get_model_version_by_alias(name, ALIAS)
+    except Exception:  # no such registered model or alias yet
+        current = None
+    if current is not None and version_model_id(current) == model.model_id:
+        return str(current.version), False
+    try:
+        cl.get_registered_model(name)
+    except Exception:
+        cl.create_registered_model(name, description="pruned models chosen by polyprune register")
+    version = cl.create_model_version(name, source=model.artifact_location, run_id=model.source_run_id,
+                                      model_id=model.model_id, description=description,
+                                      tags={MODEL_ID: model.model_id, **tags})
+    cl.set_registered_model_alias(name, ALIAS, version.version)
+    return str(version.version), True
+
+
 # ---------------------------------------------------------------- URIs
 
 def logged_model(cl, uri: str, field: str):

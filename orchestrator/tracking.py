@@ -184,12 +184,17 @@ def log_tags(cl, run_id: str, tags: dict[str, str]) -> None:
         cl.log_batch(run_id, tags=items[i:i + 100])
 
 
-def log_metrics(cl, run_id: str, metrics: dict[str, float], model_id: str | None = None) -> None:
-    """On the run and, with `model_id`, the same numbers linked to that logged model."""
+def log_metrics(cl, run_id: str, metrics: dict[str, float], model_id: str | None = None,
+                evaluation: dict | None = None) -> None:
+    """On the run and, with `model_id`, the same numbers linked to that logged model; `ppl.*` also
+    to the `evaluation` dataset they were measured on ({name, digest}): the Models tab groups
+    metric columns by dataset and shows those groups first (`test.ppl.*` of a trial is other text)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items() if v is not None]
+    on = {"dataset_name": evaluation["name"][:500], "dataset_digest": evaluation["digest"]} if evaluation else {}
+    items = [Metric(k, float(v), now, 0, model_id=model_id, **(on if k.startswith("ppl.") else {}))
+             for k, v in metrics.items() if v is not None]
     for i in range(0, len(items), 1000):
         cl.log_batch(run_id, metrics=items[i:i + 1000])
 
@@ -210,7 +215,7 @@ def finish_cell(cl, run_id: str, out: dict[str, Any]) -> str | None:
             log_metrics(cl, run_id, out["metrics"])
             fail_cell(cl, run_id, problem)
             return problem
-    log_metrics(cl, run_id, out["metrics"], model_id)
+    log_metrics(cl, run_id, out["metrics"], model_id, (out.get("datasets") or {}).get("evaluation"))
     log_artifacts(cl, run_id, out.get("artifacts", {}))
     log_datasets(cl, run_id, out.get("datasets", {}))
     if model_id:

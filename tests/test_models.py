@@ -113,6 +113,29 @@ def test_eval_by_model_uri_and_runs_masks_uri_give_the_cells_own_perplexity(swep
             assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["ppl.sw"], rel=1e-6)  # a sweep evaluates test
 
 
+def test_a_model_saved_with_its_weights_evaluates_from_them_not_from_base_and_masks(ray_local, run_dir, text_dir, capsys):
+    from orchestrator.models import resolve_model
+
+    path = write_yaml(run_dir / "sweep.yaml", SWEEP, name="w", save_model=True, resources={"cpu_workers": 1},
+                      calibration={"languages": ["sw"], "data": "./text", "nsamples": 4, "seqlen": 32})
+    assert main(["sweep", str(path)]) == 0
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    cl = client(uri)
+    [m] = [m for m in logged_models(cl, "w") if m.model_type != "polyprune-dense"]
+    assert m.model_type == "polyprune-weights" and str(m.status) == "READY"
+    assert {"model/config.json", "masks.safetensors"} <= set(model_files(cl, m))
+    # the base model is gone: only the saved weights can give the cell's perplexity now
+    assert m.tags["polyprune.base_model"] == str(run_dir / "tiny")
+    (run_dir / "tiny").unlink()
+    loaded, masks = resolve_model(cl, f"models:/{m.model_id}", run_dir / "got")
+    assert masks is None and Path(loaded).is_relative_to(run_dir / "got") and (Path(loaded) / "config.json").is_file()
+    out = eval_json(capsys, "--model", f"models:/{m.model_id}", "--ppl", "en,sw", "--data", str(text_dir),
+                    "--nsamples", "4", "--seqlen", "32", "--tracking-uri", uri)
+    run = cl.get_run(m.source_run_id)
+    for lang in ("en", "sw"):
+        assert out["metrics"][f"ppl.{lang}"] == pytest.approx(run.data.metrics[f"ppl.{lang}"], rel=1e-6)
+
+
 @pytest.mark.parametrize("model,masks,expected", [
     ("models:/m-0123456789abcdef0123456789abcdef", None, "model: 'models:/m-0123456789abcdef0123456789abcdef' does not resolve"),
     ("models:/nobody@best", None, "model: 'models:/nobody@best' does not resolve"),
@@ -201,6 +224,50 @@ def test_register_the_best_trial_then_again_after_more_trials(ray_local, run_dir
     out = eval_json(capsys, "--model", "models:/sw-winner@best", "--ppl", "sw", "--data", str(text_dir),
                     "--nsamples", "4", "--seqlen", "32", "--tracking-uri", uri)
     assert out["metrics"]["ppl.sw"] == pytest.approx(run.data.metrics["test.ppl.sw"], rel=1e-6)  # eval: test split
+
+
+def test_a_search_file_registers_its_best_trial_on_valid_when_it_ends(ray_local, run_dir, capsys):
+    import optuna
+
+    path = write_yaml(run_dir / "search.yaml", SEARCH, name="r", n_trials=1, parallel=1, baselines=False, register="r-best")
+    cl = client(f"sqlite:///{run_dir / 'mlflow.db'}")
+
+    def registered_after(args) -> tuple[str, object]:
+        capsys.readouterr()
+        assert main(["search", str(path), *args]) == 0
+        said = [line for line in capsys.readouterr().out.splitlines() if "r-best" in line]
+        assert len(said) == 1, said
+        return said[0], cl.get_model_version_by_alias("r-best", "best")
+
+    said, v1 = registered_after([])
+    [only] = logged_models(cl, "r")
+    assert str(v1.version) == "1" and version_model_id(v1) == only.model_id
+    assert said.startswith("registered r-best version 1, alias best moved to it")
+    run = cl.get_run(only.source_run_id)
+    valid, test = run.data.metrics["ppl.sw"], run.data.metrics["test.ppl.sw"]
+    assert valid != test  # a search trial evaluates valid (told) and test (quoted) on different text
+    for part in ("search 'r'", "ppl.sw on valid", f"= {valid:.6g}", f"test {test:.6g}", only.model_id):
+        assert part in v1.description, (part, v1.description)
+
+    said, now = registered_after(["--n-trials", "1"])
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    best_run = study.best_trial.user_attrs["mlflow_run_id"]  # chosen on valid, the study's own value
+    assert cl.get_run(best_run).data.metrics["ppl.sw"] == min(t.value for t in study.trials)
+    versions = cl.search_model_versions("name = 'r-best'")
+    if best_run == run.info.run_id:  # the first trial still best: nothing new, the alias stays
+        assert len(versions) == 1 and str(now.version) == "1" and "nothing registered" in said
+    else:
+        assert len(versions) == 2 and str(now.version) == "2" and "version 2, alias best moved" in said
+    assert cl.get_logged_model(version_model_id(now)).source_run_id == best_run
+
+
+def test_a_bad_register_name_in_a_search_file_is_one_line_exit_2_nothing_created(run_dir, capsys):
+    path = write_yaml(run_dir / "search.yaml", SEARCH, register="a/b")
+    capsys.readouterr()
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "register: 'a/b'" in err, err
+    assert not (run_dir / "mlflow.db").exists() and not (run_dir / "optuna.db").exists()
 
 
 def test_register_input_errors(swept, capsys):

@@ -157,21 +157,36 @@ def stop_and_check_nothing_survives(proc: subprocess.Popen) -> None:
 def ui(record):
     proc, url = start(["ui", str(record / "sweep.yaml"), "--port", str(free_port())])
     yield proc, url
+    end(proc)
+
+
+def end(proc: subprocess.Popen) -> None:
+    """Stop a `polyprune ui` / `dashboard` a failed test left running: SIGTERM, so it stops its
+    server's process group too (a SIGKILL would orphan the server)."""
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def dom_text(url: str, profile: Path, width: int = 2200) -> str:
+    """What headless Chromium shows at `url` once the JS app had virtual time to fetch and draw."""
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={profile}", f"--window-size={width},900",
+                          "--virtual-time-budget=30000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=300).stdout
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium)")
 def test_ui_url_renders_the_runs_table_in_chromium(ui, record, tmp_path):
     _, url = ui
     assert re.search(r"/#/experiments/\d+/runs\?.*workflowType=machine_learning", url), url
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--window-size=2200,900",
-                          "--virtual-time-budget=30000", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=300).stdout
-    text = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S))
+    text = dom_text(url, tmp_path / "profile")
     for r in child_runs(record / "mlflow.db", "tiny-local"):
         assert r.info.run_name in text, r.info.run_name  # child runs listed, not folded under their parent
     assert "Run Name" in text and "ppl.mean" in text and "ppl.en" in text
@@ -184,6 +199,28 @@ def test_ui_stops_with_its_server_on_sigterm(ui):
     stop_and_check_nothing_survives(ui[0])
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium)")
+def test_ui_models_view_lists_every_logged_model_with_its_ppl_columns(record, tmp_path):
+    from mlflow import MlflowClient
+
+    proc, url = start(["ui", str(record / "sweep.yaml"), "--view", "models", "--port", str(free_port())])
+    try:
+        assert re.search(r"/#/experiments/\d+/models\?workflowType=machine_learning$", url), url
+        # the grid draws only the columns in view: wide enough for the dataset's three ppl columns
+        text = dom_text(url, tmp_path / "profile", width=2800)
+        cl = MlflowClient(f"sqlite:///{record / 'mlflow.db'}")
+        got = cl.search_logged_models([cl.get_experiment_by_name("tiny-local").experiment_id], max_results=100)
+        assert len(got) == 5
+        for m in got:
+            assert m.name in text, (m.name, text[:3000])
+        assert "ppl.mean" in text and "ppl.en" in text and "ppl.sw" in text, text[:3000]
+        assert "Dataset: builtin test en,sw" in text  # the ppl columns' group: the text they were measured on
+        ppl_en = min({x.key: x.value for x in m.metrics}["ppl.en"] for m in got)
+        assert f"{ppl_en:.3f}"[:5] in text, (ppl_en, text[:3000])  # a value, not only a column header
+    finally:
+        stop_and_check_nothing_survives(proc)
+
+
 def test_ui_on_a_taken_port_is_one_line_and_nonzero(record, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -192,6 +229,12 @@ def test_ui_on_a_taken_port_is_one_line_and_nonzero(record, capsys):
         assert main(["ui", str(record / "sweep.yaml"), "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("polyprune ui: port:") and str(port) in err[0], err
+
+
+def test_ui_unknown_view_is_one_line_exit_2(record, capsys):
+    assert main(["ui", str(record / "sweep.yaml"), "--view", "tree", "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("polyprune ui: view: allowed: runs, models"), err
 
 
 def test_dashboard_serves_the_study_then_stops_on_sigterm(record):
@@ -208,9 +251,7 @@ def test_dashboard_serves_the_study_then_stops_on_sigterm(record):
         assert sum(t["state"].lower() == "complete" for t in body["trials"]) == 2
         stop_and_check_nothing_survives(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end(proc)
 
 
 def test_dashboard_bad_input_is_one_line_exit_2(record, tmp_path, capsys):

@@ -10,11 +10,11 @@ it changes nothing. `models:/MODEL_NAME@best` then names the winner (`polyprune 
 from __future__ import annotations
 
 import argparse
-import re
 
 from tasks.errors import UserError
 
-ALIAS = "best"
+from ..models import ALIAS
+
 LOWER = ("ppl.", "loss", "bits_per_byte", "perplexity", "time.", "memory.")
 SPLITS = ("test", "valid")
 
@@ -68,8 +68,7 @@ def run(args) -> int:
 
     if args.split not in SPLITS:
         raise UserError("split", f"allowed: {', '.join(SPLITS)}; got {args.split!r}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", args.as_name):
-        raise UserError("as", f"{args.as_name!r}: a registered model name of letters, digits, - and _")
+    models.check_registered_name(args.as_name, "as")
     name, uri = experiment_of(args.name, args.tracking_uri)
     cl, exp = tracking.open_experiment(name, uri)
     scored = []
@@ -85,24 +84,14 @@ def run(args) -> int:
     low = lower_is_better(args.metric)
     # ties: the earliest model, so a rerun that adds an equal model does not move the alias
     value, _, key, best = min(scored, key=lambda t: (t[0] if low else -t[0], t[1]))
-    try:
-        current = cl.get_model_version_by_alias(args.as_name, ALIAS)
-    except Exception:  # no such registered model or alias yet
-        current = None
-    if current is not None and models.version_model_id(current) == best.model_id:
-        print(f"{args.as_name}@{ALIAS} is version {current.version} already: {best.name} ({key} = {value:.6g}); nothing registered")
-        return 0
-    try:
-        cl.get_registered_model(args.as_name)
-    except Exception:
-        cl.create_registered_model(args.as_name, description=f"pruned models chosen by polyprune register from {name!r}")
     kind = "search" if "polyprune.trial" in best.tags else "sweep"
     text = (f"best of {kind} {name!r} by {key} ({'lowest' if low else 'highest'}) = {value:.6g}: "
             f"{best.name} ({best.model_id}, run {best.source_run_id})")
-    version = cl.create_model_version(args.as_name, source=best.artifact_location, run_id=best.source_run_id,
-                                      model_id=best.model_id, description=text,
-                                      tags={models.MODEL_ID: best.model_id, "polyprune.metric": key, "polyprune.value": f"{value:.10g}", "polyprune.sweep": name})
-    cl.set_registered_model_alias(args.as_name, ALIAS, version.version)
-    print(f"registered {args.as_name} version {version.version} (alias {ALIAS}): {text}")
+    version, moved = models.register(cl, args.as_name, best, text, {"polyprune.metric": key, "polyprune.value": f"{value:.10g}",
+                                                                     "polyprune.sweep": name})
+    if not moved:
+        print(f"{args.as_name}@{ALIAS} is version {version} already: {best.name} ({key} = {value:.6g}); nothing registered")
+        return 0
+    print(f"registered {args.as_name} version {version} (alias {ALIAS}): {text}")
     print(f"use: polyprune eval --model models:/{args.as_name}@{ALIAS} --tracking-uri '{uri}' ...")
     return 0

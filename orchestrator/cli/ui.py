@@ -4,8 +4,8 @@ The store is --tracking-uri, else the file's (when FILE is a sweep or search fil
 else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder. Artifacts of a
 sqlite store live where the sweep put them (file:// paths beside the database), so
 the UI reads them straight from disk. Once the server answers, the URL of the
-experiment's runs table (model-training view) is printed on stdout; `--open`
-opens it in a browser.
+experiment's runs table (model-training view), or with `--view models` of its Models
+tab (one row per pruned model), is printed on stdout; `--open` opens it in a browser.
 
 The server is this command's child: SIGINT / SIGTERM stop it and everything it
 started (`serve`), so nothing outlives the command.
@@ -35,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow store (sqlite:///..., postgresql://...)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the UI to the network)")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--open", action="store_true", help="open the runs view in a browser once the server answers")
+    p.add_argument("--view", default="runs", help="which page of the experiment: runs (the runs table, default) or "
+                   "models (its Models tab: one row per pruned model, its metrics as columns)")
+    p.add_argument("--open", action="store_true", help="open that page in a browser once the server answers")
 
 
 def command(uri: str, host: str, port: int) -> list[str]:
@@ -168,6 +170,8 @@ def run(args) -> int:
 
     from ..config import default_tracking_uri
 
+    if args.view not in VIEWS:
+        raise UserError("view", f"allowed: {', '.join(VIEWS)}; got {args.view!r}")
     found = file_target(args.target) if args.target else None
     name = found["name"] if found else args.target
     uri = default_tracking_uri(args.tracking_uri) if args.tracking_uri or not found else found["tracking_uri"]
@@ -184,11 +188,15 @@ def run(args) -> int:
                                      order_by=["creation_time DESC"], max_results=1)
         exp = made[0].experiment_id if made else None
     base = f"http://{browse_host(args.host)}:{args.port}"
-    url = runs_url(base, exp, runs_view(cl, exp)) if exp is not None else base + "/"
+    if exp is None:
+        url = base + "/"
+    else:
+        url = models_url(base, exp) if args.view == "models" else runs_url(base, exp, runs_view(cl, exp))
     sys.stderr.write(f"starting the MLflow UI for {uri} on {args.host}:{args.port} ...\n")
     return serve(cmd, f"{base}/health", "MLflow UI", lambda: url, args.open)
 
 
+VIEWS = ("runs", "models")
 VIEW = "polyprune"  # the share key of the runs view `runs_view` stores in the experiment
 VIEW_PARAMS = ("model_name", "method", "sparsity", "calib", "seed")
 
@@ -216,3 +224,9 @@ def runs_url(base: str, exp_id: str, view: str | None = None) -> str:
     """The MLflow UI's runs table of an experiment in model-training mode (MLflow 3.17 routes)."""
     shared = f"viewStateShareKey={view}&" if view else ""
     return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?{shared}workflowType=machine_learning"
+
+
+def models_url(base: str, exp_id: str) -> str:
+    """The experiment's Models tab in model-training mode: its logged models, one row each, the
+    metrics measured on the evaluation data first (MLflow 3.17 route)."""
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}/models?workflowType=machine_learning"

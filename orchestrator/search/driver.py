@@ -26,7 +26,7 @@ from typing import Any
 
 from tasks.errors import UserError
 
-from .. import tracking
+from .. import models, tracking
 from ..lease import hold
 from ..sweep.record import log, retry_tags
 from ..sweep.scheduler import run_cells
@@ -55,6 +55,8 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
     else:
         cfg, space = load_search(config)
         source = Path(config).read_bytes()
+    if cfg.register:
+        models.check_registered_name(cfg.register, "register")
     if n_trials is not None and n_trials <= 0:
         raise UserError("n-trials", f"must be a positive integer, got {n_trials}")
     if storage:
@@ -134,6 +136,9 @@ class Search:
         finally:
             self.study.set_user_attr(DRIVER, "")
         summary["tracking_uri"] = cfg.tracking_uri
+        if status == "FINISHED" and cfg.register:  # a normal end only: an interrupted study's best is not its best
+            summary["registered"] = self.rec.register(cfg.register, summary, cfg.objectives[0])
+            print(summary["registered"], flush=True)
         return summary
 
     def resources(self):

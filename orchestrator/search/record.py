@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .. import tracking
+from .. import models, tracking
 from ..sweep.record import attach_model
 
 TRIAL, STUDY, BASELINE = "polyprune.trial", "polyprune.study", "polyprune.baseline"
@@ -62,6 +62,29 @@ class SearchRecord:
         tracking.log_tags(self.cl, self.parent, {"polyprune.best_trials": ",".join(str(b["number"]) for b in summary["best"])})
         self.cl.set_terminated(self.parent, status)
 
+    def register(self, as_name: str, summary: dict[str, Any], objective) -> str:
+        """The search's best trial's logged model as a version of `as_name` (alias `best`; as
+        `polyprune register` does); the line that says what happened. Best = chosen on valid by
+        the first objective (among the Pareto trials with several): choosing on test would tune
+        on it. The description quotes the valid value and, beside it, the test value."""
+        metric, sign = objective.metric, 1 if objective.direction == "minimize" else -1
+        done = [t for t in summary["best"] if t.get("values") and t.get("mlflow_run_id")]
+        if not done:
+            return f"register {as_name}: no complete trial in study {self.name!r}; nothing registered"
+        t = min(done, key=lambda t: (sign * t["values"][0], t["number"]))
+        model = self.cl.get_logged_model(self.cl.get_run(t["mlflow_run_id"]).data.tags[models.MODEL_ID])
+        valid, test = t["values"][0], (t.get("test") or {}).get(f"test.{metric}")
+        quoted = f"test {test:.6g}" if test is not None else "test not measured"
+        text = (f"best of search {self.name!r} by {metric} on valid ({objective.direction}) = {valid:.6g} ({quoted}): "
+                f"trial {t['number']}, {model.name} ({model.model_id}, run {t['mlflow_run_id']})")
+        tags = {"polyprune.metric": metric, "polyprune.split": "valid", "polyprune.value": f"{valid:.10g}",
+                "polyprune.sweep": self.name, TRIAL: str(t["number"])}
+        if test is not None:
+            tags["polyprune.test_value"] = f"{test:.10g}"
+        version, moved = models.register(self.cl, as_name, model, text, tags)
+        if not moved:
+            return f"{as_name}@{models.ALIAS} is version {version} already: trial {t['number']}, {model.name}; nothing registered"
+        return f"registered {as_name} version {version}, alias {models.ALIAS} moved to it: {text}"
 
     def held_out(self, run_id: str) -> dict[str, float]:
         """A trial's test.* metrics: in MLflow only, so the study (and its sampler) never holds them."""
