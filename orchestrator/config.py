@@ -10,7 +10,6 @@ check both kinds of file need goes here, once.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import typing
 from pathlib import Path

@@ -55,8 +55,8 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
     else:
         cfg, space = load_search(config)
         source = Path(config).read_bytes()
-    if cfg.register:
-        models.check_registered_name(cfg.register, "register")
+    if cfg.register_as:
+        models.check_registered_name(cfg.register_as, "register")
     if n_trials is not None and n_trials <= 0:
         raise UserError("n-trials", f"must be a positive integer, got {n_trials}")
     if storage:
@@ -136,8 +136,8 @@ class Search:
         finally:
             self.study.set_user_attr(DRIVER, "")
         summary["tracking_uri"] = cfg.tracking_uri
-        if status == "FINISHED" and cfg.register:  # a normal end only: an interrupted study's best is not its best
-            summary["registered"] = self.rec.register(cfg.register, summary, cfg.objectives[0])
+        if status == "FINISHED" and cfg.register_as:  # a normal end only: an interrupted study's best is not its best
+            summary["registered"] = self.rec.register(cfg.register_as, summary, cfg.objectives[0])
             print(summary["registered"], flush=True)
         return summary
 

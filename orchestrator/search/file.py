@@ -9,8 +9,8 @@ trial configuration through the engine's `check_spec`.
 
 from __future__ import annotations
 
+import fnmatch
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,12 +41,6 @@ class Constraint(Strict):
         return self
 
 
-# `register` is also ABCMeta's method on every pydantic model class; as a field it is only read from
-# instances (cfg.register), so pydantic's shadowing warning is noise, and two lines of it on the stderr
-# of every `polyprune search` break its one-line messages.
-warnings.filterwarnings("ignore", message='Field name "register" in "SearchConfig" shadows', category=UserWarning)
-
-
 class SearchConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[\w][\w.\- ]*$")  # MLflow experiment and Optuna study name
     model: str
@@ -72,7 +66,8 @@ class SearchConfig(Strict):
     dtype: str = "auto"
     trust_remote_code: bool = False
     # registered model the best trial goes to when the search ends (as `polyprune register` picks it)
-    register: str | None = Field(None, min_length=1)
+    # (the key `register`: pydantic models already have a `register` attribute, ABCMeta's)
+    register_as: str | None = Field(None, alias="register", min_length=1)
 
     @field_validator("baselines", mode="before")
     @classmethod
