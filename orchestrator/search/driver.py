@@ -30,7 +30,7 @@ from .. import models, tracking
 from ..lease import hold
 from ..sweep.record import log, retry_tags
 from ..sweep.scheduler import run_cells
-from ..sweep.session import driving
+from ..sweep.session import Starting, driving
 from .record import SearchRecord, finite
 from . import baselines
 from .study import (BASELINE, BASELINES_DONE, BEAT, DEFAULTS, DRIVER, OVERRIDE, check_storage, counted, lose, open_study,
@@ -65,13 +65,29 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
         cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     tracking.client(cfg.tracking_uri, create=False)  # a missing sqlite folder is a UserError before anything exists
     check_storage(cfg.storage)
-    cl = tracking.client(cfg.tracking_uri, create=True)
-    exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)
-    with hold("search", cfg.name, cl, exp, tracking.sqlite_path(cfg.tracking_uri)):  # one driver per study
-        study, store = open_study(cfg)
-        search = Search(cfg, space, trial_evaluation(cfg), study, store, source)
-        search.file = "" if isinstance(config, dict) else str(Path(config).resolve())  # named in the experiment's description
-        return search.run(n_trials, ray_address)
+    path = tracking.sqlite_path(cfg.tracking_uri)  # a new store: Ray starts meanwhile (as sweep.driver.execute)
+    started = Starting(ray_address, trial_resources(cfg), log) if path is not None and not path.exists() else None
+    try:
+        cl = tracking.client(cfg.tracking_uri, create=True)
+        exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)
+        with hold("search", cfg.name, cl, exp, path):  # one driver per study
+            study, store = open_study(cfg)
+            search = Search(cfg, space, trial_evaluation(cfg), study, store, source)
+            search.file = "" if isinstance(config, dict) else str(Path(config).resolve())  # named in the experiment's description
+            return search.run(n_trials, ray_address, started)
+    finally:
+        if started is not None:
+            started.abandon()
+
+
+def trial_resources(cfg):
+    """The file's resources; cpu_workers defaults to one CPU worker per trial in flight."""
+    from ..config import ResourcesConfig
+
+    res = cfg.resources
+    if "cpu_workers" not in res.model_fields_set:
+        res = ResourcesConfig(**{**res.model_dump(), "cpu_workers": cfg.parallel})
+    return res
 
 
 @dataclass
@@ -97,7 +113,7 @@ class Search:
         self.rec: SearchRecord | None = None
         self.file = ""
 
-    def run(self, n_trials: int | None, ray_address: str | None) -> dict[str, Any]:
+    def run(self, n_trials: int | None, ray_address: str | None, started=None) -> dict[str, Any]:
         cfg = self.cfg
         lost = take_over(self.study, self.storage, cfg.resources.max_retries)
         from .file import target_language
@@ -112,7 +128,7 @@ class Search:
             + f"; running until {budget} (space {self.space.name}, {cfg.parallel} in flight)")
         status = "FINISHED"
         try:
-            with driving(ray_address, needed=self.todo > 0):
+            with driving(ray_address, needed=self.todo > 0, started=started):
                 rec = self.rec = SearchRecord(cfg.tracking_uri, cfg.name, tracking.provenance(), {
                     "file": self.file, "model": cfg.model, "method": cfg.method, "sparsity": cfg.sparsity, "space": self.space.name,
                     "calib_languages": ",".join(self.langs), "parallel": cfg.parallel, "storage": cfg.storage,
@@ -120,7 +136,7 @@ class Search:
                     {"search.yaml": self.source, "space.yaml": Path(self.space.path).read_bytes()})
                 try:
                     if self.todo:
-                        run_cells(self, self.resources(), self, log)
+                        run_cells(self, trial_resources(cfg), self, log, pool=started.pool if started else None)
                 except KeyboardInterrupt:
                     status = "KILLED"
                 except BaseException:
@@ -140,14 +156,6 @@ class Search:
             summary["registered"] = self.rec.register(cfg.register_as, summary, cfg.objectives[0])
             print(summary["registered"], flush=True)
         return summary
-
-    def resources(self):
-        from ..config import ResourcesConfig
-
-        res = self.cfg.resources
-        if "cpu_workers" not in res.model_fields_set:  # one CPU worker per trial in flight
-            res = ResourcesConfig(**{**res.model_dump(), "cpu_workers": self.cfg.parallel})
-        return res
 
     # ------------------------------------------------------------ the scheduler's source
 
