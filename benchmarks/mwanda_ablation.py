@@ -133,6 +133,8 @@ def run_sweeps(args) -> Path:
             exp = cl.get_experiment_by_name(f"ablation-{schedule}-{split}")
             for r in cl.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=5000):
                 p, m = r.data.params, r.data.metrics
+                if "method" not in p:  # the sweep's parent run
+                    continue
                 if p.get("method") == "dense":
                     key, config = ("dense", "0", 0), "dense"
                 else:

@@ -22,6 +22,7 @@ A driver runs this loop inside `session.driving` (Ray connected or started, SIGT
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ PER_WORKER = 2
 WORKER_WAIT_S = float(os.environ.get("POLYPRUNE_WORKER_WAIT_S", 600))  # give up when no actor can be placed this long
 CELL_DELAY_S = float(os.environ.get("POLYPRUNE_CELL_DELAY_S", 0))  # test hook: slow cells to kill them mid-flight
 RAY_LOGS = os.environ.get("POLYPRUNE_RAY_LOGS", "") == "1"  # forward worker stdout/stderr to the driver
+# Ctrl-C / SIGTERM while the loop runs (session.driving's handler): the loop stops at its next turn,
+# so the interrupt never lands inside an MLflow write and leaves the store locked mid-transaction.
+STOP, LOOPING = threading.Event(), threading.Event()
 
 
 class Source(Protocol):
@@ -200,8 +204,12 @@ def run_cells(source: Source, resources, events: Events, log: Callable[[str], No
         if again or source.more():
             pool.spawn()
 
+    STOP.clear()
+    LOOPING.set()
     try:
         while source.more() or again or inflight:
+            if STOP.is_set():
+                raise KeyboardInterrupt
             dispatch()
             starting = pool.starting()
             refs = list(inflight) + list(starting)
@@ -243,6 +251,7 @@ def run_cells(source: Source, resources, events: Events, log: Callable[[str], No
             w.queue.remove(ref)
             deliver(events, cell, out)
     finally:
+        LOOPING.clear()
         pool.shutdown()
 
 

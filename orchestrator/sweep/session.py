@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from tasks.errors import UserError
 
-from .scheduler import RAY_LOGS, WorkerPool
+from .scheduler import LOOPING, RAY_LOGS, STOP, WorkerPool
 
 class Starting:
     """Ray joined or started, and the worker actors spawned, in a background thread: the
@@ -71,15 +71,16 @@ class Starting:
 @contextmanager
 def driving(address: str | None, needed: bool = True, started: Starting | None = None) -> Iterator[None]:
     """A driver's run: Ray joined or started (when `needed`; a Ray this call started is shut
-    down after) and SIGTERM raised as KeyboardInterrupt meanwhile: `ray job stop` and batch
-    schedulers send SIGTERM, and in-flight runs should then end KILLED, as on Ctrl-C.
+    down after) and SIGTERM taken as Ctrl-C meanwhile: `ray job stop` and batch schedulers send
+    SIGTERM, and in-flight runs should then end KILLED, as on Ctrl-C. Either one, inside the
+    scheduler's loop, stops it at its next turn (`interrupt`).
     `started`: Ray is being started already (`Starting`); wait for it instead."""
     if started is not None:
         started.taken, needed = True, True
     owns_ray = started.wait() if started is not None else needed and connect(address)
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if needed:
             from ..lease import claim_ray
@@ -89,8 +90,8 @@ def driving(address: str | None, needed: bool = True, started: Starting | None =
             started.show()
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if owns_ray:
             import ray
 
@@ -100,6 +101,11 @@ def driving(address: str | None, needed: bool = True, started: Starting | None =
 
 
 def interrupt(signum, frame):
+    """Inside the scheduler's loop: stop at its next turn (within a second); elsewhere, or a
+    second time: at once."""
+    if LOOPING.is_set() and not STOP.is_set():
+        STOP.set()
+        return
     raise KeyboardInterrupt
 
 
