@@ -200,6 +200,17 @@ def test_unreachable_server_is_one_line_within_seconds(run_dir, capsys):
         assert_one_line(capsys, code, command, f"tracking_uri: no MLflow server answers at {url}", run_dir)
 
 
+def test_a_ray_address_nobody_listens_on_is_one_line_nothing_created(run_dir, capsys):
+    address = f"127.0.0.1:{free_port()}"
+    for argv, command in ((["sweep", str(write_yaml(run_dir / "sweep.yaml", SWEEP)), "--ray-address", address], "sweep"),
+                          (["search", str(write_yaml(run_dir / "search.yaml", SEARCH)), "--ray-address", f"ray://{address}"],
+                           "search")):
+        t0 = time.monotonic()
+        code = main(argv)
+        assert time.monotonic() - t0 < 10  # Ray alone retries such an address for minutes
+        assert_one_line(capsys, code, command, "ray-address: nothing answers at", run_dir)
+
+
 def test_bogus_uris_and_storages_are_one_line_nothing_created(run_dir, capsys):
     path = write_yaml(run_dir / "sweep.yaml", SWEEP)
     assert_one_line(capsys, main(["sweep", str(path), "--tracking-uri", "bogus://x"]), "sweep",

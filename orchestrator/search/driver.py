@@ -8,12 +8,10 @@ through `sweep.scheduler.run_cells`, `parallel` in flight: `Search` is the
 scheduler's source of cells (each asked trial becomes a cell) and receives its
 events (each result is told) -> best trials and figures on the MLflow parent run.
 
-Budget: the file's `n_trials` is the study's total; `--n-trials N` adds N to what
-the study already has. Counted are COMPLETE and FAIL trials, except lost ones
-(killed driver), which are re-run from the same parameters up to
-`resources.max_retries` times. A trial whose worker dies is retried in place,
-as a sweep's cell is (same trial, same MLflow run, up to `max_retries`); a trial
-that fails by itself is not retried.
+Budget: the file's `n_trials` is the study's total; `--n-trials N` adds N to what the study already
+has. Counted are COMPLETE and FAIL trials, except lost ones (killed driver), which are re-run from the
+same parameters up to `resources.max_retries` times. A trial whose worker dies is retried in place, as a
+sweep's cell is (same trial, same MLflow run, up to `max_retries`); one that fails by itself is not.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from .. import models, tracking
 from ..lease import hold
 from ..sweep.record import log, retry_tags
 from ..sweep.scheduler import run_cells
-from ..sweep.session import Starting, driving
+from ..sweep.session import Starting, check_address, driving
 from .record import SearchRecord, finite
 from . import baselines
 from .study import (BASELINE, BASELINES_DONE, BEAT, DEFAULTS, DRIVER, OVERRIDE, check_storage, counted, lose, open_study,
@@ -65,6 +63,7 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
         cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     tracking.client(cfg.tracking_uri, create=False)  # a missing sqlite folder is a UserError before anything exists
     check_storage(cfg.storage)
+    check_address(ray_address)
     path = tracking.sqlite_path(cfg.tracking_uri)  # a new store: Ray starts meanwhile (as sweep.driver.execute)
     started = Starting(ray_address, trial_resources(cfg), log) if path is not None and not path.exists() else None
     try:

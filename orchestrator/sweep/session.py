@@ -14,6 +14,7 @@ from tasks.errors import UserError
 
 from .scheduler import LOOPING, RAY_LOGS, STOP, WorkerPool
 
+
 class Starting:
     """Ray joined or started, and the worker actors spawned, in a background thread: the
     driver's own start-up (creating the MLflow store, the lease, the parent run) overlaps
@@ -76,8 +77,10 @@ def driving(address: str | None, needed: bool = True, started: Starting | None =
     scheduler's loop, stops it at its next turn (`interrupt`).
     `started`: Ray is being started already (`Starting`); wait for it instead."""
     if started is not None:
+        owns_ray = started.wait()  # a failed start stays the caller's to `abandon`
         started.taken, needed = True, True
-    owns_ray = started.wait() if started is not None else needed and connect(address)
+    else:
+        owns_ray = needed and connect(address)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -117,6 +120,7 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    check_address(address)
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": RAY_LOGS}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False  # a private local Ray: nobody to show a dashboard to
@@ -131,3 +135,22 @@ def connect(address: str | None) -> bool:
     finally:
         quiet.setLevel(level)
     return True
+
+
+def check_address(address: str | None) -> None:
+    """The Ray address (else RAY_ADDRESS), HOST:PORT or ray://HOST:PORT, must accept a TCP connection
+    within the probe timeout: Ray itself retries an address nobody listens on for minutes. Drivers
+    call it before creating anything. (None, "auto": a local Ray, or Ray's to find.)"""
+    import socket
+
+    from ..lease import PROBE_TIMEOUT_S
+
+    address = address or os.environ.get("RAY_ADDRESS") or ""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise UserError("ray-address", f"nothing answers at {address!r} ({e.strerror or e}); "
+                                       f"start Ray there (ray start --head) or fix the address") from None
