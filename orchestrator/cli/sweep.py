@@ -18,7 +18,6 @@ def run(args) -> int:
     from ..config import resolve_tracking_uri
     from ..sweep.driver import dry_run, execute
     from ..sweep.file import expand, load_sweep
-    from ..sweep.session import check_address
 
     cfg = load_sweep(args.file)
     if args.tracking_uri:
@@ -30,5 +29,4 @@ def run(args) -> int:
     cells = expand(cfg)
     if args.dry_run:
         return dry_run(cfg, cells)
-    check_address(args.ray_address)
     return execute(cfg, cells, args.ray_address, Path(args.file))

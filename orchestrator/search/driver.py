@@ -28,7 +28,7 @@ from .. import models, tracking
 from ..lease import hold
 from ..sweep.record import log, retry_tags
 from ..sweep.scheduler import run_cells
-from ..sweep.session import Starting, check_address, driving
+from ..sweep.session import driving, starting
 from .record import SearchRecord, finite
 from . import baselines
 from .study import (BASELINE, BASELINES_DONE, BEAT, DEFAULTS, DRIVER, OVERRIDE, check_storage, counted, lose, open_study,
@@ -63,20 +63,14 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
         cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     tracking.client(cfg.tracking_uri, create=False)  # a missing sqlite folder is a UserError before anything exists
     check_storage(cfg.storage)
-    check_address(ray_address)
-    path = tracking.sqlite_path(cfg.tracking_uri)  # a new store: Ray starts meanwhile (as sweep.driver.execute)
-    started = Starting(ray_address, trial_resources(cfg), log) if path is not None and not path.exists() else None
-    try:
+    with starting(cfg.tracking_uri, ray_address, trial_resources(cfg), log) as started:  # as sweep.driver.execute
         cl = tracking.client(cfg.tracking_uri, create=True)
         exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)
-        with hold("search", cfg.name, cl, exp, path):  # one driver per study
+        with hold("search", cfg.name, cl, exp, tracking.sqlite_path(cfg.tracking_uri)):  # one driver per study
             study, store = open_study(cfg)
             search = Search(cfg, space, trial_evaluation(cfg), study, store, source)
             search.file = "" if isinstance(config, dict) else str(Path(config).resolve())  # named in the experiment's description
             return search.run(n_trials, ray_address, started)
-    finally:
-        if started is not None:
-            started.abandon()
 
 
 def trial_resources(cfg):

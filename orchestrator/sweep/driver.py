@@ -2,7 +2,7 @@
 
 Order of work: validate the whole file and every cell (nothing is created on a
 bad file) -> open the MLflow store (the driver creates the sqlite schema, once;
-a new store's creation overlaps Ray's start and the workers' imports, `Starting`)
+a new store's creation overlaps Ray's start and the workers' imports, `session.starting`)
 -> take the sweep's lease (`orchestrator.lease`: one driver per sweep, or exit 2)
 -> skip cells already FINISHED -> connect to Ray -> parent run (reused on
 resume; children a dead driver left RUNNING are ended KILLED) -> cells on worker
@@ -21,7 +21,7 @@ from .. import tracking
 from ..lease import hold
 from .record import Recorder, log
 from .scheduler import FixedCells, run_cells
-from .session import Starting, driving
+from .session import driving, starting
 
 # ---------------------------------------------------------------- dry run
 
@@ -78,18 +78,11 @@ def execute(cfg, cells, ray_address: str | None = None, file: Path | None = None
     """Run `cells` of `cfg` (from `sweep.file.expand`) and record them; the exit code.
     Usable from Python (e.g. `polyprune demo` builds a SweepConfig in code: file=None)."""
     t0 = time.time()
-    # Creating a sqlite store takes seconds (MLflow's schema); meanwhile Ray and the workers start.
-    # An existing store opens at once and may hold every cell already: Ray starts only if needed.
-    path = tracking.sqlite_path(cfg.tracking_uri)
-    started = Starting(ray_address, cfg.resources, log) if path is not None and not path.exists() else None
-    try:
+    with starting(cfg.tracking_uri, ray_address, cfg.resources, log) as started:
         cl = tracking.client(cfg.tracking_uri, create=True)
         exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)  # creates the schema here, once
-        with hold("sweep", cfg.name, cl, exp, path):
+        with hold("sweep", cfg.name, cl, exp, tracking.sqlite_path(cfg.tracking_uri)):
             rec, status, code = run_parent(cfg, cells, cl, exp, ray_address, file, t0, started)
-    finally:
-        if started is not None:
-            started.abandon()  # a driver stopped before running anything (refused lease, bad store)
     summary(cfg, rec, status)
     return code
 

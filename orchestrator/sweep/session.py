@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 from tasks.errors import UserError
 
+from ..tracking import sqlite_path
 from .scheduler import LOOPING, RAY_LOGS, STOP, WorkerPool
 
 
@@ -70,6 +71,22 @@ class Starting:
 
 
 @contextmanager
+def starting(store_uri: str, address: str | None, resources, log: Callable[[str], None] = print) -> Iterator[Starting | None]:
+    """A driver's start-up, before it creates anything: the Ray address probed (`check_address`);
+    then, when `store_uri` is a sqlite store still to be created (seconds of MLflow's schema), Ray and
+    the workers started meanwhile (`Starting`), else None: an existing store opens at once and may hold
+    every cell already, so Ray starts only if needed. A start `driving` did not take over is undone."""
+    check_address(address)
+    path = sqlite_path(store_uri)
+    started = Starting(address, resources, log) if path is not None and not path.exists() else None
+    try:
+        yield started
+    finally:
+        if started is not None:
+            started.abandon()  # a driver stopped before running anything (refused lease, bad store)
+
+
+@contextmanager
 def driving(address: str | None, needed: bool = True, started: Starting | None = None) -> Iterator[None]:
     """A driver's run: Ray joined or started (when `needed`; a Ray this call started is shut
     down after) and SIGTERM taken as Ctrl-C meanwhile: `ray job stop` and batch schedulers send
@@ -120,7 +137,6 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    check_address(address)
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": RAY_LOGS}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False  # a private local Ray: nobody to show a dashboard to
@@ -140,7 +156,7 @@ def connect(address: str | None) -> bool:
 def check_address(address: str | None) -> None:
     """The Ray address (else RAY_ADDRESS), HOST:PORT or ray://HOST:PORT, must accept a TCP connection
     within the probe timeout: Ray itself retries an address nobody listens on for minutes. Drivers
-    call it before creating anything. (None, "auto": a local Ray, or Ray's to find.)"""
+    probe it before creating anything (`starting`). (None, "auto": a local Ray, or Ray's to find.)"""
     import socket
 
     from ..lease import PROBE_TIMEOUT_S
