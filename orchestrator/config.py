@@ -20,9 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from tasks.errors import UserError
 
-NAMED_SCHEDULES = ("uniform", "owl", "cwl")
-HUB_SOURCES = ("builtin", "mc4", "culturax", "wikipedia", "flores")
-
 
 class Strict(BaseModel):
     """Unknown keys are errors, in every section of every file."""
@@ -190,14 +187,16 @@ def resolve_paths(cfg: Any, base: Path) -> None:
     """THE resolver of the sections sweep and search files share: calibration data, evaluation
     data and lm-eval task folders, the schedule file, the MLflow store. A file's own path
     fields (its model(s), a search's storage) go through `model_path` / `local_path` in its loader."""
-    if cfg.calibration.data not in HUB_SOURCES:
+    from tasks.data.sources import named_source
+    from tasks.pruning import SCHEDULES
+    if not named_source(cfg.calibration.data):
         cfg.calibration.data = local_path(cfg.calibration.data, base, loose=True)
     ev = cfg.evaluation
-    if ev and ev.ppl and ev.ppl.data and ev.ppl.data not in HUB_SOURCES:
+    if ev and ev.ppl and ev.ppl.data and not named_source(ev.ppl.data):
         ev.ppl.data = local_path(ev.ppl.data, base, loose=True)
     if ev and ev.lm_eval:
         ev.lm_eval.include_paths = [local_path(p, base, loose=True) for p in ev.lm_eval.include_paths]
-    if cfg.schedule not in NAMED_SCHEDULES:
+    if cfg.schedule not in SCHEDULES:
         cfg.schedule = local_path(cfg.schedule, base, loose=True)
     env = os.environ.get("MLFLOW_TRACKING_URI") if cfg.tracking_uri is None else None
     cfg.tracking_uri = resolve_tracking_uri(env, Path.cwd()) if env else resolve_tracking_uri(cfg.tracking_uri, base)
@@ -289,7 +288,8 @@ def check_fit(cfg: Any, models: list[str], mixes: list[str], ev: dict[str, Any],
 
     if cfg.dtype not in DTYPES:  # as load_model checks it in each cell
         raise UserError("dtype", f"{cfg.dtype!r} is not one of {', '.join(DTYPES)}")
-    streamed = set(HUB_SOURCES) - {"builtin"}  # hub corpora: checked by each cell as it streams them
+    from tasks.data.sources import HUB
+    streamed = set(HUB.names())  # hub corpora: checked by each cell as it streams them
     calib, ppl = cfg.calibration, ev["ppl"] if ev["ppl"] and ev["ppl"]["data"] not in streamed else None
     seqlens = {"calibration.seqlen": calib.seqlen}
     if ev["ppl"]:

@@ -36,7 +36,13 @@ from tasks.errors import UserError
 
 SPACES_DIR = Path(__file__).resolve().parent  # the shipped spaces sit beside this loader (package data)
 PROFILE = "profile"  # the schedule kind whose per-block list comes from `profile`
-SCHEDULE_KINDS = ("uniform", "owl", "cwl", PROFILE)
+
+
+def schedule_kinds() -> list[str]:
+    """What a space's `schedule` may choose: the engine's registered schedules, or a searched profile."""
+    from tasks.pruning import SCHEDULES
+
+    return [*SCHEDULES.names(), PROFILE]
 MAX_BLOCK_SPARSITY = 0.99  # the engine wants every block in [0, 1)
 _TYPES = {"float": ("low", "high", "step", "log"), "int": ("low", "high", "step", "log"), "categorical": ("choices",)}
 
@@ -116,9 +122,10 @@ def load_space(ref: str, base: Path | None = None) -> Space:
                 raise UserError("space", f"{path.name}: {p.name}.when refers to {other!r}, which the space does not define")
     sched = next((p for p in params if p.name == "schedule"), None)
     if sched is not None:
-        bad = [c for c in sched.dist.choices if c not in SCHEDULE_KINDS]
+        kinds = schedule_kinds()
+        bad = [c for c in sched.dist.choices if c not in kinds]
         if bad:
-            raise UserError("space", f"{path.name}: schedule choice {bad[0]!r}; allowed: {', '.join(SCHEDULE_KINDS)}")
+            raise UserError("space", f"{path.name}: schedule choice {bad[0]!r}; allowed: {', '.join(kinds)}")
         if PROFILE in sched.dist.choices and not space.profile_points:
             raise UserError("space", f"{path.name}: schedule offers {PROFILE!r} but the space has no profile block")
     return space

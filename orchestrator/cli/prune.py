@@ -19,16 +19,34 @@ def parse_hp(pairs: list[str]) -> dict[str, str]:
     return hp
 
 
+class Registered(str):
+    """A help text listing a registry's names, read when help is shown: building the parser of
+    every command must not import torch (tasks.pruning) for a text nobody may ask for."""
+
+    def __mod__(self, params) -> str:
+        if self == "methods":
+            from tasks.pruning import METHODS
+
+            return " | ".join(METHODS.names())
+        if self == "schedules":
+            from tasks.pruning import SCHEDULES
+
+            return " | ".join(SCHEDULES.names()) + " | a per-block YAML/JSON file"
+        from tasks.data.sources import HUB
+
+        return "a local folder | builtin | " + " | ".join(HUB.names())
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="hub id or local folder")
-    p.add_argument("--method", required=True, help="magnitude | wanda | sparsegpt | mwanda")
+    p.add_argument("--method", required=True, help=Registered("methods"))
     p.add_argument("--sparsity", required=True, help="fraction in [0, 1) or N:M (2:4, 4:8)")
     p.add_argument("--calib", required=True, help="en | en,de | en=0.7,de=0.3")
-    p.add_argument("--data", default="builtin", help="local folder, builtin, mc4, culturax, wikipedia, flores")
+    p.add_argument("--data", default="builtin", help=Registered("sources"))
     p.add_argument("--nsamples", type=int, default=128)
     p.add_argument("--seqlen", type=int, default=None, help="default: min(2048, the model's positions)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--schedule", default="uniform", help="uniform | owl | cwl | a per-block YAML/JSON file")
+    p.add_argument("--schedule", default="uniform", help=Registered("schedules"))
     p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="method / schedule hyperparameter (repeatable)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration forward batch")
     p.add_argument("--device", default="cpu")

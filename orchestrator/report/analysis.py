@@ -28,7 +28,6 @@ from ..models import has_file, run_file
 from .record import Run, eval_languages, load_record
 
 ARTIFACT_PATH = "analysis"  # folder of the parent run's artifacts (report reads it back)
-UPDATES_WEIGHTS = ("sparsegpt",)  # methods whose masks alone do not rebuild the pruned model
 
 
 def log(msg: str) -> None:
@@ -59,13 +58,16 @@ def parse_languages(text: str | list | None) -> list[str] | None:
 
 def plan_runs(cl, runs: list[Run]) -> tuple[dict[tuple, list[tuple[Run, str]]], list[str]]:
     """{(base model, dtype): [(run, artifact to analyse)]} and the skip messages. A pruned
-    run without its masks is a UserError; a SparseGPT run without its saved model is skipped."""
+    run without its masks is a UserError; a run of a method that updates the kept weights
+    (SparseGPT) without its saved model is skipped."""
+    from tasks.pruning import updates_weights
+
     plan, skipped = defaultdict(list), []
     for r in runs:
         if r.dense or r.trial is not None:
             continue
         label = f"run {r.id} ({r.variant or r.params.get('method')} {r.params.get('sparsity')} {r.calib} seed {r.seed})"
-        if r.params.get("method") in UPDATES_WEIGHTS:
+        if updates_weights(r.params.get("method")):
             if not has_file(cl, r.id, r.tags, "model"):
                 skipped.append(f"skipped {label}: {r.params['method']} changes the kept weights and the run has no saved "
                                "model (sweep with save_model: true to analyse it)")

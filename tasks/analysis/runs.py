@@ -14,9 +14,8 @@ import torch
 from safetensors import safe_open
 
 from ..errors import UserError
+from ..pruning.base import updates_weights
 from ..pruning.masks import unpack
-
-UPDATES_WEIGHTS = ("sparsegpt",)  # methods whose masks alone do not rebuild the pruned model
 
 
 def _saved_model_files(folder: Path) -> dict[str, Path] | None:
@@ -48,9 +47,9 @@ class RunWeights:
             if (path / "result.json").exists():
                 method = json.loads((path / "result.json").read_text()).get("config", {}).get("method")
             saved = _saved_model_files(path)
-            if method in UPDATES_WEIGHTS or not (path / "masks.safetensors").exists():
+            if updates_weights(method) or not (path / "masks.safetensors").exists():
                 if saved is None:
-                    why = f"{method} updates the kept weights" if method in UPDATES_WEIGHTS else "it has no masks.safetensors"
+                    why = f"{method} updates the kept weights" if updates_weights(method) else "it has no masks.safetensors"
                     raise UserError("runs", f"run {name!r}: {str(path)!r} has no saved model and {why}")
                 self.files = saved
             else:

@@ -206,6 +206,11 @@ def _flores(lang: str, split: str) -> list[str]:
     return [" ".join(sentences[i:i + 10]) for i in range(0, len(sentences), 10)]
 
 
+def named_source(data: str) -> bool:
+    """A source known by name (the offline corpus, a registered hub corpus), rather than a folder."""
+    return data == "builtin" or data in HUB
+
+
 def get_source(data: str) -> Source:
     """Resolve SOURCE: 'builtin', a hub corpus name, or a local folder."""
     if data == "builtin":

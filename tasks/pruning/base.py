@@ -28,6 +28,9 @@ class Method:
         pass
 
     needs_calibration = True
+    # The masks alone rebuild the pruned model from the dense one unless the method also changes the
+    # kept weights (SparseGPT's reconstruction): then analyses and `compare` need the saved model.
+    updates_weights = False
 
     def __init__(self, params: "Method.Params"):
         self.params = params
@@ -37,6 +40,11 @@ class Method:
 
     def prune(self, linear: nn.Linear, stats, fraction: float, nm: tuple[int, int] | None) -> torch.Tensor:
         raise NotImplementedError
+
+
+def updates_weights(method: str) -> bool:
+    """Does `method` change the weights it keeps? (unknown names: False, as for runs of other tools)"""
+    return method in METHODS and METHODS.get(method).updates_weights
 
 
 def hp_names(params_cls) -> list[str]:

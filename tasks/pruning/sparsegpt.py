@@ -11,6 +11,8 @@ from .stats import Hessian
 
 @METHODS.register("sparsegpt")
 class SparseGPT(Method):
+    updates_weights = True  # the OBS update changes the kept weights
+
     @dataclass
     class Params:
         blocksize: int = 128
