@@ -36,26 +36,23 @@ def subspace_bars(path, langs, calibs, shares: dict, chance: dict, *, title) -> 
 
     from . import figures as fig
 
-    plt = fig.plt
-    f, axes = plt.subplots(1, 2, figsize=(2.5 + 1.6 * len(langs) * max(1, len(calibs) / 3), 3.6), squeeze=False)
-    width = 0.8 / max(len(calibs), 1)
+    width = 4.0 + 1.6 * len(langs) * max(1, len(calibs) / 3)
+    f, axes = fig.figure(width, 3.8, 1, 2)
+    bar = 0.8 / max(len(calibs), 1)
     for ax, part in zip(axes.flat, ("shared", "specific")):
         for k, c in enumerate(calibs):
-            pos = [g + (k - (len(calibs) - 1) / 2) * width for g in range(len(langs))]
-            ax.bar(pos, [np.nan if shares[part][c][l] is None else shares[part][c][l] for l in langs], width, label=c)
+            pos = [g + (k - (len(calibs) - 1) / 2) * bar for g in range(len(langs))]
+            ax.bar(pos, [np.nan if shares[part][c][l] is None else shares[part][c][l] for l in langs], bar, label=c)
         if chance.get(part) is not None:
             ax.axhline(chance[part], color="black", ls="--", lw=1, label="chance")
         ax.set_xticks(range(len(langs)), langs)
         ax.set_xlabel("evaluation language")
-        ax.set_ylabel(f"share of drift energy ({part})")
+        ax.set_ylabel(fig.wrap(f"share of drift energy ({part})", 2.8))
         ax.set_title("shared direction" if part == "shared" else "language-specific subspace", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    axes.flat[0].legend(fontsize=7, title="calibration", title_fontsize=7)
-    f.suptitle(title, fontsize=10)
-    f.tight_layout()
-    f.savefig(path, dpi=fig.DPI)
-    plt.close(f)
-    return str(path)
+    fig.legend(f, axes.flat[0], title="calibration")
+    f.suptitle(fig.wrap(title, width - 1.8), fontsize=10)
+    return fig.save(f, path)
 
 
 def write_outputs(out: Path, rows: dict, langs: list[str]) -> list[str]:

@@ -145,35 +145,17 @@ def search_sections(parent, name: str, runs: list[Run], out: Path) -> list:
     return [(f"Search: {len(trials)} trials", items)]
 
 
-
-
 def held_out(best: Run, trials: list[Run], metric: str, langs: list[str], out: Path) -> list:
     """The scatter of valid vs test (overfitting shows as points above the diagonal) and the
     table of the best trial against every baseline on test. Trials recorded before searches
     measured test have no test.* metrics: nothing is drawn for them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from . import figures as fig
 
     items = []
     pts = [(t.metrics[metric], t.metrics[f"test.{metric}"], is_baseline(t)) for t in trials
            if metric in t.metrics and f"test.{metric}" in t.metrics]
     if pts:
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        for flag, colour, label in ((False, "C0", "searched trial"), (True, "C1", "baseline")):
-            xs, ys = [p[0] for p in pts if p[2] == flag], [p[1] for p in pts if p[2] == flag]
-            ax.scatter(xs, ys, s=20, color=colour, label=label)
-        lo, hi = min(min(p[:2]) for p in pts), max(max(p[:2]) for p in pts)
-        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="test = valid")
-        ax.set_xlabel(f"{metric} on valid (what the search optimised)")
-        ax.set_ylabel(f"{metric} on test (never seen by the search)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / f"search_valid_vs_test_{slug(metric)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = fig.valid_vs_test(out / f"search_valid_vs_test_{slug(metric)}.png", pts, metric=metric)
         items.append(("img", str(path), f"Every trial's {metric} on valid and on test."))
     bases = sorted((t for t in trials if "polyprune.baseline" in t.tags and t is not best), key=lambda t: t.trial)
     keys = [f"test.ppl.{l}" for l in langs] + ["test.ppl.mean"]
