@@ -197,12 +197,12 @@ class Search:
 
     def cell(self, point, override: dict[str, Any]):
         """The trial's cell (a sweep cell's key, so the worker runs it unchanged)."""
-        from tasks.api import PruneSpec, check_spec
+        from tasks.api import check_spec
         from tasks.data.langs import canonical_mix
 
         from ..config import run_options
         from ..sweep.cells import prune_cell
-        from .file import fixed_hp
+        from .file import fixed_hp, trial_spec
         from search_spaces.space import PROFILE
 
         cfg = self.cfg
@@ -211,9 +211,7 @@ class Search:
         kind = override.get("schedule") or point.schedule or cfg.schedule
         schedule = point.profile if kind == PROFILE else kind
         hp = {**fixed_hp(cfg, self.space, kind), **point.hp, **override.get("hp", {})}
-        spec = check_spec(PruneSpec(model=cfg.model, method=cfg.method, sparsity=cfg.sparsity, calib=calib,
-                                    data=cfg.calibration.data, nsamples=cfg.calibration.nsamples,
-                                    seqlen=cfg.calibration.seqlen, seed=cfg.seed, schedule=schedule, hp=hp))
+        spec = check_spec(trial_spec(cfg, calib, schedule, hp))
         return prune_cell(cfg.model, spec, cfg.dtype, self.ev, run_options(cfg))
 
     # ------------------------------------------------------------ the scheduler's events
