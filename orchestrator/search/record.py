@@ -81,10 +81,7 @@ class SearchRecord:
                 "polyprune.sweep": self.name, TRIAL: str(t["number"])}
         if test is not None:
             tags["polyprune.test_value"] = f"{test:.10g}"
-        version, moved = models.register(self.cl, as_name, model, text, tags)
-        if not moved:
-            return f"{as_name}@{models.ALIAS} is version {version} already: trial {t['number']}, {model.name}; nothing registered"
-        return f"registered {as_name} version {version}, alias {models.ALIAS} moved to it: {text}"
+        return models.register_best(self.cl, as_name, model, text, tags)
 
     def held_out(self, run_id: str) -> dict[str, float]:
         """A trial's test.* metrics: in MLflow only, so the study (and its sampler) never holds them."""
