@@ -183,6 +183,15 @@ def register(cl, name: str, model, description: str, tags: dict[str, str]) -> tu
     return str(version.version), True
 
 
+def register_best(cl, name: str, model, description: str, tags: dict[str, str]) -> str:
+    """THE register path (`polyprune register` and a search's `register:`): `register`, and the
+    line that says what happened."""
+    version, moved = register(cl, name, model, description, tags)
+    if not moved:
+        return f"{name}@{ALIAS} is version {version} already: {description}; nothing registered"
+    return f"registered {name} version {version}, alias {ALIAS} moved to it: {description}"
+
+
 # ---------------------------------------------------------------- URIs
 
 def logged_model(cl, uri: str, field: str):

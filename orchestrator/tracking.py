@@ -110,6 +110,12 @@ def finished_cells(cl, exp_id: str | None, sweep: str) -> dict[str, Any]:
     return {r.data.tags[CELL]: r for r in child_runs(cl, exp_id, sweep) if r.info.status == "FINISHED"}
 
 
+def finished_cells_at(uri: str, sweep: str) -> dict[str, Any]:
+    """`finished_cells` read without creating anything (a dry run): {} when there is no store or experiment."""
+    cl = client(uri, create=False)
+    return finished_cells(cl, experiment_id(cl, sweep, uri, create=False) if cl else None, sweep)
+
+
 def begin_parent(cl, exp_id: str, name: str, role: str, tags: dict[str, str], params: dict[str, Any]) -> str:
     """The parent run of a sweep or study (`role`), reused on resume, marked RUNNING by this driver.
     The caller holds the lease (`orchestrator.lease`), so no other driver is running.

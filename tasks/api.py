@@ -26,6 +26,7 @@ from .data.sources import get_source
 from .errors import UserError
 from .evaluation import perplexity as _ppl
 from .models import block_linears, find_blocks, load_model, max_positions, restore, snapshot  # noqa: F401 (API)
+from .outdir import check_out_dir, remove_stale_temps  # noqa: F401 (API)
 from .pruning import METHODS, SCHEDULES
 from .pruning.base import convert, hp_names, parse_hp
 from .pruning.masks import save_masks
@@ -201,34 +202,6 @@ def prune(model, tokenizer, spec: PruneSpec, progress: bool = True) -> PruneResu
         "versions": versions(),
     }
     return PruneResult(masks, calib, result)
-
-
-def check_out_dir(out: str | os.PathLike) -> Path:
-    """Before any work: `out` is new (or an empty folder) in a writable folder."""
-    path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UserError("out", f"{str(path)!r} already exists and is not an empty folder; choose a new one")
-    if not path.parent.exists():
-        raise UserError("out", f"parent folder {str(path.parent)!r} does not exist")
-    if not path.parent.is_dir():
-        raise UserError("out", f"{str(path.parent)!r} is a file, not a folder; choose an output folder inside a folder")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UserError("out", f"folder {str(path.parent)!r} is not writable")
-    return path
-
-
-def remove_stale_temps(out: Path) -> None:
-    """Temp folders `.<out>.tmp-<pid>` of earlier runs into the same place whose process is gone (killed)."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = tmp.name.rpartition("-")[2]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:  # alive, someone else's
-            pass
 
 
 def save_outputs(out: str | os.PathLike, model, tokenizer, res: PruneResult, save_model: bool = True) -> Path:

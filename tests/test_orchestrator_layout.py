@@ -69,5 +69,47 @@ def test_no_private_names_across_modules_and_no_optuna_privates():
 
 
 def test_modules_stay_small():
-    sizes = {str(p.relative_to(PKG.parent)): len(p.read_text().splitlines()) for p in PKG.rglob("*.py")}
+    files = [*PKG.rglob("*.py"), *(PKG.parent / "tasks").rglob("*.py")]
+    sizes = {str(p.relative_to(PKG.parent)): len(p.read_text().splitlines()) for p in files}
     assert not {p: n for p, n in sizes.items() if n > 320}, sizes
+
+
+# What only `sweep.lifecycle.drive` does: start Ray (session), open or create the MLflow store and experiment,
+# take the lease, begin the parent run, run the loop. A kind's driver is a source of cells and a sink of events.
+LIFECYCLE = {"hold", "claim_ray", "starting", "driving", "connect", "client", "experiment_id", "begin_parent",
+             "run_cells", "init", "MlflowClient", "create_run", "set_terminated"}
+
+
+def lifecycle_uses(tree) -> list[str]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            out += [f"from {module} import {a.name}" for a in node.names
+                    if a.name in LIFECYCLE | {"lease", "session", "scheduler"} or module.split(".")[-1] in ("lease", "session")]
+            out += [f"from {module}" for _ in range(module.split(".")[0] in ("ray", "mlflow"))]
+        elif isinstance(node, ast.Import):
+            out += [f"import {a.name}" for a in node.names if a.name.split(".")[0] in ("ray", "mlflow")]
+        elif isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            out += [f"calls {name}"] if name in LIFECYCLE else []
+    return out
+
+
+def test_drivers_leave_start_up_store_lease_and_parent_run_to_the_lifecycle():
+    for rel in ("sweep/driver.py", "search/driver.py"):
+        tree = ast.parse((PKG / rel).read_text(encoding="utf-8"))
+        assert not lifecycle_uses(tree), (rel, lifecycle_uses(tree))
+        assert ("lifecycle", ["Job", "drive"]) in [(part.split(".")[-1], sorted(names)) for part, names in lifecycle_imports(tree)], rel
+
+
+def lifecycle_imports(tree):
+    return [(node.module or "", [a.name for a in node.names]) for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("lifecycle")]
+
+
+def test_the_driver_check_catches_a_driver_that_starts_things_itself():
+    code = ("from ..lease import hold\nfrom .session import driving\nimport mlflow\n"
+            "def f(cfg):\n    cl = tracking.client(cfg.tracking_uri, create=True)\n    tracking.begin_parent(cl)\n")
+    assert len(lifecycle_uses(ast.parse(code))) == 5

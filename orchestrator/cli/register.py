@@ -87,11 +87,7 @@ def run(args) -> int:
     kind = "search" if "polyprune.trial" in best.tags else "sweep"
     text = (f"best of {kind} {name!r} by {key} ({'lowest' if low else 'highest'}) = {value:.6g}: "
             f"{best.name} ({best.model_id}, run {best.source_run_id})")
-    version, moved = models.register(cl, args.as_name, best, text, {"polyprune.metric": key, "polyprune.value": f"{value:.10g}",
-                                                                     "polyprune.sweep": name})
-    if not moved:
-        print(f"{args.as_name}@{ALIAS} is version {version} already: {best.name} ({key} = {value:.6g}); nothing registered")
-        return 0
-    print(f"registered {args.as_name} version {version} (alias {ALIAS}): {text}")
+    print(models.register_best(cl, args.as_name, best, text, {"polyprune.metric": key, "polyprune.value": f"{value:.10g}",
+                                                               "polyprune.sweep": name}))
     print(f"use: polyprune eval --model models:/{args.as_name}@{ALIAS} --tracking-uri '{uri}' ...")
     return 0

@@ -1,12 +1,14 @@
 """A search's run: Optuna's ask-and-tell around the sweeps' scheduler.
 
 Order of work: validate the file, its space and one representative trial (nothing
-is created on a bad file) -> open the study (named after `name`; created or
-resumed) -> take the study over: trials a dead driver left RUNNING are failed,
-marked lost and re-enqueued -> enqueue the baselines on a new study -> trials run
-through `sweep.scheduler.run_cells`, `parallel` in flight: `Search` is the
-scheduler's source of cells (each asked trial becomes a cell) and receives its
-events (each result is told) -> best trials and figures on the MLflow parent run.
+is created on a bad file) -> `sweep.lifecycle.drive` (start-up, store, lease, parent
+run, interrupt, final status) with `Search` as its job: under the lease, open the study
+(named after `name`; created or resumed) and take it over (trials a dead driver left
+RUNNING are failed, marked lost and re-enqueued), enqueue the baselines on a new study;
+one stage, `parallel` trials in flight: `Search` is the scheduler's source of cells
+(each asked trial becomes a cell) and receives its events (each result is told); on a
+stop, trials in flight are lost and re-enqueued -> best trials and figures on the
+parent run -> the best trial registered (`register:`).
 
 Budget: the file's `n_trials` is the study's total; `--n-trials N` adds N to what the study already
 has. Counted are COMPLETE and FAIL trials, except lost ones (killed driver), which are re-run from the
@@ -25,11 +27,9 @@ from typing import Any
 from tasks.errors import UserError
 
 from .. import models, tracking
-from ..lease import hold
+from ..sweep.lifecycle import Job, drive
 from ..sweep.record import log, retry_tags
-from ..sweep.scheduler import run_cells
-from ..sweep.session import driving, starting
-from .record import SearchRecord, finite
+from .record import STUDY, SearchRecord, finite
 from . import baselines
 from .study import (BASELINE, BASELINES_DONE, BEAT, DEFAULTS, DRIVER, OVERRIDE, check_storage, counted, lose, open_study,
                     take_over)
@@ -43,16 +43,16 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
     as {"number", "values" (valid: what the sampler saw), "test" ({test.<metric>: value}: never told),
     "calib", "schedule", "hp", "params", "baseline"}. Best trials are chosen on valid."""
     from ..config import resolve_tracking_uri
-    from .file import load_search, parse_search, resolve_storage, trial_evaluation
+    from .file import load_search, parse_search, resolve_storage
 
     if isinstance(config, dict):  # built in code (e.g. by `polyprune demo`): paths relative to the cwd
         import yaml
 
         cfg, space = parse_search(config, Path.cwd())
-        source = yaml.safe_dump(config, sort_keys=False).encode()
+        source, file = yaml.safe_dump(config, sort_keys=False).encode(), ""
     else:
         cfg, space = load_search(config)
-        source = Path(config).read_bytes()
+        source, file = Path(config).read_bytes(), str(Path(config).resolve())  # named in the experiment's description
     if cfg.register_as:
         models.check_registered_name(cfg.register_as, "register")
     if n_trials is not None and n_trials <= 0:
@@ -61,16 +61,14 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
         cfg.storage = resolve_storage(storage, Path.cwd())
     if tracking_uri:
         cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
-    tracking.client(cfg.tracking_uri, create=False)  # a missing sqlite folder is a UserError before anything exists
     check_storage(cfg.storage)
-    with starting(cfg.tracking_uri, ray_address, trial_resources(cfg), log) as started:  # as sweep.driver.execute
-        cl = tracking.client(cfg.tracking_uri, create=True)
-        exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)
-        with hold("search", cfg.name, cl, exp, tracking.sqlite_path(cfg.tracking_uri)):  # one driver per study
-            study, store = open_study(cfg)
-            search = Search(cfg, space, trial_evaluation(cfg), study, store, source)
-            search.file = "" if isinstance(config, dict) else str(Path(config).resolve())  # named in the experiment's description
-            return search.run(n_trials, ray_address, started)
+    search = Search(cfg, space, source, file, n_trials)
+    status = drive(search, ray_address).status
+    summary = {**search.result, "tracking_uri": cfg.tracking_uri}
+    if status == "FINISHED" and cfg.register_as:  # a normal end only: an interrupted study's best is not its best
+        summary["registered"] = search.rec.register(cfg.register_as, summary, cfg.objectives[0])
+        print(summary["registered"], flush=True)
+    return summary
 
 
 def trial_resources(cfg):
@@ -90,65 +88,75 @@ class Flight:
     baseline: str | None
 
 
-class Search:
-    """The study's ask side as the scheduler's `Source` of cells; its tell side as the scheduler's `Events`."""
+class Search(Job):
+    """A search for `lifecycle.drive`: the study's ask side as the scheduler's `Source` of
+    cells, its tell side as the scheduler's `Events`; one stage (the trials)."""
 
-    def __init__(self, cfg, space, ev: dict[str, Any], study, storage, source: bytes):
+    kind = "search"
+
+    def __init__(self, cfg, space, source: bytes, file: str, n_trials: int | None):
         from tasks.pruning.sparsity import parse_sparsity
 
-        self.cfg, self.space, self.ev, self.study, self.storage, self.source = cfg, space, ev, study, storage, source
+        from .file import trial_evaluation
+
+        self.cfg, self.space, self.source, self.file, self.n_trials = cfg, space, source, file, n_trials
+        self.name, self.tracking_uri, self.resources = cfg.name, cfg.tracking_uri, trial_resources(cfg)
+        self.ev = trial_evaluation(cfg)
         self.langs = list(cfg.calibration.languages)
         self.target = parse_sparsity(cfg.sparsity).fraction
         self.n_blocks = n_blocks(cfg) if space.profile_points else None
         self.metrics = [o.metric for o in cfg.objectives]
         self.flights: dict[int, Flight] = {}  # id(cell) -> its trial
         self.told, self.todo, self.last_beat = 0, 0, 0.0
-        self.rec: SearchRecord | None = None
-        self.file = ""
+        self.study = self.storage = self.rec = None
+        self.result: dict[str, Any] = {}
 
-    def run(self, n_trials: int | None, ray_address: str | None, started=None) -> dict[str, Any]:
-        cfg = self.cfg
-        lost = take_over(self.study, self.storage, cfg.resources.max_retries)
+    # ------------------------------------------------------------ the lifecycle's hooks
+
+    def open(self, rec) -> bool:
+        """Under the search's lease: open the study, take it over, enqueue the baselines, set the budget."""
         from .file import target_language
 
+        cfg = self.cfg
+        self.study, self.storage = open_study(cfg)
+        lost = take_over(self.study, self.storage, cfg.resources.max_retries)
         baselines.enqueue(self.study, cfg, self.space, baselines.resolve(cfg, target_language(cfg)),
                           BASELINES_DONE, BASELINE, OVERRIDE)
         before = counted(self.study)
-        budget = cfg.n_trials if n_trials is None else before + n_trials
+        budget = cfg.n_trials if self.n_trials is None else before + self.n_trials
         self.todo = max(0, budget - before)
         log(f"search {cfg.name}: study in {cfg.storage}: {before} trials counted"
             + (f", {lost} left RUNNING by a stopped driver re-enqueued" if lost else "")
             + f"; running until {budget} (space {self.space.name}, {cfg.parallel} in flight)")
-        status = "FINISHED"
-        try:
-            with driving(ray_address, needed=self.todo > 0, started=started):
-                rec = self.rec = SearchRecord(cfg.tracking_uri, cfg.name, tracking.provenance(), {
-                    "file": self.file, "model": cfg.model, "method": cfg.method, "sparsity": cfg.sparsity, "space": self.space.name,
-                    "calib_languages": ",".join(self.langs), "parallel": cfg.parallel, "storage": cfg.storage,
-                    "objectives": ",".join(f"{o.metric}:{o.direction}" for o in cfg.objectives)},
-                    {"search.yaml": self.source, "space.yaml": Path(self.space.path).read_bytes()})
-                try:
-                    if self.todo:
-                        run_cells(self, trial_resources(cfg), self, log, pool=started.pool if started else None)
-                except KeyboardInterrupt:
-                    status = "KILLED"
-                except BaseException:
-                    status = "FAILED"
-                    raise
-                finally:
-                    for f in self.flights.values():  # interrupted: nothing stays RUNNING, no trial is lost
-                        quiet(lambda f=f: tracking.fail_cell(rec.cl, f.run_id, "the driver stopped", status="KILLED"))
-                        quiet(lambda f=f: lose(self.study, self.storage, f.trial, "the driver stopped while this trial ran",
-                                               cfg.resources.max_retries))
-                    summary = self.summary(status)
-                    quiet(lambda: rec.end(self.study, summary, self.metrics, status))
-        finally:
+        return self.todo > 0
+
+    def parent(self):
+        cfg = self.cfg
+        return {STUDY: cfg.name}, {
+            "file": self.file, "model": cfg.model, "method": cfg.method, "sparsity": cfg.sparsity, "space": self.space.name,
+            "calib_languages": ",".join(self.langs), "parallel": cfg.parallel, "storage": cfg.storage,
+            "objectives": ",".join(f"{o.metric}:{o.direction}" for o in cfg.objectives)}, {
+            "search.yaml": self.source, "space.yaml": Path(self.space.path).read_bytes()}
+
+    def stages(self, rec):
+        self.rec = SearchRecord(rec.cl, rec.exp, rec.parent, self.name, rec.tags)
+        if self.todo:
+            yield self, self
+
+    def stop(self, status: str, why: str) -> None:
+        for f in self.flights.values():  # nothing stays RUNNING, no trial is lost
+            quiet(lambda f=f: tracking.fail_cell(self.rec.cl, f.run_id, why, status=status))
+            quiet(lambda f=f: lose(self.study, self.storage, f.trial, "the driver stopped while this trial ran",
+                                   self.cfg.resources.max_retries))
+        self.flights.clear()
+
+    def end(self, status: str) -> None:
+        self.result = self.summary(status)
+        quiet(lambda: self.rec.end(self.study, self.result, self.metrics))
+
+    def release(self) -> None:
+        if self.study is not None:
             self.study.set_user_attr(DRIVER, "")
-        summary["tracking_uri"] = cfg.tracking_uri
-        if status == "FINISHED" and cfg.register_as:  # a normal end only: an interrupted study's best is not its best
-            summary["registered"] = self.rec.register(cfg.register_as, summary, cfg.objectives[0])
-            print(summary["registered"], flush=True)
-        return summary
 
     # ------------------------------------------------------------ the scheduler's source
 
@@ -197,12 +205,12 @@ class Search:
 
     def cell(self, point, override: dict[str, Any]):
         """The trial's cell (a sweep cell's key, so the worker runs it unchanged)."""
-        from tasks.api import PruneSpec, check_spec
+        from tasks.api import check_spec
         from tasks.data.langs import canonical_mix
 
         from ..config import run_options
         from ..sweep.cells import prune_cell
-        from .file import fixed_hp
+        from .file import fixed_hp, trial_spec
         from search_spaces.space import PROFILE
 
         cfg = self.cfg
@@ -211,9 +219,7 @@ class Search:
         kind = override.get("schedule") or point.schedule or cfg.schedule
         schedule = point.profile if kind == PROFILE else kind
         hp = {**fixed_hp(cfg, self.space, kind), **point.hp, **override.get("hp", {})}
-        spec = check_spec(PruneSpec(model=cfg.model, method=cfg.method, sparsity=cfg.sparsity, calib=calib,
-                                    data=cfg.calibration.data, nsamples=cfg.calibration.nsamples,
-                                    seqlen=cfg.calibration.seqlen, seed=cfg.seed, schedule=schedule, hp=hp))
+        spec = check_spec(trial_spec(cfg, calib, schedule, hp))
         return prune_cell(cfg.model, spec, cfg.dtype, self.ev, run_options(cfg))
 
     # ------------------------------------------------------------ the scheduler's events

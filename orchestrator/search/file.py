@@ -20,6 +20,7 @@ from tasks.errors import UserError
 
 from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, check_evaluation, check_fit, check_model,
                       model_path, read_mapping, resolve_evaluation, resolve_paths, validate)
+from ..sweep.cells import prune_spec
 
 
 class Objective(Strict):
@@ -144,7 +145,7 @@ def target_language(cfg: SearchConfig) -> str | None:
 
 
 def check(cfg: SearchConfig, space) -> None:
-    from tasks.api import PruneSpec, check_spec
+    from tasks.api import check_spec
     from tasks.data.langs import parse_mix
     from tasks.data.sources import get_source
     from tasks.pruning import METHODS, SCHEDULES
@@ -213,24 +214,25 @@ def check(cfg: SearchConfig, space) -> None:
     # One representative trial through the engine: method, hp keys and types, schedule, nsamples...
     try:
         hp = fixed_hp(cfg, space, "uniform" if searches_schedule(space) else cfg.schedule)
-        check_spec(PruneSpec(model=cfg.model, method=cfg.method, sparsity=cfg.sparsity, calib=",".join(langs),
-                             data=cfg.calibration.data, nsamples=cfg.calibration.nsamples, seqlen=cfg.calibration.seqlen,
-                             seed=cfg.seed, schedule="uniform" if searches_schedule(space) else cfg.schedule, hp=hp))
+        check_spec(trial_spec(cfg, ",".join(langs), "uniform" if searches_schedule(space) else cfg.schedule, hp))
     except UserError as e:
         field = {"hp": "hp", "schedule": "schedule", "method": "method", "nsamples": "calibration.nsamples",
                  "seqlen": "calibration.seqlen", "data": "calibration.data", "seed": "seed"}.get(e.field, e.field)
         raise UserError(field, e.message) from None
 
-    def spec(calib: str, schedule: str, hp: dict[str, Any]) -> PruneSpec:
-        return PruneSpec(model=cfg.model, method=cfg.method, sparsity=cfg.sparsity, calib=calib,
-                         data=cfg.calibration.data, nsamples=cfg.calibration.nsamples, seqlen=cfg.calibration.seqlen,
-                         seed=cfg.seed, schedule=schedule, hp={**fixed_hp(cfg, space, schedule), **hp})
+    def spec(calib: str, schedule: str, hp: dict[str, Any]):
+        return trial_spec(cfg, calib, schedule, {**fixed_hp(cfg, space, schedule), **hp})
 
     chosen = baselines.resolve(cfg, target_language(cfg))
     baselines.check(cfg, chosen, source, spec)
     # A searched mix may put all of nsamples on any one language: each alone is the worst case.
     # Trials are measured on valid (what the sampler sees) and on test.
     check_fit(cfg, [cfg.model], [*langs, *(b.calib for b in chosen if b.calib)], ev, ("valid", "test"))
+
+
+def trial_spec(cfg: SearchConfig, calib: str, schedule, hp: dict[str, Any]):
+    """A trial's `PruneSpec` (unchecked): what the file fixes plus the trial's calibration, schedule and hp."""
+    return prune_spec(cfg, cfg.model, cfg.method, cfg.sparsity, calib, cfg.seed, schedule, hp)
 
 
 def searches_schedule(space) -> bool:

@@ -25,13 +25,10 @@ TRIAL, STUDY, BASELINE = "polyprune.trial", "polyprune.study", "polyprune.baseli
 
 
 class SearchRecord:
-    def __init__(self, uri: str, name: str, tags: dict[str, str], params: dict[str, Any], files: dict[str, bytes]):
-        self.cl = tracking.client(uri, create=True)
-        self.exp = tracking.experiment_id(self.cl, name, uri, create=True)  # creates the schema here, once
-        self.name, self.tags = name, tags
-        # trial runs a dead driver left RUNNING end KILLED first
-        self.parent = tracking.begin_parent(self.cl, self.exp, name, "search", {**tags, STUDY: name}, params)
-        tracking.log_artifacts(self.cl, self.parent, files)
+    """The trials' runs under the parent run `sweep.lifecycle.drive` opened (`tags`: provenance)."""
+
+    def __init__(self, cl, exp: str, parent: str, name: str, tags: dict[str, str]):
+        self.cl, self.exp, self.parent, self.name, self.tags = cl, exp, parent, name, tags
 
     def start_trial(self, number: int, cell, optuna_params: dict[str, Any], baseline: str | None) -> str:
         tags = {**self.tags, STUDY: self.name, TRIAL: str(number), "polyprune.kind": "trial"}
@@ -44,8 +41,8 @@ class SearchRecord:
                                                        STUDY: self.name, TRIAL: str(number)}, trial=number)
         return run_id
 
-    def end(self, study, summary: dict[str, Any], metrics: list[str], status: str) -> None:
-        """Best trials, baselines and figures on the parent; then its status."""
+    def end(self, study, summary: dict[str, Any], metrics: list[str]) -> None:
+        """Best trials, baselines and figures on the parent (the lifecycle then ends it)."""
         files = {"best_trials.json": (json.dumps(summary, indent=2, default=str) + "\n").encode()}
         files.update(figures(study, metrics))
         tracking.log_artifacts(self.cl, self.parent, files)
@@ -60,7 +57,6 @@ class SearchRecord:
                 m.update({f"baseline.{b['baseline']}.{k}": v for k, v in b.get("test", {}).items()})
         tracking.log_metrics(self.cl, self.parent, m)
         tracking.log_tags(self.cl, self.parent, {"polyprune.best_trials": ",".join(str(b["number"]) for b in summary["best"])})
-        self.cl.set_terminated(self.parent, status)
 
     def register(self, as_name: str, summary: dict[str, Any], objective) -> str:
         """The search's best trial's logged model as a version of `as_name` (alias `best`; as
@@ -81,10 +77,7 @@ class SearchRecord:
                 "polyprune.sweep": self.name, TRIAL: str(t["number"])}
         if test is not None:
             tags["polyprune.test_value"] = f"{test:.10g}"
-        version, moved = models.register(self.cl, as_name, model, text, tags)
-        if not moved:
-            return f"{as_name}@{models.ALIAS} is version {version} already: trial {t['number']}, {model.name}; nothing registered"
-        return f"registered {as_name} version {version}, alias {models.ALIAS} moved to it: {text}"
+        return models.register_best(self.cl, as_name, model, text, tags)
 
     def held_out(self, run_id: str) -> dict[str, float]:
         """A trial's test.* metrics: in MLflow only, so the study (and its sampler) never holds them."""

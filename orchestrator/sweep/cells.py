@@ -47,6 +47,27 @@ def cell_id(key: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# The fields of a prune cell's key that are `tasks.api.PruneSpec` fields (the rest of the spec says how to run it).
+SPEC_KEYS = ("model", "method", "sparsity", "calib", "data", "nsamples", "seqlen", "seed", "schedule", "dtype")
+
+
+def prune_spec(cfg, model: str, method: str, sparsity: str, calib: str, seed: int, schedule, hp: dict[str, Any]):
+    """THE `tasks.api.PruneSpec` of a sweep's or search's file (unchecked): the file's calibration
+    (data, nsamples, seqlen) plus what this cell varies."""
+    from tasks.api import PruneSpec
+
+    c = cfg.calibration
+    return PruneSpec(model=model, method=method, sparsity=sparsity, calib=calib, data=c.data, nsamples=c.nsamples,
+                     seqlen=c.seqlen, seed=seed, schedule=schedule, hp=dict(hp))
+
+
+def spec_of(key: dict[str, Any], **how):
+    """The `PruneSpec` a worker runs for a prune cell's key; `how`: batch_size, device, trust_remote_code."""
+    from tasks.api import PruneSpec
+
+    return PruneSpec(**{k: key[k] for k in SPEC_KEYS}, hp=dict(key["hp"]), **how)
+
+
 def prune_cell(model: str, spec, dtype: str, ev: dict[str, Any], run: dict[str, Any], where: dict | None = None) -> Cell:
     """The cell of a checked `tasks.api.PruneSpec` on `model`, evaluated with `ev`."""
     key = {"kind": "prune", "model": model, "method": spec.method, "sparsity": spec.sparsity, "calib": spec.calib,

@@ -1,12 +1,9 @@
 """A sweep's run: `execute` (the cells on Ray, recorded in MLflow) and `dry_run`.
 
-Order of work: validate the whole file and every cell (nothing is created on a
-bad file) -> open the MLflow store (the driver creates the sqlite schema, once;
-a new store's creation overlaps Ray's start and the workers' imports, `session.starting`)
--> take the sweep's lease (`orchestrator.lease`: one driver per sweep, or exit 2)
--> skip cells already FINISHED -> connect to Ray -> parent run (reused on
-resume; children a dead driver left RUNNING are ended KILLED) -> cells on worker
-actors (`scheduler.run_cells`), each recorded when it comes back -> summary.
+The caller validates the whole file and every cell (nothing is created on a bad
+file); `lifecycle.drive` does the rest (start-up, store, lease, parent run, interrupt,
+final status); a sweep is only `SweepJob`: the cells not yet FINISHED as one stage,
+each recorded by a `Recorder` when it comes back, then the summary.
 Exit 0 when every cell is FINISHED, 1 when some FAILED, 130 on Ctrl-C (in-flight
 runs end KILLED).
 """
@@ -18,19 +15,16 @@ import time
 from pathlib import Path
 
 from .. import tracking
-from ..lease import hold
+from .lifecycle import Job, drive
 from .record import Recorder, log
-from .scheduler import FixedCells, run_cells
-from .session import driving, starting
+from .scheduler import FixedCells
 
 # ---------------------------------------------------------------- dry run
 
 
 def dry_run(cfg, cells) -> int:
     """Print the cells, which are done, and an estimate; run and create nothing."""
-    cl = tracking.client(cfg.tracking_uri, create=False)
-    exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=False) if cl else None
-    done = tracking.finished_cells(cl, exp, cfg.name) if exp else {}
+    done = tracking.finished_cells_at(cfg.tracking_uri, cfg.name)
     n_base = sum(c.kind == "baseline" for c in cells)
     print(f"sweep {cfg.name}: {len(cells)} cells ({n_base} dense baselines + {len(cells) - n_base} pruned), "
           f"{len(done)} already FINISHED in {cfg.tracking_uri}")
@@ -77,51 +71,57 @@ def estimate(cfg, cells, done) -> str:
 def execute(cfg, cells, ray_address: str | None = None, file: Path | None = None) -> int:
     """Run `cells` of `cfg` (from `sweep.file.expand`) and record them; the exit code.
     Usable from Python (e.g. `polyprune demo` builds a SweepConfig in code: file=None)."""
-    t0 = time.time()
-    with starting(cfg.tracking_uri, ray_address, cfg.resources, log) as started:
-        cl = tracking.client(cfg.tracking_uri, create=True)
-        exp = tracking.experiment_id(cl, cfg.name, cfg.tracking_uri, create=True)  # creates the schema here, once
-        with hold("sweep", cfg.name, cl, exp, tracking.sqlite_path(cfg.tracking_uri)):
-            rec, status, code = run_parent(cfg, cells, cl, exp, ray_address, file, t0, started)
-    summary(cfg, rec, status)
-    return code
+    job = SweepJob(cfg, cells, file)
+    out = drive(job, ray_address)
+    summary(cfg, job.rec, out.status)
+    return out.code
 
 
-def run_parent(cfg, cells, cl, exp, ray_address, file, t0, started=None):
-    """Under the sweep's lease: the parent run and the cells still to run; (recorder, status, exit code)."""
-    done = tracking.finished_cells(cl, exp, cfg.name)
-    todo = [c for c in cells if c.cell_id not in done]
-    with driving(ray_address, needed=bool(todo), started=started):
-        prov = tracking.provenance()
-        parent = tracking.begin_parent(cl, exp, cfg.name, "sweep", prov, {"file": str(file.resolve()) if file else "",
-                                                                           "cells": len(cells), "models": ",".join(cfg.models)})
+class SweepJob(Job):
+    """A sweep for `lifecycle.drive`: one stage, its cells still to run (`FixedCells`), recorded by a `Recorder`."""
+
+    kind = "sweep"
+
+    def __init__(self, cfg, cells, file: Path | None):
+        self.cfg, self.cells, self.file = cfg, cells, file
+        self.name, self.tracking_uri, self.resources = cfg.name, cfg.tracking_uri, cfg.resources
+        self.todo: list = []
+        self.rec: Recorder | None = None
+
+    def open(self, rec) -> bool:
+        done = tracking.finished_cells(rec.cl, rec.exp, self.name)
+        self.todo = [c for c in self.cells if c.cell_id not in done]
+        return bool(self.todo)
+
+    def parent(self):
         import yaml
 
+        cfg, cells, file = self.cfg, self.cells, self.file
         source = file.read_bytes() if file else yaml.safe_dump(cfg.model_dump(), sort_keys=False).encode()
-        tracking.log_artifacts(cl, parent, {"sweep.yaml": source,
-                                            "cells.json": json.dumps([{"cell_id": c.cell_id, **c.key} for c in cells],
-                                                                     indent=1, default=str).encode()})
-        rec = Recorder(cl, exp, parent, cfg.name, prov, total=len(cells), before=len(cells) - len(todo))
-        log(f"sweep {cfg.name}: {len(cells)} cells, {len(cells) - len(todo)} already FINISHED, {len(todo)} to run; "
-            f"MLflow {cfg.tracking_uri} (parent run {parent})")
-        status, code = "FINISHED", 0
-        try:
-            if todo:
-                run_cells(FixedCells(todo), cfg.resources, rec, log, pool=started.pool if started else None)
-        except KeyboardInterrupt:
-            status, code = "KILLED", 130
-            rec.end_inflight("KILLED", "interrupted (Ctrl-C / SIGTERM)")
-        except BaseException as e:
-            status = "FAILED"
-            rec.end_inflight("FAILED", f"the driver failed: {type(e).__name__}: {e}")
-            raise
-        finally:
-            if status == "FINISHED" and rec.failures:
-                status, code = "FAILED", 1
-            tracking.log_metrics(cl, parent, {"cells.total": len(cells), "cells.finished": rec.before + len(rec.finished),
-                                              "cells.failed": len(rec.failures), "time.sweep_s": time.time() - t0})
-            cl.set_terminated(parent, status)
-    return rec, status, code
+        return {}, {"file": str(file.resolve()) if file else "", "cells": len(cells), "models": ",".join(cfg.models)}, {
+            "sweep.yaml": source,
+            "cells.json": json.dumps([{"cell_id": c.cell_id, **c.key} for c in cells], indent=1, default=str).encode()}
+
+    def stages(self, rec):
+        n, todo = len(self.cells), self.todo
+        self.rec = Recorder(rec.cl, rec.exp, rec.parent, self.name, rec.tags, total=n, before=n - len(todo))
+        self.t0 = rec.t0
+        log(f"sweep {self.name}: {n} cells, {n - len(todo)} already FINISHED, {len(todo)} to run; "
+            f"MLflow {self.tracking_uri} (parent run {rec.parent})")
+        if todo:
+            yield FixedCells(todo), self.rec
+
+    def stop(self, status: str, why: str) -> None:
+        if self.rec is not None:
+            self.rec.end_inflight(status, why)
+
+    def has_failures(self) -> bool:
+        return bool(self.rec and self.rec.failures)
+
+    def end(self, status: str) -> None:
+        r = self.rec
+        tracking.log_metrics(r.cl, r.parent, {"cells.total": len(self.cells), "cells.finished": r.before + len(r.finished),
+                                              "cells.failed": len(r.failures), "time.sweep_s": time.time() - self.t0})
 
 
 def summary(cfg, rec: Recorder, status: str) -> None:

@@ -20,7 +20,7 @@ from tasks.errors import UserError
 
 from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, check_evaluation, check_fit, check_model,
                       model_path, read_mapping, resolve_evaluation, resolve_paths, run_options, validate)
-from .cells import Cell, baseline_cell, prune_cell
+from .cells import Cell, baseline_cell, prune_cell, prune_spec
 
 
 class MethodEntry(Strict):
@@ -75,7 +75,7 @@ def load_sweep(path: str | os.PathLike) -> SweepConfig:
 
 def expand(cfg: SweepConfig) -> list[Cell]:
     """All cells, validated: per model its dense baseline, then methods x sparsities x languages x seeds."""
-    from tasks.api import PruneSpec, check_spec  # heavy (torch); only once a file has parsed
+    from tasks.api import check_spec  # heavy (torch); only once a file has parsed
 
     ev = _evaluation(cfg)
     for i, m in enumerate(cfg.models):
@@ -94,9 +94,7 @@ def expand(cfg: SweepConfig) -> list[Cell]:
                 for li, calib in enumerate(cfg.calibration.languages):
                     for di, seed in enumerate(cfg.seeds):
                         where = {**where, "calib": f"calibration.languages[{li}]", "seed": f"seeds[{di}]"}
-                        raw = PruneSpec(model=model, method=m.name, sparsity=sparsity, calib=calib,
-                                        data=cfg.calibration.data, nsamples=cfg.calibration.nsamples,
-                                        seqlen=cfg.calibration.seqlen, seed=seed, schedule=cfg.schedule, hp=dict(m.hp))
+                        raw = prune_spec(cfg, model, m.name, sparsity, calib, seed, cfg.schedule, m.hp)
                         memo = json.dumps({**raw.to_dict(), "model": ""}, sort_keys=True, default=str)
                         if memo not in checked:
                             try:

@@ -16,7 +16,8 @@ and owns the record. Rules:
 - an actor that cannot even start is replaced; after 2 x pool size such failures with
   no actor up, the run stops (RuntimeError);
 - when no actor can be placed for `WORKER_WAIT_S`, the cells still owed fail.
-A driver runs this loop inside `session.driving` (Ray connected or started, SIGTERM taken as Ctrl-C).
+Drivers run this loop only through `lifecycle.drive` (inside `session.driving`: Ray connected or
+started, SIGTERM taken as Ctrl-C), once per stage.
 """
 
 from __future__ import annotations

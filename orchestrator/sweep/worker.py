@@ -97,7 +97,9 @@ class CellRunner:
         return time.perf_counter() - t0
 
     def _run(self, task: dict[str, Any]) -> dict[str, Any]:
-        from tasks.api import PruneSpec, calibration_dataset, prune, save_outputs
+        from tasks.api import calibration_dataset, prune, save_outputs
+
+        from .cells import spec_of
 
         key, opts = task["key"], task["run"]
         self.dirty = True  # until proven otherwise: an exception below leaves the weights unknown
@@ -106,10 +108,7 @@ class CellRunner:
         params: dict[str, Any] = {}
         datasets: dict[str, dict] = {}  # context -> what the run read (tracking.log_datasets)
         if task["kind"] == "prune":
-            spec = PruneSpec(model=key["model"], method=key["method"], sparsity=key["sparsity"], calib=key["calib"],
-                             data=key["data"], nsamples=key["nsamples"], seqlen=key["seqlen"], seed=key["seed"],
-                             schedule=key["schedule"], hp=dict(key["hp"]), batch_size=opts["batch_size"],
-                             device=_device(), dtype=key["dtype"], trust_remote_code=opts["trust_remote_code"])
+            spec = spec_of(key, batch_size=opts["batch_size"], device=_device(), trust_remote_code=opts["trust_remote_code"])
             res = prune(self.model, self.tok, spec, progress=False)
             datasets["calibration"] = calibration_dataset(res)
             r = res.result

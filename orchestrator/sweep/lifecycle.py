@@ -1,0 +1,139 @@
+"""THE driver's lifecycle, shared by sweeps and searches: `drive(job)`.
+
+The caller has validated everything (nothing is created on a bad file). Then:
+start (`session.starting`: the Ray address probed; on a new sqlite store Ray and the
+workers start in the background while MLflow creates its schema) -> the MLflow client
+and experiment, opened once -> the lease (`orchestrator.lease`: one driver per sweep or
+study, else exit 2) -> `job.open` (what is done already; a search takes its study over)
+-> Ray joined, SIGTERM taken as Ctrl-C (`session.driving`) -> the parent run (reused on
+resume; children a dead driver left RUNNING end KILLED) -> each of `job.stages(...)`
+through `scheduler.run_cells` -> `job.end` and the parent's final status.
+
+One interrupt path for every kind and stage:
+- Ctrl-C / SIGTERM: `job.stop("KILLED", why)` ends the records in flight, status KILLED, exit 130;
+- the driver itself fails: `job.stop("FAILED", why)`, status FAILED, the error re-raised;
+- some cells failed (`job.has_failures()`): status FAILED, exit 1; else FINISHED, exit 0.
+
+A kind is a `Job`: a source of cells and a sink of events per stage, plus small hooks.
+A stage is one `run_cells` pass under the same lease and parent run. To add one, yield
+another `(source, events)` from `Job.stages`: the generator resumes only once the
+previous stage has run through, and not at all after an interrupt, so a later stage
+(e.g. re-running a search's best trials) can read what the earlier ones produced.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .. import tracking
+from ..lease import hold
+from .record import log
+from .scheduler import Events, Source, run_cells
+from .session import driving, starting
+
+
+@dataclass
+class Record:
+    """Where a job records: the MLflow client and experiment, the parent run (None until
+    `stages` is reached), the provenance tags every run of this driver carries, and when
+    the driver started (time.time())."""
+
+    cl: Any
+    exp: str
+    tags: dict[str, str]
+    t0: float
+    parent: str | None = None
+
+
+class Job:
+    """A kind of driven run (sweep, search). Subclasses set `kind` ("sweep" or "search": the
+    lease's kind and the parent run's role), `name` (experiment, lease and parent run),
+    `tracking_uri` and `resources` (the first stage's workers, started during start-up),
+    and override the hooks they need."""
+
+    kind: str
+    name: str
+    tracking_uri: str
+    resources: Any
+
+    def open(self, rec: Record) -> bool:
+        """Under the lease, before Ray and the parent run: read what is done. True when some
+        stage has cells to run (else Ray is not started at all)."""
+        return True
+
+    def parent(self) -> tuple[dict[str, str], dict[str, Any], dict[str, bytes]]:
+        """The parent run's own (tags, params, artifacts)."""
+        return {}, {}, {}
+
+    def stages(self, rec: Record) -> Iterator[tuple[Source, Events]]:
+        """The (source, events) of each `run_cells` pass, in order; `rec.parent` is set. Code
+        before the first yield runs once the parent exists (create the recorder there). Yield
+        only a stage that has cells: a stage's workers are started for it."""
+        return iter(())
+
+    def stop(self, status: str, why: str) -> None:
+        """Interrupted or failed: end every record still in flight with `status` (nothing stays RUNNING)."""
+
+    def has_failures(self) -> bool:
+        """Did cells fail (the run then ends FAILED, exit 1)?"""
+        return False
+
+    def end(self, status: str) -> None:
+        """The final record on the parent (metrics, artifacts), before it is ended with `status`."""
+
+    def release(self) -> None:
+        """Always once the lease is held (even when `open` failed), before it is released."""
+
+
+@dataclass
+class Outcome:
+    status: str  # the parent run's: FINISHED, FAILED or KILLED
+    code: int  # the exit code: 0, 1 (cells failed) or 130 (interrupted)
+
+
+def drive(job: Job, ray_address: str | None = None) -> Outcome:
+    """Run `job` from start-up to its parent run's final status (see the module's docstring).
+    A driver error is re-raised after the records are ended."""
+    t0 = time.time()
+    uri = job.tracking_uri
+    tracking.client(uri, create=False)  # a missing sqlite folder is a UserError before anything exists
+    with starting(uri, ray_address, job.resources, log) as started:
+        cl = tracking.client(uri, create=True)
+        exp = tracking.experiment_id(cl, job.name, uri, create=True)  # creates the schema here, once
+        with hold(job.kind, job.name, cl, exp, tracking.sqlite_path(uri)):
+            rec = Record(cl, exp, tracking.provenance(), t0)
+            try:
+                needed = job.open(rec)
+                with driving(ray_address, needed=needed, started=started):
+                    return run_parent(job, rec, started)
+            finally:
+                job.release()
+
+
+def run_parent(job: Job, rec: Record, started) -> Outcome:
+    tags, params, files = job.parent()
+    rec.parent = tracking.begin_parent(rec.cl, rec.exp, job.name, job.kind, {**rec.tags, **tags}, params)
+    tracking.log_artifacts(rec.cl, rec.parent, files)
+    status, code = "FINISHED", 0
+    try:
+        pool = started.pool if started else None  # actors started during start-up serve the first stage
+        for source, events in job.stages(rec):
+            run_cells(source, job.resources, events, log, pool=pool)
+            pool = None
+    except KeyboardInterrupt:
+        status, code = "KILLED", 130
+        job.stop("KILLED", "interrupted (Ctrl-C / SIGTERM)")
+    except BaseException as e:
+        status = "FAILED"
+        job.stop("FAILED", f"the driver failed: {type(e).__name__}: {e}")
+        raise
+    finally:
+        if status == "FINISHED" and job.has_failures():
+            status, code = "FAILED", 1
+        try:
+            job.end(status)
+        finally:
+            rec.cl.set_terminated(rec.parent, status)
+    return Outcome(status, code)
