@@ -1,4 +1,4 @@
-"""What sweep files and search files share (SPEC "Sweep and search files").
+"""What sweep files and search files share (docs/sweeps.md, docs/search.md).
 
 The sections both files have (calibration, evaluation, resources), the error format of
 a bad file (one `UserError` whose field is the file path of the value: `methods[2].hp`),

@@ -37,13 +37,15 @@ from typing import Iterator
 
 from tasks.errors import UserError
 
+from .names import LEASE
+
 DEFAULTS = {
     "settle_s": 1.0,  # claim -> read back; far above one write's latency
     "beat_s": 5.0,  # heartbeat period
     "expiry_s": 60.0,  # a holder on another host silent this long is taken as dead (> a server restart)
     "ray_wait_s": 60.0,  # how long an actor that does not answer may linger before Ray ends it
 }
-TAG = "polyprune.lease"
+TAG = LEASE
 NAMESPACE = "polyprune"
 HELD: list["Lease"] = []  # leases this process holds, for `claim_ray` once Ray is up
 

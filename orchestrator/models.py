@@ -22,9 +22,7 @@ from typing import Any
 
 from tasks.errors import UserError
 
-MODEL_ID = "polyprune.model_id"  # tag of a cell's run: its LoggedModel
-ERROR = "polyprune.error"
-BASE_MODEL = "polyprune.base_model"
+from .names import BASE_MODEL, ERROR, MODEL_ID
 MASKS_TYPE, WEIGHTS_TYPE, DENSE_TYPE = "polyprune-masks", "polyprune-weights", "polyprune-dense"
 
 

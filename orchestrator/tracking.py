@@ -1,4 +1,4 @@
-"""MLflow helpers both sweeps and searches use (SPEC "MLflow record"). Only drivers call this.
+"""MLflow helpers both sweeps and searches use (docs/record.md). Only drivers call this.
 
 experiment = sweep or search name; one parent run per sweep / study, tagged
 `polyprune.role=sweep|search` and reused on every rerun; one child run per cell or
@@ -21,13 +21,10 @@ from typing import Any
 from tasks.errors import UserError
 
 from .lease import check_uri, creating
-from .models import MODEL_ID, check_model_files, end_model, log_model_params
+from .models import check_model_files, end_model, log_model_params
+from .names import (CELL, DRIVER, ERROR, EXPERIMENT_KIND, GIT_DIRTY, KIND, MODEL_DEVELOPMENT, MODEL_HASH, MODEL_ID, NOTE,
+                    PARENT, ROLE, SWEEP, VERSIONS)
 
-ROLE, SWEEP, CELL, ERROR, DRIVER = "polyprune.role", "polyprune.sweep", "polyprune.cell_id", "polyprune.error", "polyprune.driver"
-PARENT = "mlflow.parentRunId"
-# MLflow 3 opens an experiment on its GenAI traces unless it is marked as model development.
-KIND, MODEL_DEVELOPMENT, NOTE = "mlflow.experimentKind", "custom_model_development", "mlflow.note.content"
-MODEL_HASH = "polyprune.model_hash"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -64,7 +61,7 @@ def experiment_id(cl, name: str, uri: str, create: bool) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return cl.create_experiment(name, artifact_location=location, tags={KIND: MODEL_DEVELOPMENT})
+        return cl.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
     except MlflowException:  # created by a concurrent driver meanwhile: get it
         exp = cl.get_experiment_by_name(name)
         if exp is None:
@@ -146,14 +143,14 @@ def start_cell(cl, exp_id: str, parent_id: str, sweep: str, cell, tags: dict[str
                params: dict[str, Any] | None = None) -> str:
     """A cell's child run (a search trial's adds its own tags, name and params)."""
     run = cl.create_run(exp_id, run_name=run_name or f"{cell.cell_id[:8]} {cell.label()}",
-                        tags={PARENT: parent_id, SWEEP: sweep, CELL: cell.cell_id, "polyprune.kind": cell.kind,
+                        tags={PARENT: parent_id, SWEEP: sweep, CELL: cell.cell_id, KIND: cell.kind,
                               **model_tags(cell.model), **tags})
     log_params(cl, run.info.run_id, {**cell_params(cell), **(params or {})})
     return run.info.run_id
 
 
 def cell_params(cell) -> dict[str, Any]:
-    """SPEC names: model, method, sparsity, calib, nsamples, seqlen, seed, schedule + method hps."""
+    """The record's parameter names (docs/record.md): model, method, sparsity, calib, nsamples, seqlen, seed, schedule + method hps."""
     k = cell.key
     ev = k["eval"]
     from tasks.models import model_name
@@ -257,7 +254,7 @@ def describe_experiment(cl, exp_id: str, name: str, role: str, file: str, uri: s
             f"- resume (runs only what is not FINISHED): `{again}`\n"
             f"- progress: `polyprune status {name} --tracking-uri '{uri}'`\n"
             f"- tables and figures: `polyprune report {name} --out {safe_name(name)}-report --tracking-uri '{uri}'`\n")
-    for key, value in ((KIND, MODEL_DEVELOPMENT), (NOTE, text)):
+    for key, value in ((EXPERIMENT_KIND, MODEL_DEVELOPMENT), (NOTE, text)):
         cl.set_experiment_tag(exp_id, key, value)
 
 
@@ -296,7 +293,7 @@ def provenance() -> dict[str, str]:
             vers[pkg] = version(pkg)
         except Exception:
             pass
-    tags = {"polyprune.versions": json.dumps(vers, sort_keys=True)}
+    tags = {VERSIONS: json.dumps(vers, sort_keys=True)}
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -304,7 +301,7 @@ def provenance() -> dict[str, str]:
             tags["mlflow.source.git.commit"] = commit.stdout.strip()
             dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                    capture_output=True, text=True, timeout=10)
-            tags["polyprune.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+            tags[GIT_DIRTY] = str(bool(dirty.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
         pass
     return tags

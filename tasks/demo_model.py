@@ -5,7 +5,7 @@ languages really differ: this one is trained on the calibration split of the
 built-in corpus (`tasks.data.builtin`), half of every batch from the ten target
 languages, the rest from all other text there. Held-out bits per byte use the
 eval split, which training never saw. The recipe was measured on a 2-core CPU
-(SPEC, "The offline demo"); training is deterministic from the seed, and the
+(docs/data.md, "The demo model"); training is deterministic from the seed, and the
 result is cached under <cache root>/demo/<hash of config and corpus>/polyprune-demo-llama/,
 and the model alias `demo` names it wherever a model is named.
 """

@@ -1,4 +1,4 @@
-"""`tasks/` is importable and runnable without the driver's libraries (STYLE: workers get plain dicts)."""
+"""`tasks/` is importable and runnable without the driver's libraries (workers get plain dicts: docs/design.md)."""
 
 import subprocess
 import sys

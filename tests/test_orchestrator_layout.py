@@ -5,19 +5,21 @@ imported from another module, no Optuna private attribute is touched, modules st
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "orchestrator"
 # What each part of orchestrator/ may import from orchestrator/ (itself always).
 ALLOWED = {
-    "config": set(),
-    "lease": set(),
-    "models": set(),
-    "tracking": {"lease", "models"},
-    "sweep": {"config", "tracking", "lease", "models"},
-    "search": {"config", "tracking", "sweep", "lease", "models"},
-    "report": {"config", "tracking", "models"},
-    "cli": {"config", "tracking", "models", "sweep", "search", "report", "lease"},
+    "names": set(),
+    "config": {"names"},
+    "lease": {"names"},
+    "models": {"names"},
+    "tracking": {"names", "lease", "models"},
+    "sweep": {"names", "config", "tracking", "lease", "models"},
+    "search": {"names", "config", "tracking", "sweep", "lease", "models"},
+    "report": {"names", "config", "tracking", "models"},
+    "cli": {"names", "config", "tracking", "models", "sweep", "search", "report", "lease"},
 }
 
 
@@ -113,3 +115,36 @@ def test_the_driver_check_catches_a_driver_that_starts_things_itself():
     code = ("from ..lease import hold\nfrom .session import driving\nimport mlflow\n"
             "def f(cfg):\n    cl = tracking.client(cfg.tracking_uri, create=True)\n    tracking.begin_parent(cl)\n")
     assert len(lifecycle_uses(ast.parse(code))) == 5
+
+
+ROOT = PKG.parent
+
+
+def record_names_outside_names_py(paths) -> list[str]:
+    """String constants spelling a polyprune record name anywhere but orchestrator/names.py."""
+    found = []
+    for path in paths:
+        if path.name == "names.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("polyprune.") and " " not in node.value:
+                found.append(f"{path.name}:{node.lineno}: {node.value}")
+    return found
+
+
+def test_record_names_live_in_one_module():
+    assert record_names_outside_names_py(sorted(PKG.rglob("*.py"))) == []
+
+
+def test_the_names_check_catches_a_literal(tmp_path):
+    copy = tmp_path / "status.py"
+    copy.write_text((PKG / "cli" / "status.py").read_text() + '\nSTRAY = "polyprune.trial"\n')
+    assert record_names_outside_names_py([copy]) == [f"status.py:{len(copy.read_text().splitlines())}: polyprune.trial"]
+
+
+def test_the_repo_sends_no_reader_to_a_document_it_lacks():
+    """The design notes are docs/design.md; no file points at a design brief the repo does not ship."""
+    word = re.compile(r"\b" + "SP" + "EC" + r"\b")
+    texts = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".yaml", ".toml", ".txt", ".cfg"}
+             and not any(part.startswith(".") or part in {"build", "dist"} for part in p.relative_to(ROOT).parts)]
+    assert [str(p.relative_to(ROOT)) for p in texts if word.search(p.read_text(errors="ignore"))] == []

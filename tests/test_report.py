@@ -2,7 +2,7 @@
 
 The record is made here, not by `polyprune sweep`: the real engine prunes and
 evaluates the tiny Llama, and `log_cell` writes each result with the MLflow client
-exactly as SPEC "MLflow record" and orchestrator/tracking.py name things (parent
+exactly as docs/record.md and orchestrator/names.py name things (parent
 tagged polyprune.role, children with polyprune.cell_id / polyprune.kind, params,
 ppl.* metrics, result.json and masks.safetensors artifacts).
 """

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# 60-70% sparsity is where calibration language shows on this model (SPEC, measured here).
+# 60-70% sparsity is where calibration language shows on this model (measured: docs/mwanda.md).
 DEFAULTS = dict(method="wanda", sparsity="0.65", calib="en,sw,zh", eval="en,sw,zh,de,ru", nsamples=64, seqlen=128,
                 seed=0, limit=32, trials=20, out="polyprune-demo")
 

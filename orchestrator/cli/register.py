@@ -13,6 +13,7 @@ import argparse
 
 from tasks.errors import UserError
 
+from .. import names
 from ..models import ALIAS
 
 LOWER = ("ppl.", "loss", "bits_per_byte", "perplexity", "time.", "memory.")
@@ -84,10 +85,9 @@ def run(args) -> int:
     low = lower_is_better(args.metric)
     # ties: the earliest model, so a rerun that adds an equal model does not move the alias
     value, _, key, best = min(scored, key=lambda t: (t[0] if low else -t[0], t[1]))
-    kind = "search" if "polyprune.trial" in best.tags else "sweep"
+    kind = "search" if names.TRIAL in best.tags else "sweep"
     text = (f"best of {kind} {name!r} by {key} ({'lowest' if low else 'highest'}) = {value:.6g}: "
             f"{best.name} ({best.model_id}, run {best.source_run_id})")
-    print(models.register_best(cl, args.as_name, best, text, {"polyprune.metric": key, "polyprune.value": f"{value:.10g}",
-                                                               "polyprune.sweep": name}))
+    print(models.register_best(cl, args.as_name, best, text, {names.METRIC: key, names.VALUE: f"{value:.10g}", names.SWEEP: name}))
     print(f"use: polyprune eval --model models:/{args.as_name}@{ALIAS} --tracking-uri '{uri}' ...")
     return 0

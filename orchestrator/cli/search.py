@@ -8,7 +8,7 @@ from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help="search file (YAML; SPEC 'Sweep and search files')")
+    p.add_argument("file", metavar="FILE", help="search file (YAML; keys in docs/search.md)")
     p.add_argument("--n-trials", type=int, default=None, help="run N more trials (default: up to the file's n_trials in all)")
     p.add_argument("--storage", default=None, help="Optuna storage: sqlite:///F, journal:///F, postgresql://... (default: the file's)")
     p.add_argument("--ray-address", default=None, help="auto | HOST:PORT | ray://HOST:10001 (default: RAY_ADDRESS or a local Ray)")

@@ -31,7 +31,7 @@ def add_cells(rows: dict, cells: list | None) -> None:
 
 def collect(name: str, uri: str) -> tuple[dict, dict]:
     """(parent info, {cell or trial id: row}) of the latest run per cell."""
-    from .. import tracking
+    from .. import names, tracking
 
     cl, exp = tracking.open_experiment(name, uri)
     parent, rows = {}, {}
@@ -39,12 +39,12 @@ def collect(name: str, uri: str) -> tuple[dict, dict]:
         t = r.data.tags
         if t.get(tracking.ROLE) in ("sweep", "search") or tracking.PARENT not in t:
             parent = {"status": r.info.status, "run_id": r.info.run_id, "driver": t.get(tracking.DRIVER, ""),
-                      "best": {f"trial {n}" for n in t.get("polyprune.best_trials", "").split(",") if n}}
+                      "best": {f"trial {n}" for n in t.get(names.BEST_TRIALS, "").split(",") if n}}
             continue
         # a trial is its own row even when two trials hit the same cell
-        key = f"trial {t['polyprune.trial']}" if "polyprune.trial" in t else t.get(tracking.CELL) or r.info.run_id
+        key = f"trial {t[names.TRIAL]}" if names.TRIAL in t else t.get(tracking.CELL) or r.info.run_id
         # a search's rows: which baseline a trial is; the best (chosen on valid) are marked from the parent
-        label = (f"[{t['polyprune.baseline']}] " if "polyprune.baseline" in t else "") + _label(r)
+        label = (f"[{t[names.BASELINE]}] " if names.BASELINE in t else "") + _label(r)
         rows[key] = {"cell": key, "state": r.info.status, "label": label, "metrics": r.data.metrics,
                      "error": t.get(tracking.ERROR, ""), "runs": rows.get(key, {}).get("runs", 0) + 1}
     return parent, rows

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help="sweep file (YAML; SPEC 'Sweep and search files')")
+    p.add_argument("file", metavar="FILE", help="sweep file (YAML; keys in docs/sweeps.md)")
     p.add_argument("--dry-run", action="store_true", help="print the cells, which are done, and an estimate; run nothing")
     p.add_argument("--ray-address", default=None, help="auto | HOST:PORT | ray://HOST:10001 (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: the file's tracking_uri, else sqlite:///mlflow.db beside the file)")

@@ -1,6 +1,6 @@
 """Report assembly (`polyprune report NAME --out DIR`): tables and figures of a sweep or search, from MLflow.
 
-Reads the FINISHED child runs of experiment NAME (SPEC "MLflow record"), writes
+Reads the FINISHED child runs of experiment NAME (docs/record.md), writes
 DIR/report.html (figures embedded as base64 PNG: it opens offline, from a mail or a
 laptop) plus every figure as PNG and every table as CSV, and logs the folder to the
 sweep's / study's parent run under `report/`, so the figures show in the MLflow UI.
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tasks.errors import UserError
 
+from ..names import MODEL_ID
 from .record import Run, check_masks, load_record, write_csv
 
 DEFAULTS = {
@@ -35,7 +36,7 @@ def runs_table(runs: list[Run], out: Path) -> tuple[list, list]:
     metrics = [k for k in sorted({k for r in runs for k in r.metrics})
                if k.startswith(("ppl.", "sparsity.", "time.prune", "time.eval")) or (k.startswith("lmeval.") and "stderr" not in k)]
     header = ["run_id", "model_id", "trial", "model", "method", "sparsity", "calib", "seed", "schedule"] + metrics
-    rows = [[r.id, r.tags.get("polyprune.model_id", ""), "" if r.trial is None else r.trial, r.model, r.variant or r.params.get("method", ""), r.params.get("sparsity", ""),
+    rows = [[r.id, r.tags.get(MODEL_ID, ""), "" if r.trial is None else r.trial, r.model, r.variant or r.params.get("method", ""), r.params.get("sparsity", ""),
              r.calib if not r.dense else "", "" if r.dense else r.seed, r.params.get("schedule", "")] +
             [r.metrics.get(k, "") for k in metrics] for r in runs]
     write_csv(out / "runs.csv", header, rows)

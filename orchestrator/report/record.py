@@ -14,6 +14,7 @@ from pathlib import Path
 from tasks.errors import UserError
 
 from .. import models, tracking
+from ..names import KIND, TRIAL
 
 IDENTITY = ("model", "method", "sparsity", "calib", "seed")  # never part of a "variant" label
 NOT_VARIANT = IDENTITY + ("seqlen", "data", "dtype")  # resolved or bookkeeping, not a design choice
@@ -37,7 +38,7 @@ class Run:
 
     @property
     def dense(self) -> bool:
-        return self.params.get("method") == "dense" or self.tags.get("polyprune.kind") == "baseline"
+        return self.params.get("method") == "dense" or self.tags.get(KIND) == "baseline"
 
     @property
     def calib(self) -> str:
@@ -49,7 +50,7 @@ class Run:
 
     @property
     def trial(self) -> int | None:
-        t = self.tags.get("polyprune.trial")
+        t = self.tags.get(TRIAL)
         return int(t) if t is not None and str(t).isdigit() else None
 
 
@@ -77,7 +78,7 @@ def load_record(name: str, uri: str):
         t = r.data.tags
         if t.get(tracking.ROLE) in ("sweep", "search"):
             parent = parent or r  # the first parent is the one a resumed sweep reuses
-        elif r.info.status == "FINISHED" and (tracking.CELL in t or "polyprune.trial" in t or tracking.PARENT in t):
+        elif r.info.status == "FINISHED" and (tracking.CELL in t or TRIAL in t or tracking.PARENT in t):
             runs.append(Run(r.info.run_id, dict(r.data.params), dict(r.data.metrics), dict(t)))
     if not runs:
         raise UserError("NAME", f"{name!r} has no finished runs yet in {uri} (see `polyprune status {name}`)")

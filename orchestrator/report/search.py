@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..names import BASELINE, OBJECTIVES, STORAGE, STUDY
 from .record import IDENTITY, Run, eval_languages, slug, write_csv
 
 
@@ -17,7 +18,7 @@ def objectives(parent, trials: list[Run]) -> list[tuple[str, str]]:
     raw = None
     if parent is not None:
         d = {**parent.data.tags, **parent.data.params}
-        raw = d.get("objectives") or d.get("polyprune.objectives")
+        raw = d.get("objectives") or d.get(OBJECTIVES)
     out = []
     if raw:
         try:
@@ -33,7 +34,7 @@ def objectives(parent, trials: list[Run]) -> list[tuple[str, str]]:
 
 def is_baseline(t: Run) -> bool:
     """Baselines a search enqueues first: single-language or equal-weight mixes (or tagged so)."""
-    if "polyprune.baseline" in t.tags:
+    if BASELINE in t.tags:
         return True
     weights = {w.partition("=")[2] for w in t.params.get("calib", "").split(",")}
     return "," not in t.calib or len(weights) == 1
@@ -56,10 +57,10 @@ def importances(parent, name: str, trials: list[Run], metric: str, direction: st
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     d = {**parent.data.tags, **parent.data.params} if parent is not None else {}
-    storage = d.get("storage") or d.get("optuna.storage") or d.get("polyprune.storage")
+    storage = d.get("storage") or d.get("optuna.storage") or d.get(STORAGE)
     if storage:
         try:
-            study = optuna.load_study(study_name=d.get("study") or d.get("polyprune.study") or name, storage=storage)
+            study = optuna.load_study(study_name=d.get("study") or d.get(STUDY) or name, storage=storage)
             # the first objective, as in the MLflow fallback below
             return optuna.importance.get_param_importances(study, target=lambda t: t.values[0]), f"Optuna storage {storage}"
         except Exception:
@@ -157,12 +158,12 @@ def held_out(best: Run, trials: list[Run], metric: str, langs: list[str], out: P
     if pts:
         path = fig.valid_vs_test(out / f"search_valid_vs_test_{slug(metric)}.png", pts, metric=metric)
         items.append(("img", str(path), f"Every trial's {metric} on valid and on test."))
-    bases = sorted((t for t in trials if "polyprune.baseline" in t.tags and t is not best), key=lambda t: t.trial)
+    bases = sorted((t for t in trials if BASELINE in t.tags and t is not best), key=lambda t: t.trial)
     keys = [f"test.ppl.{l}" for l in langs] + ["test.ppl.mean"]
     if bases and any(k in best.metrics for k in keys):
         header = ["language", f"best #{best.trial}"]
         for b in bases:
-            header += [b.tags["polyprune.baseline"], f"best - {b.tags['polyprune.baseline']}"]
+            header += [b.tags[BASELINE], f"best - {b.tags[BASELINE]}"]
         rows = []
         for lang, k in zip(langs + ["mean"], keys):
             v = best.metrics.get(k)

@@ -9,5 +9,5 @@ layerwise schedules, trials run by the sweeps' scheduler (`orchestrator.sweep.sc
   the scheduler's source and events;
 - `record`: the search's MLflow parent run (best trials on valid with their test numbers, Optuna figures).
 Only what is specific to Optuna lives here; the spaces and their loader are `search_spaces`
-(SPEC layout: declarative files + their loader).
+(declarative files beside their loader; docs/design.md, "The layers").
 """

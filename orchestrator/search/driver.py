@@ -29,9 +29,10 @@ from tasks.errors import UserError
 from .. import models, tracking
 from ..sweep.lifecycle import Job, drive
 from ..sweep.record import log, retry_tags
-from .record import STUDY, SearchRecord, finite
+from ..names import BASELINE, BASELINES_DONE, BEAT, DRIVER, ERROR, OVERRIDE, STUDY
+from .record import SearchRecord, finite
 from . import baselines
-from .study import (BASELINE, BASELINES_DONE, BEAT, DEFAULTS, DRIVER, OVERRIDE, check_storage, counted, lose, open_study,
+from .study import (DEFAULTS, check_storage, counted, lose, open_study,
                     take_over)
 
 
@@ -188,7 +189,7 @@ class Search(Job):
             point = sample(trial, self.space, self.langs, self.target, self.n_blocks)
             cell = self.cell(point, trial.user_attrs.get(OVERRIDE) or {})
         except UserError as e:
-            trial.set_user_attr("polyprune.error", f"{e}")
+            trial.set_user_attr(ERROR, f"{e}")
             self.study.tell(trial, state=TrialState.FAIL)
             self.told += 1
             log(f"FAILED   trial {trial.number}: {e}")
@@ -264,7 +265,7 @@ class Search(Job):
     def tell_failed(self, f, error: str) -> None:
         from optuna.trial import TrialState
 
-        f.trial.set_user_attr("polyprune.error", error[:1000])
+        f.trial.set_user_attr(ERROR, error[:1000])
         self.study.tell(f.trial, state=TrialState.FAIL)
         self.told += 1
         log(f"FAILED   trial {f.trial.number}: {error}")

@@ -1,4 +1,4 @@
-"""Search files (SPEC "Sweep and search files", second example): load and validate.
+"""Search files (docs/search.md): load and validate.
 
 Everything is checked before a study or an MLflow record exists: the schema
 (unknown keys are errors), paths (relative to the search file), the space and its

@@ -1,4 +1,4 @@
-"""The MLflow record of a search (SPEC "MLflow record"). Only the driver calls this.
+"""The MLflow record of a search (docs/record.md). Only the driver calls this.
 
 experiment = search name; one parent run per study (tags `polyprune.role=search`,
 `polyprune.sweep`, `polyprune.study`), reused on every rerun; one child run per
@@ -21,7 +21,7 @@ from typing import Any
 from .. import models, tracking
 from ..sweep.record import attach_model
 
-TRIAL, STUDY, BASELINE = "polyprune.trial", "polyprune.study", "polyprune.baseline"
+from ..names import BASELINE, BEST_TRIALS, KIND, METRIC, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
 
 
 class SearchRecord:
@@ -31,7 +31,7 @@ class SearchRecord:
         self.cl, self.exp, self.parent, self.name, self.tags = cl, exp, parent, name, tags
 
     def start_trial(self, number: int, cell, optuna_params: dict[str, Any], baseline: str | None) -> str:
-        tags = {**self.tags, STUDY: self.name, TRIAL: str(number), "polyprune.kind": "trial"}
+        tags = {**self.tags, STUDY: self.name, TRIAL: str(number), KIND: "trial"}
         if baseline:
             tags[BASELINE] = baseline
         run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags,
@@ -56,7 +56,7 @@ class SearchRecord:
                 m.update({f"baseline.{b['baseline']}.{k}": v for k, v in zip(metrics, b["values"])})
                 m.update({f"baseline.{b['baseline']}.{k}": v for k, v in b.get("test", {}).items()})
         tracking.log_metrics(self.cl, self.parent, m)
-        tracking.log_tags(self.cl, self.parent, {"polyprune.best_trials": ",".join(str(b["number"]) for b in summary["best"])})
+        tracking.log_tags(self.cl, self.parent, {BEST_TRIALS: ",".join(str(b["number"]) for b in summary["best"])})
 
     def register(self, as_name: str, summary: dict[str, Any], objective) -> str:
         """The search's best trial's logged model as a version of `as_name` (alias `best`; as
@@ -73,10 +73,9 @@ class SearchRecord:
         quoted = f"test {test:.6g}" if test is not None else "test not measured"
         text = (f"best of search {self.name!r} by {metric} on valid ({objective.direction}) = {valid:.6g} ({quoted}): "
                 f"trial {t['number']}, {model.name} ({model.model_id}, run {t['mlflow_run_id']})")
-        tags = {"polyprune.metric": metric, "polyprune.split": "valid", "polyprune.value": f"{valid:.10g}",
-                "polyprune.sweep": self.name, TRIAL: str(t["number"])}
+        tags = {METRIC: metric, SPLIT: "valid", VALUE: f"{valid:.10g}", SWEEP: self.name, TRIAL: str(t["number"])}
         if test is not None:
-            tags["polyprune.test_value"] = f"{test:.10g}"
+            tags[TEST_VALUE] = f"{test:.10g}"
         return models.register_best(self.cl, as_name, model, text, tags)
 
     def held_out(self, run_id: str) -> dict[str, float]:

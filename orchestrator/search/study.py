@@ -16,13 +16,12 @@ from typing import Any
 
 from tasks.errors import UserError
 
+from ..names import ATTEMPT, BASELINE, BEAT, DRIVER, LOST, OVERRIDE, RETRY_OF
 from ..lease import DB_PORTS, check_database, check_durable, creating
 
 DEFAULTS = {
     "beat_s": 10.0,  # the driver's heartbeat on the study (user attr): shown to people; the lease decides
 }
-DRIVER, BEAT, BASELINES_DONE = "polyprune.driver", "polyprune.beat", "polyprune.baselines"
-LOST, ATTEMPT, OVERRIDE, BASELINE = "polyprune.lost", "polyprune.attempt", "polyprune.override", "polyprune.baseline"
 
 
 def check_storage(uri: str) -> None:
@@ -109,7 +108,7 @@ def lose(study, storage, trial, reason: str, max_retries: int) -> None:
     attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
     if attempt <= max_retries:
         carry = {k: v for k, v in trial.user_attrs.items() if k in (OVERRIDE, BASELINE)}
-        study.enqueue_trial(trial.params, user_attrs={**carry, ATTEMPT: attempt, "polyprune.retry_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={**carry, ATTEMPT: attempt, RETRY_OF: trial.number})
 
 
 def counted(study) -> int:

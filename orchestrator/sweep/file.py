@@ -1,4 +1,4 @@
-"""Sweep files (SPEC "Sweep and search files"): load, validate, expand into cells.
+"""Sweep files (docs/sweeps.md): load, validate, expand into cells.
 
 Everything is checked before anything starts: the YAML schema (unknown keys are
 errors), every path, and every cell through `tasks.api.check_spec`, so a typo in

@@ -7,6 +7,7 @@ import os
 import sys
 
 from .. import models, tracking
+from ..names import LAST_WORKER_ERROR, RETRIES
 
 # Test hook: the worker pauses this long after each artifact it uploads (to kill it mid-upload).
 UPLOAD_DELAY_S = float(os.environ.get("POLYPRUNE_UPLOAD_DELAY_S", 0))
@@ -69,7 +70,7 @@ def attach_model(cl, exp: str, run_id: str, cell, tags: dict[str, str], trial: i
 
 
 def retry_tags(error: str, attempt: int) -> dict[str, str]:
-    return {"polyprune.retries": str(attempt), "polyprune.last_worker_error": error}
+    return {RETRIES: str(attempt), LAST_WORKER_ERROR: error}
 
 
 def log(msg: str) -> None:

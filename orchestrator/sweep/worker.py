@@ -30,6 +30,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ..names import HOST, NODE, PLACEMENT, WORKER_PID
+
 
 class CellRunner:
     def __init__(self, threads: int | None = None, device_memory: int | None = None):
@@ -57,7 +59,7 @@ class CellRunner:
                 out = self._run(task)
             out["metrics"].update(system.metrics())
             out["metrics"]["time.cell_s"] = time.perf_counter() - t0
-            tags = {**out.get("tags", {}), **self._where(), "polyprune.placement": "device" if self.whole else "blockwise"}
+            tags = {**out.get("tags", {}), **self._where(), PLACEMENT: "device" if self.whole else "blockwise"}
             return {"ok": True, **out, "tags": tags}
         except Exception as e:  # a deterministic failure: report it, stay alive for the next cell
             self.dirty = True
@@ -68,7 +70,7 @@ class CellRunner:
     # ------------------------------------------------------------ internals
 
     def _where(self) -> dict[str, str]:
-        return {"polyprune.node": _node_id() or "", "polyprune.host": socket.gethostname(), "polyprune.worker_pid": str(os.getpid())}
+        return {NODE: _node_id() or "", HOST: socket.gethostname(), WORKER_PID: str(os.getpid())}
 
     def _load(self, name: str, dtype: str, trust_remote_code: bool) -> float:
         """Make `name` the dense model in memory; returns the load time (0 when it was already there)."""

@@ -155,7 +155,7 @@ def analyze(model, tokenizer, runs: dict, spec: AnalysisSpec, dense: dict[str, D
 
     runs: {name: masks.safetensors file or `prune --out` folder}. dense: statistics from
     `dense_statistics` for the same model, spec and languages (computed, or read from the
-    cache, when None). Returns plain data (see README, "Analyses inside the pruned model"):
+    cache, when None). Returns plain data (docs/analyses.md):
     config, neurons (specific sets and counts), subspace (per layer), layers (per run,
     language and layer), kept (per run and language), runs ({name: {"metrics": {...}}}),
     time_s."""

@@ -3,7 +3,7 @@ Multilingual Capabilities in Large Language Models", ACL 2024) and how much of t
 pruned model keeps.
 
 A neuron is one input feature of a block's FFN down projection; it is active on a token
-when that input is > 0 (M-Wanda's p_lj, SPEC). Tang et al. threshold act_fn(gate) > 0 on
+when that input is > 0 (M-Wanda's p_lj, docs/mwanda.md). Tang et al. threshold act_fn(gate) > 0 on
 LLaMA; the down projection's input exists in every architecture (GELU MLPs have no gate),
 and for SwiGLU its sign also depends on the up projection.
 

@@ -1,7 +1,7 @@
 """The method interface and its registry.
 
 A method is a class registered with `@METHODS.register(name)` with
-- `Params`: a dataclass of its hyperparameters (names as SPEC gives them);
+- `Params`: a dataclass of its hyperparameters (names as docs/methods.md gives them);
 - `new_stats(name, linear, n_lang)`: the statistic its hooks accumulate, or None;
 - `prune(linear, stats, fraction, nm)`: a keep-mask; it may also update the
   kept weights (SparseGPT). The pipeline zeroes the pruned weights.

@@ -1,4 +1,4 @@
-"""M-Wanda as polyprune defines it (SPEC; the paper's exact formulas were not available):
+"""M-Wanda as polyprune defines it (docs/mwanda.md; the paper's exact formulas were not available):
 
     a_lj = sqrt(mean over language-l tokens of x_j^2)      per-language RMS activation
     mu_j = mean_l a_lj,  sigma_j = std_l a_lj               (population std: 0 for one language)
@@ -42,7 +42,7 @@ def mwanda_score(weight, stats: ActStats, lambda_var: float, lambda_prob: float)
 class MWanda(Method):
     @dataclass
     class Params:
-        # Chosen on the demo model's valid split (benchmarks/mwanda_ablation.py, README "M-Wanda ablation"):
+        # Chosen on the demo model's valid split (benchmarks/mwanda_ablation.py, docs/mwanda.md "Ablation on the demo model"):
         # the variance term raised mean perplexity at 50-70%, the probability term lowered it; 0.25-1 tie.
         lambda_var: float = 0.0
         lambda_prob: float = 0.25

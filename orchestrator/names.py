@@ -1,0 +1,53 @@
+"""Every name polyprune writes into the record: MLflow tags and Optuna user attributes.
+
+One home, so a reader (status, report, register, the UI's search box) and a
+writer can never disagree on a spelling. docs/record.md explains what each holds.
+"""
+
+# MLflow run tags: what a run is and where it belongs.
+ROLE = "polyprune.role"  # "parent" on a sweep's or search's parent run
+KIND = "polyprune.kind"  # a cell run's kind: cell, trial, baseline, confirm
+SWEEP = "polyprune.sweep"  # the sweep's (or search's) name, on every run of it
+CELL = "polyprune.cell_id"  # the cell key: a resumed driver skips finished cells by it
+TRIAL = "polyprune.trial"  # an Optuna trial number; present only on a search's trial runs
+STUDY = "polyprune.study"
+BASELINE = "polyprune.baseline"  # a named baseline's name (uniform, en-only, ...)
+BEST_TRIALS = "polyprune.best_trials"  # on a search's parent: the Pareto-best trial numbers, comma-separated
+
+# What happened to a run.
+ERROR = "polyprune.error"
+DRIVER = "polyprune.driver"  # host:pid of the driver that recorded it
+RETRIES = "polyprune.retries"
+LAST_WORKER_ERROR = "polyprune.last_worker_error"
+
+# Where it ran.
+PLACEMENT = "polyprune.placement"  # device (whole model) or blockwise
+NODE, HOST, WORKER_PID = "polyprune.node", "polyprune.host", "polyprune.worker_pid"
+
+# What it was made from.
+MODEL_ID = "polyprune.model_id"  # a cell run's LoggedModel
+BASE_MODEL = "polyprune.base_model"
+MODEL_HASH = "polyprune.model_hash"
+VERSIONS = "polyprune.versions"  # JSON of the key libraries' versions
+GIT_DIRTY = "polyprune.git_dirty"
+
+# On a registered model version: why it was registered.
+METRIC, SPLIT, VALUE, TEST_VALUE = "polyprune.metric", "polyprune.split", "polyprune.value", "polyprune.test_value"
+
+# The lease on a sweep or search (see orchestrator/lease.py).
+LEASE = "polyprune.lease"
+
+# Optuna user attributes on a study or trial.
+BEAT = "polyprune.beat"  # the driver's heartbeat, shown to people; the lease decides
+BASELINES_DONE = "polyprune.baselines"
+LOST = "polyprune.lost"
+ATTEMPT = "polyprune.attempt"
+OVERRIDE = "polyprune.override"
+RETRY_OF = "polyprune.retry_of"
+OBJECTIVES = "polyprune.objectives"
+STORAGE = "polyprune.storage"
+
+# MLflow's own tags that polyprune sets.
+PARENT = "mlflow.parentRunId"
+# MLflow 3 opens an experiment on its GenAI traces unless it is marked as model development.
+EXPERIMENT_KIND, MODEL_DEVELOPMENT, NOTE = "mlflow.experimentKind", "custom_model_development", "mlflow.note.content"
