@@ -62,6 +62,7 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
         cfg.storage = resolve_storage(storage, Path.cwd())
     if tracking_uri:
         cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    tracking.check_uri(cfg.tracking_uri)  # the record's store first, as a sweep checks it, then the study's
     check_storage(cfg.storage)
     search = Search(cfg, space, source, file, n_trials)
     status = drive(search, ray_address).status
