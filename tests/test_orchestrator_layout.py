@@ -13,13 +13,14 @@ PKG = Path(__file__).resolve().parent.parent / "orchestrator"
 ALLOWED = {
     "names": set(),
     "config": {"names"},
-    "lease": {"names"},
+    "stores": set(),
+    "lease": {"names", "stores"},
     "models": {"names"},
-    "tracking": {"names", "lease", "models"},
-    "sweep": {"names", "config", "tracking", "lease", "models"},
-    "search": {"names", "config", "tracking", "sweep", "lease", "models"},
+    "tracking": {"names", "stores", "lease", "models"},
+    "sweep": {"names", "stores", "config", "tracking", "lease", "models"},
+    "search": {"names", "stores", "config", "tracking", "sweep", "lease", "models"},
     "report": {"names", "config", "tracking", "models"},
-    "cli": {"names", "config", "tracking", "models", "sweep", "search", "report", "lease"},
+    "cli": {"names", "stores", "config", "tracking", "models", "sweep", "search", "report", "lease"},
 }
 
 
