@@ -32,6 +32,7 @@ def add_cells(rows: dict, cells: list | None) -> None:
 def collect(name: str, uri: str) -> tuple[dict, dict]:
     """(parent info, {cell or trial id: row}) of the latest run per cell."""
     from .. import names, tracking
+    from ..report.confirmation import read as read_confirmation
 
     cl, exp = tracking.open_experiment(name, uri)
     parent, rows = {}, {}
@@ -40,7 +41,7 @@ def collect(name: str, uri: str) -> tuple[dict, dict]:
         if t.get(tracking.ROLE) in ("sweep", "search") or tracking.PARENT not in t:
             parent = {"status": r.info.status, "run_id": r.info.run_id, "driver": t.get(tracking.DRIVER, ""),
                       "best": {f"trial {n}" for n in t.get(names.BEST_TRIALS, "").split(",") if n},
-                      "confirmation": confirmation(cl, r.info.run_id) if names.CONFIRMED in t else None}
+                      "confirmation": read_confirmation(cl, r.info.run_id) if names.CONFIRMED in t else None}
             continue
         # a trial is its own row even when two trials hit the same cell
         key = f"trial {t[names.TRIAL]}" if names.TRIAL in t else t.get(tracking.CELL) or r.info.run_id
@@ -51,18 +52,6 @@ def collect(name: str, uri: str) -> tuple[dict, dict]:
         rows[key] = {"cell": key, "state": r.info.status, "label": label, "metrics": r.data.metrics,
                      "error": t.get(tracking.ERROR, ""), "runs": rows.get(key, {}).get("runs", 0) + 1}
     return parent, rows
-
-
-def confirmation(cl, run_id: str) -> dict | None:
-    """A search parent's confirmation.json (the verdict), or None when it cannot be read."""
-    import json
-    import tempfile
-
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            return json.loads(Path(cl.download_artifacts(run_id, "confirmation.json", tmp)).read_text())
-    except Exception:  # a store without the artifact: the table alone
-        return None
 
 
 def _label(r) -> str:

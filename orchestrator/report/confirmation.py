@@ -12,19 +12,28 @@ from pathlib import Path
 from .record import slug, write_csv
 
 
-def read(cl, parent) -> dict | None:
-    """The parent run's confirmation.json, or None (no confirmation, or an older record)."""
-    if parent is None:
+def read(cl, run_id: str | None) -> dict | None:
+    """A search parent run's confirmation.json, or None (no confirmation, or an older record)."""
+    import os
+
+    if run_id is None:
         return None
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no progress bar in a status view
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            return json.loads(Path(cl.download_artifacts(parent.info.run_id, "confirmation.json", tmp)).read_text())
+            return json.loads(Path(cl.download_artifacts(run_id, "confirmation.json", tmp)).read_text())
     except Exception:  # no such artifact: the search ran without a confirmation
         return None
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def confirmation_sections(cl, parent, out: Path) -> list:
-    c = read(cl, parent)
+    c = read(cl, parent.info.run_id if parent is not None else None)
     if not c or not c.get("candidates"):
         return []
     m, seeds = c["metric"], c["seeds"]
@@ -61,9 +70,9 @@ def per_seed(path: Path, c: dict) -> str:
         if e.get("test_mean_sd"):
             ax.hlines(e["test_mean_sd"][0], j - 0.3, j + 0.3, color="black", lw=2)
     n_c = len(c["candidates"])
-    ax.axvspan(n_c - 0.5, len(labels) - 0.5, color="0.92", zorder=0)  # the baselines, shaded
+    ax.axvspan(n_c - 0.5, len(labels) - 0.5, color="tab:orange", alpha=0.12, lw=0, zorder=0, label="baselines")
     ax.set_xticks(range(len(labels)), [("winner\n" if l == c["winner"] else "") + l for l in labels], fontsize=8)
     ax.set_ylabel(f"test {c['metric']}")
-    ax.set_title(fig.wrap(f"confirmation: test {c['metric']} per seed (bar: mean); baselines shaded", 6), fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    ax.set_title(fig.wrap(f"confirmation: test {c['metric']} per seed (bar: mean)", 6), fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a point
     return fig.save(f, path)
