@@ -69,7 +69,8 @@ class Confirmed(Search):
         c, sign = self.cfg.confirm, 1 if self.cfg.objectives[0].direction == "minimize" else -1
         trials = {t.number: t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
         dicts = [{**trial_dict(t), "cell_id": t.user_attrs.get("cell_id")} for t in trials.values()]
-        cands = [{**d, "label": f"trial {d['number']}"} for d in choose(dicts, c.top, sign)]
+        feasible = [d for d in dicts if all(v <= 0 for v in (trials[d["number"]].constraints or {}).values())]
+        cands = [{**d, "label": f"trial {d['number']}"} for d in choose(feasible, c.top, sign)]
         bases: dict[str, dict] = {}
         for d in dicts:  # a baseline re-run after a lost driver completes once more: its first run stands
             if d["baseline"] and d["baseline"] not in bases:
