@@ -13,6 +13,9 @@ TRIAL = "polyprune.trial"  # an Optuna trial number; present only on a search's 
 STUDY = "polyprune.study"
 BASELINE = "polyprune.baseline"  # a named baseline's name (uniform, en-only, ...)
 BEST_TRIALS = "polyprune.best_trials"  # on a search's parent: the Pareto-best trial numbers, comma-separated
+# A search's confirmation runs (kind confirm): what is re-run (trial N or a baseline's name) and with which seed.
+CONFIRM, CONFIRM_SEED = "polyprune.confirm", "polyprune.confirm_seed"
+CONFIRMED = "polyprune.confirmed"  # on a search's parent: the confirmed winner's trial number
 
 # What happened to a run.
 ERROR = "polyprune.error"

@@ -9,7 +9,7 @@ from orchestrator.cli import main
 def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--steps", "8", "--calib", "en,sw", "--eval", "en,sw", "--nsamples", "4", "--limit", "2",
-            "--trials", "1", "--out", str(out)]
+            "--trials", "1", "--confirm-top", "1", "--confirm-seeds", "2", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     for row in ("dense", "wanda 0.65 en", "wanda 0.65 sw"):
@@ -18,6 +18,12 @@ def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
         assert f"baseline {name}" in printed
     assert "best: trial" in printed and "vs uniform" in printed and "test ppl.mean" in printed
     assert "5 trials" in printed
+    # the confirmed verdict closes the search: every baseline, with seeds, spread, test and level named
+    verdict = printed[printed.index("confirmation:"):]
+    assert "calibration seeds 1, 2" in verdict and "paired t-test over 2 calibration seeds on log test ppl.mean" in verdict
+    assert "level 0.05" in verdict and "mean ± sd over 2 seeds" in verdict
+    for name in ("uniform", "sw-only", "en-only", "mbs"):
+        assert f" vs {name}: test ppl.mean" in verdict
     assert (out / "report" / "report.html").exists() and (out / "mlflow.db").exists() and (out / "optuna.db").exists()
     assert "Inside the pruned model" in (out / "report" / "report.html").read_text()  # the demo runs `analyze`
     # a second run resumes: nothing new is pruned
@@ -27,7 +33,8 @@ def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
 
 def test_demo_bad_input(capsys, tmp_path):
     for args, field in ((["--calib", "xx"], "calib"), (["--eval", ""], "eval"), (["--trials", "-1"], "trials"),
-                        (["--calib", "en"], "calib")):
+                        (["--calib", "en"], "calib"), (["--confirm-seeds", "1"], "confirm-seeds"),
+                        (["--confirm-top", "0"], "confirm-top")):
         assert main(["demo", "--out", str(tmp_path / "d"), *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"polyprune demo: {field}:"), err

@@ -42,6 +42,7 @@ SEARCH = {
     "n_trials": 2,
     "parallel": 1,
     "baselines": False,
+    "confirm": False,  # the confirmation stage has its own tests (test_confirm.py)
 }
 DELAY = {CLAIM_DELAY: "2"}  # both drivers read "free", then wait 2 s before claiming
 

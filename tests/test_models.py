@@ -180,6 +180,7 @@ SEARCH = {
     "n_trials": 2,
     "parallel": 2,
     "sampler_seed": 0,
+    "confirm": False,  # the confirmation stage has its own tests (test_confirm.py)
 }
 
 

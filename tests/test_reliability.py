@@ -38,6 +38,7 @@ SEARCH = {
     "n_trials": 2,
     "parallel": 1,
     "baselines": False,
+    "confirm": False,  # the confirmation stage has its own tests (test_confirm.py)
 }
 
 

@@ -9,7 +9,9 @@
 4. runs an Optuna search of M-Wanda (mix, coefficients, schedule: `mwanda_full`) for mean
    perplexity on the valid split, after its baselines (uniform, the non-English language alone,
    English alone, MBS from the demo model's own training mix), and prints the best trial
-   against every baseline on the test split, which the search never saw;
+   against every baseline on the test split, which the search never saw; then confirms it: the
+   best trials and the baselines re-run with other calibration seeds, and prints the verdict
+   per baseline (paired t-test over the seeds; docs/search.md "Confirmation");
 5. writes the report (HTML + figures) and logs it to MLflow.
 
 Everything lands in --out (default ./polyprune-demo); running the demo again resumes.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 # 60-70% sparsity is where calibration language shows on this model (measured: docs/mwanda.md).
 DEFAULTS = dict(method="wanda", sparsity="0.65", calib="en,sw,zh", eval="en,sw,zh,de,ru", nsamples=64, seqlen=128,
-                seed=0, limit=32, trials=20, out="polyprune-demo")
+                seed=0, limit=32, trials=20, confirm_top=3, confirm_seeds=3, out="polyprune-demo")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--limit", type=int, default=DEFAULTS["limit"], help="items per offline downstream task (0: skip them)")
     p.add_argument("--trials", type=int, default=DEFAULTS["trials"], help="searched trials after the 4 baselines (0: no search)")
+    p.add_argument("--confirm-top", type=int, default=DEFAULTS["confirm_top"], help="best trials the search confirms")
+    p.add_argument("--confirm-seeds", type=int, default=DEFAULTS["confirm_seeds"],
+                   help="calibration seeds of the confirmation, after --seed (0: no confirmation)")
     p.add_argument("--steps", type=int, default=None, help="train a demo model of N steps instead of the shipped one")
     p.add_argument("--out", default=DEFAULTS["out"], help="folder for the sweep/search files, MLflow and Optuna stores, report")
 
@@ -65,6 +70,10 @@ def run(args) -> int:
     for name in ("limit", "trials"):
         if getattr(args, name) < 0:
             raise UserError(name, f"must be >= 0, got {getattr(args, name)}")
+    if args.confirm_top < 1:
+        raise UserError("confirm-top", f"must be >= 1, got {args.confirm_top}")
+    if args.confirm_seeds < 0 or args.confirm_seeds == 1:
+        raise UserError("confirm-seeds", f"0 (no confirmation) or at least 2 (a paired test), got {args.confirm_seeds}")
     if args.trials and len(calibs) < 2:
         raise UserError("calib", "the search mixes calibration languages: give at least two (or --trials 0)")
     out = Path(args.out).resolve()
@@ -149,9 +158,10 @@ def _print_table(cfg, evals: list[str], downstream: bool) -> None:
 
 
 def search_file(out: Path, model: str, sparsity: str, calibs: list[str], evals: list[str], nsamples: int, seqlen: int,
-                seed: int, trials: int, demo_cfg) -> dict:
+                seed: int, trials: int, demo_cfg, confirm: dict | bool = False) -> dict:
     """The demo's search file (written to `out`, with the MBS shares file it names): M-Wanda's full
-    space for ppl.mean on valid, after the baselines; `seed` is the calibration and the sampler seed."""
+    space for ppl.mean on valid, after the baselines; `seed` is the calibration and the sampler seed;
+    `confirm`: the search file's `confirm:` (docs/search.md)."""
     import yaml
 
     from tasks.demo_model import training_shares
@@ -168,7 +178,7 @@ def search_file(out: Path, model: str, sparsity: str, calibs: list[str], evals: 
         "calibration": {"languages": calibs, "data": "builtin", "nsamples": nsamples, "seqlen": seqlen},
         "seed": seed, "evaluation": {"ppl": {"languages": evals}}, "space": "mwanda_full",
         "objectives": [{"metric": "ppl.mean", "direction": "minimize"}], "baselines": baselines,
-        "n_trials": len(baselines) + trials, "parallel": 1, "sampler_seed": seed,
+        "n_trials": len(baselines) + trials, "parallel": 1, "sampler_seed": seed, "confirm": confirm,
         "storage": f"sqlite:///{out / 'optuna.db'}", "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
     }
     (out / "demo_search.yaml").write_text(yaml.safe_dump(search, sort_keys=False))
@@ -178,7 +188,8 @@ def search_file(out: Path, model: str, sparsity: str, calibs: list[str], evals: 
 def _search(out: Path, model: str, args, calibs: list[str], evals: list[str], demo_cfg) -> int:
     from ..search.driver import run_search
 
-    search_file(out, model, args.sparsity, calibs, evals, args.nsamples, args.seqlen, args.seed, args.trials, demo_cfg)
+    confirm = {"top": args.confirm_top, "seeds": args.confirm_seeds} if args.confirm_seeds else False
+    search_file(out, model, args.sparsity, calibs, evals, args.nsamples, args.seqlen, args.seed, args.trials, demo_cfg, confirm)
     res = run_search(out / "demo_search.yaml")
     print(f"\nsearch of M-Wanda (mix, coefficients, schedule) for ppl.mean over {','.join(evals)}: {res['n_complete']} "
           f"trials, baselines first; chosen on the valid split, quoted on the test split it never saw")
@@ -192,9 +203,12 @@ def _search(out: Path, model: str, args, calibs: list[str], evals: list[str], de
               f"schedule={t['schedule'] if isinstance(t['schedule'], str) else 'profile'} hp={t['hp']}")
         for b in res["baselines"]:
             ref = b["test"].get("test.ppl.mean")
-            if ref and b["number"] != t["number"]:
-                verdict = "better" if test < ref else "not better"
-                print(f"    vs {b['baseline']:13s} test ppl.mean {100 * (test / ref - 1):+.2f}% ({verdict})")
+            if ref and b["number"] != t["number"]:  # one calibration draw: no verdict before the confirmation
+                print(f"    vs {b['baseline']:13s} test ppl.mean {100 * (test / ref - 1):+.2f}% (seed {args.seed} only)")
+    if res.get("confirmation"):  # the verdict: over fresh calibration seeds, with a test and its level
+        from ..search.confirm import lines
+
+        print("\n" + "\n".join(lines(res["confirmation"])))
     return 0 if res["status"] == "FINISHED" else 1
 
 

@@ -72,9 +72,14 @@ def run(args) -> int:
     models.check_registered_name(args.as_name, "as")
     name, uri = experiment_of(args.name, args.tracking_uri)
     cl, exp = tracking.open_experiment(name, uri)
+    confirmed = confirmed_winner(cl, exp, name, args.metric)
+    if confirmed:
+        print(models.register_best(cl, args.as_name, *confirmed))
+        print(f"use: polyprune eval --model models:/{args.as_name}@{ALIAS} --tracking-uri '{uri}' ...")
+        return 0
     scored = []
     for m in models.all_models(cl, exp):
-        if str(m.status) != "READY":
+        if str(m.status) != "READY" or names.CONFIRM in (m.tags or {}):  # a confirmation re-run is evidence, not a candidate
             continue
         values = {x.key: x.value for x in m.metrics or []}
         key = metric_key(args.metric, args.split, values, m.params or {})
@@ -91,3 +96,29 @@ def run(args) -> int:
     print(models.register_best(cl, args.as_name, best, text, {names.METRIC: key, names.VALUE: f"{value:.10g}", names.SWEEP: name}))
     print(f"use: polyprune eval --model models:/{args.as_name}@{ALIAS} --tracking-uri '{uri}' ...")
     return 0
+
+
+def confirmed_winner(cl, exp: str, name: str, metric: str):
+    """(model, description, tags) of a search's confirmed winner (its trial's model) when the search
+    confirmed on `metric`, else None. The winner was chosen on mean valid over the confirmation
+    seeds; the description quotes its test mean against the baselines'."""
+    from .. import tracking
+
+    parents = [r for r in tracking.all_runs(cl, exp) if r.data.tags.get(names.ROLE) == "search" and names.CONFIRMED in r.data.tags]
+    if not parents:
+        return None
+    p = parents[0]
+    number, m = p.data.tags[names.CONFIRMED], p.data.metrics
+    test = m.get(f"confirm.winner.test.{metric}.mean")
+    if test is None:  # confirmed on another metric: the plain path decides
+        return None
+    run = next((r for r in tracking.all_runs(cl, exp) if r.data.tags.get(names.TRIAL) == number), None)
+    if run is None or names.MODEL_ID not in run.data.tags:
+        return None
+    model = cl.get_logged_model(run.data.tags[names.MODEL_ID])
+    vs = ", ".join(f"{k[len('confirm.vs.'):-len('.diff_pct')]} {v:+.2f}% (p={m.get(k[:-len('diff_pct')] + 'p', float('nan')):.3g})"
+                   for k, v in sorted(m.items()) if k.startswith("confirm.vs.") and k.endswith(".diff_pct"))
+    text = (f"confirmed winner of search {name!r}: trial {number}, chosen on mean valid {metric} over the confirmation "
+            f"seeds; test {metric} mean {test:.6g}" + (f"; vs {vs}" if vs else "") + f": {model.name} ({model.model_id})")
+    tags = {names.METRIC: metric, names.SPLIT: "test", names.VALUE: f"{test:.10g}", names.SWEEP: name, names.TRIAL: number}
+    return model, text, tags

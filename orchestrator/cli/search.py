@@ -40,4 +40,8 @@ def print_summary(s: dict[str, Any]) -> None:
         print(f"  baseline {t['baseline']:<16} {line(t)}")
     for t in s["best"]:
         print(f"  best{' (Pareto)' if len(objs) > 1 else ''}{'':12} {line(t)}")
+    if s.get("confirmation"):  # the verdict: the winner on mean valid over fresh seeds, tested on test
+        from ..search.confirm import lines
+
+        print("\n".join(lines(s["confirmation"])))
     print(f"record: {s.get('tracking_uri')} (experiment {s['study']!r})")

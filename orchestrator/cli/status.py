@@ -32,6 +32,7 @@ def add_cells(rows: dict, cells: list | None) -> None:
 def collect(name: str, uri: str) -> tuple[dict, dict]:
     """(parent info, {cell or trial id: row}) of the latest run per cell."""
     from .. import names, tracking
+    from ..report.confirmation import read as read_confirmation
 
     cl, exp = tracking.open_experiment(name, uri)
     parent, rows = {}, {}
@@ -39,12 +40,15 @@ def collect(name: str, uri: str) -> tuple[dict, dict]:
         t = r.data.tags
         if t.get(tracking.ROLE) in ("sweep", "search") or tracking.PARENT not in t:
             parent = {"status": r.info.status, "run_id": r.info.run_id, "driver": t.get(tracking.DRIVER, ""),
-                      "best": {f"trial {n}" for n in t.get(names.BEST_TRIALS, "").split(",") if n}}
+                      "best": {f"trial {n}" for n in t.get(names.BEST_TRIALS, "").split(",") if n},
+                      "confirmation": read_confirmation(cl, r.info.run_id) if names.CONFIRMED in t else None}
             continue
         # a trial is its own row even when two trials hit the same cell
         key = f"trial {t[names.TRIAL]}" if names.TRIAL in t else t.get(tracking.CELL) or r.info.run_id
         # a search's rows: which baseline a trial is; the best (chosen on valid) are marked from the parent
         label = (f"[{t[names.BASELINE]}] " if names.BASELINE in t else "") + _label(r)
+        if names.CONFIRM in t:  # a confirmation run: which trial or baseline it re-runs
+            label = f"[confirm {t[names.CONFIRM]}] " + _label(r)
         rows[key] = {"cell": key, "state": r.info.status, "label": label, "metrics": r.data.metrics,
                      "error": t.get(tracking.ERROR, ""), "runs": rows.get(key, {}).get("runs", 0) + 1}
     return parent, rows
@@ -89,7 +93,13 @@ def render(name: str, uri: str, parent: dict, rows: dict):
                       escape(r["error"][:120]))
     total = len(rows)
     bar = ProgressBar(total=max(total, 1), completed=counts["FINISHED"], width=40)
-    return Group(head, bar, Text(f"{counts['FINISHED']}/{total} cells finished"), table)
+    parts = [head, bar, Text(f"{counts['FINISHED']}/{total} cells finished"), table]
+    if parent.get("confirmation"):
+        from ..search.confirm import lines
+
+        c = parent["confirmation"]
+        parts.append(Text("\n".join([f"confirmed winner: {c['winner']}", *lines(c)])))
+    return Group(*parts)
 
 
 def run(args) -> int:

@@ -106,10 +106,12 @@ def build(name: str, uri: str, out: Path, overlap: bool = True, log: bool = True
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="polyprune-report-") as tmp:
         from .analysis_figures import report_items
+        from .confirmation import confirmation_sections
         from .search import search_sections
         from .sweep import sweep_sections
 
         sections = sweep_sections(cl, runs, out, Path(tmp), overlap) + search_sections(parent, name, runs, out)
+        sections += confirmation_sections(cl, parent, out)
         sections += report_items(cl, parent, out, Path(tmp))  # `polyprune analyze`'s figures, when it ran
     header, rows = runs_table(runs, out)
     write_html(out / DEFAULTS["html"], name, uri, sections, header, rows)

@@ -5,15 +5,14 @@ is created on a bad file) -> `sweep.lifecycle.drive` (start-up, store, lease, pa
 run, interrupt, final status) with `Search` as its job: under the lease, open the study
 (named after `name`; created or resumed) and take it over (trials a dead driver left
 RUNNING are failed, marked lost and re-enqueued), enqueue the baselines on a new study;
-one stage, `parallel` trials in flight: `Search` is the scheduler's source of cells
-(each asked trial becomes a cell) and receives its events (each result is told); on a
-stop, trials in flight are lost and re-enqueued -> best trials and figures on the
-parent run -> the best trial registered (`register:`).
+the trials' stage, `parallel` in flight: `Search` is the scheduler's source of cells (each
+asked trial a cell) and its events (each result told); on a stop, trials in flight are lost
+and re-enqueued -> the confirmation stage (`confirming.Confirmed`) -> best trials and
+figures on the parent run -> the (confirmed) best trial registered (`register:`).
 
-Budget: the file's `n_trials` is the study's total; `--n-trials N` adds N to what the study already
-has. Counted are COMPLETE and FAIL trials, except lost ones (killed driver), which are re-run from the
-same parameters up to `resources.max_retries` times. A trial whose worker dies is retried in place, as a
-sweep's cell is (same trial, same MLflow run, up to `max_retries`); one that fails by itself is not.
+Budget: the file's `n_trials` is the study's total; `--n-trials N` adds N more. Counted are COMPLETE and FAIL trials,
+except lost ones (killed driver), re-run from the same parameters up to `resources.max_retries` times. A trial whose
+worker dies is retried in place, as a sweep's cell is (same trial and run, up to `max_retries`); one that fails itself is not.
 """
 
 from __future__ import annotations
@@ -63,7 +62,8 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
         cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     tracking.check_uri(cfg.tracking_uri)  # the record's store first (as a sweep), then the study's
     check_storage(cfg.storage)
-    search = Search(cfg, space, source, file, n_trials)
+    from .confirming import Confirmed  # the trials, then their confirmation over seeds (confirm:)
+    search = (Confirmed if cfg.confirm else Search)(cfg, space, source, file, n_trials)
     status = drive(search, ray_address).status
     summary = {**search.result, "tracking_uri": cfg.tracking_uri}
     if status == "FINISHED" and cfg.register_as:  # a normal end only: an interrupted study's best is not its best
@@ -90,8 +90,8 @@ class Flight:
 
 
 class Search(Job):
-    """A search for `lifecycle.drive`: the study's ask side as the scheduler's `Source` of
-    cells, its tell side as the scheduler's `Events`; one stage (the trials)."""
+    """A search for `lifecycle.drive`; its trials' stage: the study's ask side as the scheduler's `Source`
+    of cells, its tell side as the `Events` (`confirming.Confirmed` adds the confirmation stage)."""
 
     kind = "search"
 

@@ -59,6 +59,7 @@ class SearchConfig(Strict):
     parallel: StrictInt = Field(2, gt=0)  # trials in flight on Ray (at most n_trials; fewer when the cluster is smaller)
     # enqueued first: true (uniform mix + the target language alone), false, or a list (search.baselines)
     baselines: bool | list[Any] = True
+    confirm: Any = True  # re-run the best trials and baselines on other seeds: true, false or {top, seeds, level} (search.confirm)
     sampler_seed: StrictInt | None = None  # TPE's seed (reproducible proposals for a fixed completion order)
     storage: str | None = None  # default: sqlite:///optuna.db next to the search file
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # cpu_workers default: parallel
@@ -92,10 +93,11 @@ def load_search(path: str | os.PathLike):
 
 def parse_search(raw: dict[str, Any], base: Path):
     """(config, space) from a search file's contents; relative paths are relative to `base`."""
-    from . import baselines
+    from . import baselines, confirm
     from search_spaces.space import load_space
 
     cfg = validate(SearchConfig, raw)
+    confirm.resolve(cfg)
     cfg.model = model_path(cfg.model, base)
     resolve_paths(cfg, base)
     cfg.storage = resolve_storage(cfg.storage, base)

@@ -65,6 +65,8 @@ class SearchRecord:
         on it. The description quotes the valid value and, beside it, the test value."""
         metric, sign = objective.metric, 1 if objective.direction == "minimize" else -1
         done = [t for t in summary["best"] if t.get("values") and t.get("mlflow_run_id")]
+        confirmed = (summary.get("confirmation") or {}).get("winner_trial")
+        done = [confirmed] if confirmed and confirmed.get("mlflow_run_id") else done  # the confirmed winner
         if not done:
             return f"register {as_name}: no complete trial in study {self.name!r}; nothing registered"
         t = min(done, key=lambda t: (sign * t["values"][0], t["number"]))
