@@ -16,6 +16,7 @@ BEST_TRIALS = "polyprune.best_trials"  # on a search's parent: the Pareto-best t
 
 # What happened to a run.
 ERROR = "polyprune.error"
+PRUNED = "polyprune.pruned"  # a search trial stopped by its pruner: the last step (evaluation language index) it ran
 DRIVER = "polyprune.driver"  # host:pid of the driver that recorded it
 RETRIES = "polyprune.retries"
 LAST_WORKER_ERROR = "polyprune.last_worker_error"

@@ -133,3 +133,10 @@ def figures(study, metrics: list[str]) -> dict[str, bytes]:
 
 def finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def trial_dict(t) -> dict[str, Any]:
+    u = t.user_attrs
+    return {"number": t.number, "values": list(t.values) if t.values else None, "calib": u.get("calib"),
+            "schedule": u.get("schedule"), "hp": u.get("hp"), "params": dict(t.params), "baseline": u.get(BASELINE),
+            "mlflow_run_id": u.get("mlflow_run_id")}
