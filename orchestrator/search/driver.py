@@ -109,7 +109,7 @@ class Search(Job):
         self.metrics = [o.metric for o in cfg.objectives]
         self.flights: dict[int, Flight] = {}  # id(cell) -> its trial
         self.told, self.todo, self.last_beat = 0, 0, 0.0
-        self.study = self.storage = self.rec = self.box = None  # box: the pruner's mailbox (search.fidelity)
+        self.study = self.storage = self.rec = self.box = None  # box: the pruner's listener (search.fidelity)
         self.result: dict[str, Any] = {}
 
     # ------------------------------------------------------------ the lifecycle's hooks
@@ -141,7 +141,7 @@ class Search(Job):
 
     def stages(self, rec):
         self.rec = SearchRecord(rec.cl, rec.exp, rec.parent, self.name, rec.tags)
-        self.box = fidelity.open_mailbox(self.cfg)
+        self.box = fidelity.open_mailbox(self.cfg, self.flights)
         if self.todo:
             yield self, self
 
@@ -167,7 +167,6 @@ class Search(Job):
         if time.monotonic() - self.last_beat >= DEFAULTS["beat_s"]:  # once per scheduler turn: the heartbeat
             self.study.set_user_attr(BEAT, time.time())
             self.last_beat = time.monotonic()
-        fidelity.poll(self.box, self.flights)
         return self.told + len(self.flights) < self.todo
 
     def take(self, model: str | None):

@@ -166,8 +166,6 @@ class CellRunner:
                              nsamples=p["nsamples"], batch_size=opts["ppl_batch_size"], split=p.get("split", "test"),
                              on_language=report, **where)
             out.update(ppl_metrics(ppl))
-            if report is not None:
-                report.check()  # the verdict on the last language may come while it was measured
         if ev["lm_eval"]:
             from contextlib import nullcontext
 
@@ -195,24 +193,18 @@ class Pruned(Exception):
 
 class Reporter:
     """`on_language` for `tasks.api.perplexity`: posts each language's value to the search's
-    mailbox (`{"box": actor, "trial": number}`, search.fidelity) and stops (Pruned) once the
-    driver said so."""
+    mailbox (`{"box": actor, "trial": number}`, search.fidelity), which answers with the driver's
+    verdict on it: pruned, the cell stops there (Pruned)."""
 
     def __init__(self, report: dict[str, Any]):
-        self.box, self.trial, self.values, self.step = report["box"], report["trial"], {}, -1
+        self.box, self.trial, self.values = report["box"], report["trial"], {}
 
     def __call__(self, step: int, lang: str, value: float) -> None:
         import ray
 
-        self.values[lang], self.step = value, step
+        self.values[lang] = value
         if ray.get(self.box.post.remote(self.trial, step, value)):
             raise Pruned(step, self.values)
-
-    def check(self) -> None:
-        import ray
-
-        if ray.get(self.box.halted.remote(self.trial)):
-            raise Pruned(self.step, self.values)
 
 
 def deliver(folder: Path, to: dict[str, str] | None, delay_s: float = 0.0) -> tuple[dict[str, int], dict[str, bytes]]:
