@@ -46,7 +46,8 @@ class SearchRecord:
         files = {"best_trials.json": (json.dumps(summary, indent=2, default=str) + "\n").encode()}
         files.update(figures(study, metrics))
         tracking.log_artifacts(self.cl, self.parent, files)
-        m: dict[str, float] = {"trials.complete": summary["n_complete"], "trials.failed": summary["n_failed"]}
+        m: dict[str, float] = {"trials.complete": summary["n_complete"], "trials.failed": summary["n_failed"],
+                               "trials.pruned": summary.get("n_pruned", 0)}
         if len(metrics) == 1 and summary["best"]:  # best.<metric> is valid (chosen on it), best.test.* its test numbers
             m[f"best.{metrics[0]}"] = summary["best"][0]["values"][0]
             m["best.trial"] = summary["best"][0]["number"]
