@@ -19,6 +19,7 @@ CONFIRMED = "polyprune.confirmed"  # on a search's parent: the confirmed winner'
 
 # What happened to a run.
 ERROR = "polyprune.error"
+PRUNED = "polyprune.pruned"  # a search trial stopped by its pruner: the last step (evaluation language index) it ran
 DRIVER = "polyprune.driver"  # host:pid of the driver that recorded it
 RETRIES = "polyprune.retries"
 LAST_WORKER_ERROR = "polyprune.last_worker_error"

@@ -244,11 +244,12 @@ def eval_seqlen(model, seqlen: int | None) -> int:
 
 def perplexity(model, tokenizer, languages: list[str], data: str = "builtin", seqlen: int | None = None,
                nsamples: int | None = None, batch_size: int = 8, split: str = "test", device: str | None = None,
-               blockwise: bool | None = None) -> dict[str, float]:
+               blockwise: bool | None = None, on_language=None) -> dict[str, float]:
     """{lang: perplexity} on the source's held-out text (never the calibration text): split "test"
     (what results quote) or "valid" (what searches and any tuning look at). `device`: where to
     compute (default: where the model is); `blockwise`: one decoder block at a time on it, the model
-    staying where it is (None: when the model does not fit the device)."""
+    staying where it is (None: when the model does not fit the device). `on_language(index, lang,
+    ppl)`: called as each language finishes (a search reports it to its pruner; raising stops here)."""
     dev = None if device is None else _device(device)
     if split not in HELD_OUT:
         raise UserError("split", f"perplexity reads held-out text; allowed: {', '.join(HELD_OUT)}, got {split!r}")
@@ -256,7 +257,7 @@ def perplexity(model, tokenizer, languages: list[str], data: str = "builtin", se
     for lang in languages:
         source.check_language(lang, "ppl")
     return _ppl.perplexity(model, tokenizer, source, languages, eval_seqlen(model, seqlen), nsamples, batch_size, split,
-                           dev, blockwise)
+                           dev, blockwise, on_language)
 
 
 def calibration_dataset(res: PruneResult) -> dict[str, Any]:

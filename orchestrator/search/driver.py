@@ -29,8 +29,8 @@ from .. import models, tracking
 from ..sweep.lifecycle import Job, drive
 from ..sweep.record import log, retry_tags
 from ..names import BASELINE, BASELINES_DONE, BEAT, DRIVER, ERROR, OVERRIDE, STUDY
-from .record import SearchRecord, finite
-from . import baselines
+from .record import SearchRecord, finite, trial_dict
+from . import baselines, fidelity
 from .study import DEFAULTS, check_storage, counted, lose, open_study, take_over
 
 
@@ -109,7 +109,7 @@ class Search(Job):
         self.metrics = [o.metric for o in cfg.objectives]
         self.flights: dict[int, Flight] = {}  # id(cell) -> its trial
         self.told, self.todo, self.last_beat = 0, 0, 0.0
-        self.study = self.storage = self.rec = None
+        self.study = self.storage = self.rec = self.box = None  # box: the pruner's listener (search.fidelity)
         self.result: dict[str, Any] = {}
 
     # ------------------------------------------------------------ the lifecycle's hooks
@@ -141,6 +141,7 @@ class Search(Job):
 
     def stages(self, rec):
         self.rec = SearchRecord(rec.cl, rec.exp, rec.parent, self.name, rec.tags)
+        self.box = fidelity.open_mailbox(self.cfg, self.flights)
         if self.todo:
             yield self, self
 
@@ -153,6 +154,7 @@ class Search(Job):
 
     def end(self, status: str) -> None:
         self.result = self.summary(status)
+        quiet(lambda: fidelity.close(self.box))
         quiet(lambda: self.rec.end(self.study, self.result, self.metrics))
 
     def release(self) -> None:
@@ -202,6 +204,7 @@ class Search(Job):
         run_id = self.rec.start_trial(trial.number, cell, trial.params, baseline)
         trial.set_user_attr("mlflow_run_id", run_id)
         self.flights[id(cell)] = Flight(trial, run_id, baseline)
+        fidelity.attach(self.box, cell, trial.number)
         return cell
 
     def cell(self, point, override: dict[str, Any]):
@@ -234,6 +237,8 @@ class Search(Job):
         log(f"RETRY    trial {f.trial.number}: worker lost ({error}); attempt {attempt + 1}")
 
     def done(self, cell, out: dict[str, Any]) -> None:
+        if "pruned" in out:
+            return fidelity.pruned(self, cell, out)
         m = out["metrics"]
         f = self.flights[id(cell)]
         bad = [k for k in self.metrics + [c.metric for c in self.cfg.constraints] if not finite(m.get(k))]
@@ -284,18 +289,12 @@ class Search(Job):
         base = [t for t in complete if BASELINE in t.user_attrs]
         out = {"study": self.cfg.name, "status": status, "storage": self.cfg.storage, "objectives": self.metrics,
                "n_complete": len(complete), "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+               "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
                "best": [trial_dict(t) for t in sorted(best, key=lambda t: t.number)],
                "baselines": [trial_dict(t) for t in base]}
         for t in out["best"] + out["baselines"]:  # chosen on valid; quoted on test, read back from the trial's run
             t["test"] = self.rec.held_out(t["mlflow_run_id"]) if self.rec and t["mlflow_run_id"] else {}
         return out
-
-
-def trial_dict(t) -> dict[str, Any]:
-    u = t.user_attrs
-    return {"number": t.number, "values": list(t.values) if t.values else None, "calib": u.get("calib"),
-            "schedule": u.get("schedule"), "hp": u.get("hp"), "params": dict(t.params), "baseline": u.get(BASELINE),
-            "mlflow_run_id": u.get("mlflow_run_id")}
 
 
 def n_blocks(cfg) -> int:

@@ -60,7 +60,9 @@ class SearchConfig(Strict):
     # enqueued first: true (uniform mix + the target language alone), false, or a list (search.baselines)
     baselines: bool | list[Any] = True
     confirm: Any = True  # re-run the best trials and baselines on other seeds: true, false or {top, seeds, level} (search.confirm)
-    sampler_seed: StrictInt | None = None  # TPE's seed (reproducible proposals for a fixed completion order)
+    sampler_seed: StrictInt | None = None  # the sampler's seed (reproducible proposals for a fixed completion order)
+    sampler: dict[str, Any] | None = None  # {name: tpe (default) | gp | cmaes | random | qmc | nsga2, ...} (search.sampling)
+    pruner: dict[str, Any] | None = None  # {name: none (default) | wilcoxon | median | ..., ...} (search.sampling)
     storage: str | None = None  # default: sqlite:///optuna.db next to the search file
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # cpu_workers default: parallel
     tracking_uri: str | None = None  # default: sqlite:///mlflow.db next to the search file
@@ -154,9 +156,10 @@ def check(cfg: SearchConfig, space) -> None:
     from tasks.pruning.base import hp_names
     from tasks.pruning.sparsity import parse_sparsity
 
-    from . import baselines
+    from . import baselines, sampling
 
     check_model(cfg.model, "model")
+    sampling.check(cfg.sampler, cfg.pruner, cfg.objectives)
     # More trials in flight than the study has is a typo (1000 for 10), never a plan: TPE would
     # propose every trial before seeing one result. A cluster smaller than `parallel` is fine:
     # trials wait for workers.

@@ -46,7 +46,8 @@ class SearchRecord:
         files = {"best_trials.json": (json.dumps(summary, indent=2, default=str) + "\n").encode()}
         files.update(figures(study, metrics))
         tracking.log_artifacts(self.cl, self.parent, files)
-        m: dict[str, float] = {"trials.complete": summary["n_complete"], "trials.failed": summary["n_failed"]}
+        m: dict[str, float] = {"trials.complete": summary["n_complete"], "trials.failed": summary["n_failed"],
+                               "trials.pruned": summary.get("n_pruned", 0)}
         if len(metrics) == 1 and summary["best"]:  # best.<metric> is valid (chosen on it), best.test.* its test numbers
             m[f"best.{metrics[0]}"] = summary["best"][0]["values"][0]
             m["best.trial"] = summary["best"][0]["number"]
@@ -135,3 +136,10 @@ def figures(study, metrics: list[str]) -> dict[str, bytes]:
 
 def finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def trial_dict(t) -> dict[str, Any]:
+    u = t.user_attrs
+    return {"number": t.number, "values": list(t.values) if t.values else None, "calib": u.get("calib"),
+            "schedule": u.get("schedule"), "hp": u.get("hp"), "params": dict(t.params), "baseline": u.get(BASELINE),
+            "mlflow_run_id": u.get("mlflow_run_id")}

@@ -19,6 +19,7 @@ from tasks.errors import UserError
 from ..names import ATTEMPT, BASELINE, BEAT, DRIVER, LOST, OVERRIDE, RETRY_OF
 from ..stores import DB_PORTS, check_database, check_durable, creating
 from ..lease import DEFAULTS as LEASE_DEFAULTS
+from .sampling import build_pruner, build_sampler, metric_names
 
 # The driver's heartbeat on the study (a user attr, shown to people; the lease decides): the lease's period.
 DEFAULTS = {"beat_s": LEASE_DEFAULTS["beat_s"]}
@@ -66,14 +67,14 @@ def open_study(cfg):
     except (ImportError, ModuleNotFoundError) as e:
         raise UserError("storage", f"cannot open {cfg.storage!r}: {e}") from None
     # The sampler's seed moves on with the study: a resumed study with a fixed seed would
-    # otherwise replay the first run's start-up proposals. constant_liar: trials in flight
-    # count as (pessimistic) results, so `parallel` proposals do not pile onto one point.
+    # otherwise replay the first run's start-up proposals.
     seed = None if cfg.sampler_seed is None else cfg.sampler_seed + len(study.get_trials(deepcopy=False))
-    study = optuna.load_study(study_name=cfg.name, storage=storage,
-                              sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True))
+    study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=build_sampler(cfg.sampler, seed),
+                              pruner=build_pruner(cfg.pruner))
     if [d.name.lower() for d in study.directions] != directions:
         raise UserError("objectives", f"study {cfg.name!r} in {cfg.storage} was created with directions "
                                       f"{[d.name.lower() for d in study.directions]}; a search's objectives cannot change (rename it)")
+    study.set_metric_names(metric_names(cfg))  # optuna-dashboard shows them instead of "Objective 0"
     return study, storage
 
 

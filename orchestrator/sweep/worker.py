@@ -61,6 +61,10 @@ class CellRunner:
             out["metrics"]["time.cell_s"] = time.perf_counter() - t0
             tags = {**out.get("tags", {}), **self._where(), PLACEMENT: "device" if self.whole else "blockwise"}
             return {"ok": True, **out, "tags": tags}
+        except Pruned as e:  # the search's pruner stopped it: not a failure, and it cost what it ran
+            self.dirty = True
+            metrics = {**{f"ppl.{k}": v for k, v in e.values.items()}, "time.cell_s": time.perf_counter() - t0}
+            return {"ok": True, "pruned": e.step, "metrics": metrics, "tags": self._where()}
         except Exception as e:  # a deterministic failure: report it, stay alive for the next cell
             self.dirty = True
             _free_cuda()
@@ -153,11 +157,14 @@ class CellRunner:
         from tasks.api import perplexity, ppl_metrics
 
         out: dict[str, float] = {}
+        # A search with a pruner hears of each valid language (sweeps and other searches have no mailbox).
+        report = Reporter(opts["report"]) if opts.get("report") else None
         if ev["ppl"]:
             p = ev["ppl"]
             where = {} if self.whole else {"device": _device(), "blockwise": True}
             ppl = perplexity(self.model, self.tok, p["languages"], data=p["data"], seqlen=p["seqlen"],
-                             nsamples=p["nsamples"], batch_size=opts["ppl_batch_size"], split=p.get("split", "test"), **where)
+                             nsamples=p["nsamples"], batch_size=opts["ppl_batch_size"], split=p.get("split", "test"),
+                             on_language=report, **where)
             out.update(ppl_metrics(ppl))
         if ev["lm_eval"]:
             from contextlib import nullcontext
@@ -172,8 +179,32 @@ class CellRunner:
                                  batch_size=opts["lm_eval_batch_size"], include_paths=le["include_paths"])
             out.update({k: float(v) for k, v in res["metrics"].items() if isinstance(v, (int, float))})
         if ev.get("test"):  # a search trial's held-out pass: logged as test.*, never told to the sampler
-            out.update({f"test.{k}": v for k, v in self._evaluate(ev["test"], opts, key).items()})
+            out.update({f"test.{k}": v for k, v in self._evaluate(ev["test"], {**opts, "report": None}, key).items()})
         return out
+
+
+class Pruned(Exception):
+    """The driver's pruner stopped this trial after language `step` (`values`: the valid ppl so far)."""
+
+    def __init__(self, step: int, values: dict[str, float]):
+        super().__init__(f"pruned after step {step}")
+        self.step, self.values = step, values
+
+
+class Reporter:
+    """`on_language` for `tasks.api.perplexity`: posts each language's value to the search's
+    mailbox (`{"box": actor, "trial": number}`, search.fidelity), which answers with the driver's
+    verdict on it: pruned, the cell stops there (Pruned)."""
+
+    def __init__(self, report: dict[str, Any]):
+        self.box, self.trial, self.values = report["box"], report["trial"], {}
+
+    def __call__(self, step: int, lang: str, value: float) -> None:
+        import ray
+
+        self.values[lang] = value
+        if ray.get(self.box.post.remote(self.trial, step, value)):
+            raise Pruned(step, self.values)
 
 
 def deliver(folder: Path, to: dict[str, str] | None, delay_s: float = 0.0) -> tuple[dict[str, int], dict[str, bytes]]:

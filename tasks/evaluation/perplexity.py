@@ -49,15 +49,20 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 8, device=None, b
 
 def perplexity(model, tokenizer, source: Source, languages: list[str], seqlen: int,
                nsamples: int | None = None, batch_size: int = 8, split: str = "test", device=None,
-               blockwise: bool | None = None) -> dict[str, float]:
+               blockwise: bool | None = None, on_language=None) -> dict[str, float]:
     """{lang: perplexity} on the `split` ("valid" or "test") text. `nsamples` caps the windows per
-    language (None: all); `device` and `blockwise` as in `window_nll`."""
+    language (None: all); `device` and `blockwise` as in `window_nll`; `on_language(index, lang, ppl)`
+    as each language finishes (an exception it raises propagates: the caller stops early)."""
     was_training = model.training
     model.eval()
     out = {}
-    for lang in languages:
-        total, count = window_nll(model, eval_windows(source, tokenizer, lang, seqlen, nsamples, split), batch_size,
-                                  device, blockwise)
-        out[lang] = math.exp(total / count)
-    model.train(was_training)
+    try:
+        for i, lang in enumerate(languages):
+            total, count = window_nll(model, eval_windows(source, tokenizer, lang, seqlen, nsamples, split), batch_size,
+                                      device, blockwise)
+            out[lang] = math.exp(total / count)
+            if on_language is not None:
+                on_language(i, lang, out[lang])
+    finally:
+        model.train(was_training)
     return out
