@@ -18,8 +18,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Token caches of a test session never mix with the user's (or an earlier session's).
 os.environ.setdefault("POLYPRUNE_CACHE", tempfile.mkdtemp(prefix="polyprune-test-cache-"))
-# The `demo` model alias trains a shortened model in tests (test_demo's --steps 8: one cache entry), never the full one.
-os.environ.setdefault("POLYPRUNE_DEMO_STEPS", "8")
+# The `demo` model alias is the shipped demo model (tasks/demo_weights): no training in tests.
 
 # Per-language alphabets for generated "languages": distinct byte statistics, so
 # per-language activation statistics really differ.

@@ -1,6 +1,7 @@
 """`polyprune demo`: the whole flow offline on a CPU, in a few minutes.
 
-1. trains (once, then cached) a small multilingual byte-level Llama on the built-in corpus;
+1. loads the shipped demo model (a small multilingual byte-level Llama trained by polyprune on the
+   built-in corpus with English-dominated language shares; `--steps N` trains another, cached);
 2. writes a sweep file and runs it on a local Ray with the MLflow record: the dense model
    and Wanda calibrated in each of a few languages, perplexity per language and the
    offline downstream tasks;
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confirm-top", type=int, default=DEFAULTS["confirm_top"], help="best trials the search confirms")
     p.add_argument("--confirm-seeds", type=int, default=DEFAULTS["confirm_seeds"],
                    help="calibration seeds of the confirmation, after --seed (0: no confirmation)")
-    p.add_argument("--steps", type=int, default=None, help="demo-model training steps (default: the recipe's)")
+    p.add_argument("--steps", type=int, default=None, help="train a demo model of N steps instead of the shipped one")
     p.add_argument("--out", default=DEFAULTS["out"], help="folder for the sweep/search files, MLflow and Optuna stores, report")
 
 
@@ -156,22 +157,6 @@ def _print_table(cfg, evals: list[str], downstream: bool) -> None:
               f"languages ({', '.join(wins) or 'none'})")
 
 
-def training_shares(cfg) -> dict[str, float]:
-    """The demo model's training-language shares, from its recipe (`tasks.demo_model`): each batch
-    draws round(batch * target_share) rows uniformly over the ten target languages and the rest
-    from one stream of every other language's text, where a language's share is its share of
-    that stream's tokens (byte-level: UTF-8 bytes plus one end-of-document token)."""
-    from tasks.data import builtin
-
-    n_target = round(cfg.batch * cfg.target_share)
-    shares = {l: n_target / cfg.batch / len(builtin.TARGETS) for l in builtin.TARGETS}
-    others = {l: sum(len(d.encode()) + 1 for d in builtin.documents(l, "calib"))
-              for l in builtin.LANGUAGES if l not in builtin.TARGETS}
-    total = sum(others.values()) + sum(len(d.encode()) + 1 for d in builtin.rest_documents())
-    shares.update({l: (cfg.batch - n_target) / cfg.batch * n / total for l, n in others.items()})
-    return shares
-
-
 def search_file(out: Path, model: str, sparsity: str, calibs: list[str], evals: list[str], nsamples: int, seqlen: int,
                 seed: int, trials: int, demo_cfg, confirm: dict | bool = False) -> dict:
     """The demo's search file (written to `out`, with the MBS shares file it names): M-Wanda's full
@@ -179,9 +164,11 @@ def search_file(out: Path, model: str, sparsity: str, calibs: list[str], evals: 
     `confirm`: the search file's `confirm:` (docs/search.md)."""
     import yaml
 
+    from tasks.demo_model import training_shares
+
     other = next((l for l in calibs if l != "en"), calibs[0])  # the non-English language to keep
     (out / "demo_training_shares.yaml").write_text(yaml.safe_dump({
-        "source": "computed from tasks/demo_model.py's batch recipe (orchestrator.cli.demo.training_shares)",
+        "source": "the demo model's training tokens per language, from its recipe (tasks.demo_model.training_shares)",
         "shares": {l: round(v, 6) for l, v in training_shares(demo_cfg).items()}}, sort_keys=False))
     baselines = ["uniform", {"name": f"{other}-only", "calib": other}, {"name": "mbs", "calib": {"from": "demo_training_shares.yaml"}}]
     if "en" in calibs and other != "en":
@@ -207,12 +194,9 @@ def _search(out: Path, model: str, args, calibs: list[str], evals: list[str], de
     print(f"\nsearch of M-Wanda (mix, coefficients, schedule) for ppl.mean over {','.join(evals)}: {res['n_complete']} "
           f"trials, baselines first; chosen on the valid split, quoted on the test split it never saw")
     print(f"  {'':22s} {'valid':>8s} {'test':>8s}  calib")
-    uniform = next((t["calib"] for t in res["baselines"] if t["baseline"] == "uniform"), None)
     for t in res["baselines"]:
         test = t["test"].get("test.ppl.mean", float("nan"))
-        same = t["baseline"] == "mbs" and t["calib"] == uniform  # the recipe gives every target language one share
-        print(f"  baseline {t['baseline']:13s} {t['values'][0]:8.3f} {test:8.3f}  {t['calib']}"
-              + ("  (= uniform: the demo model trained on these languages equally)" if same else ""))
+        print(f"  baseline {t['baseline']:13s} {t['values'][0]:8.3f} {test:8.3f}  {t['calib']}")
     for t in res["best"]:
         test = t["test"].get("test.ppl.mean", float("nan"))
         print(f"  best: trial {t['number']:<10d} {t['values'][0]:8.3f} {test:8.3f}  {t['calib']} "
