@@ -137,11 +137,13 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs = {"logging_level": logging.WARNING, "log_to_driver": RAY_LOGS}
+    # Ray's INFO lines ("Started a local Ray instance", ...) with --verbose only (orchestrator/cli/noise.py)
+    level = getattr(logging, os.environ.get("POLYPRUNE_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
+    kwargs = {"logging_level": level, "log_to_driver": RAY_LOGS}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False  # a private local Ray: nobody to show a dashboard to
     quiet = logging.getLogger("ray._private.worker")
-    level = quiet.level
+    before = quiet.level
     if threading.current_thread() is not threading.main_thread():
         quiet.setLevel(logging.ERROR)  # "SIGTERM handler is not set": `driving` sets ours in the main thread
     try:
@@ -149,7 +151,7 @@ def connect(address: str | None) -> bool:
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise UserError("ray-address", f"cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from None
     finally:
-        quiet.setLevel(level)
+        quiet.setLevel(before)
     return True
 
 
