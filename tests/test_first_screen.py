@@ -101,6 +101,12 @@ def test_a_searchs_first_screen_is_polyprunes_lines_only(folder):
     assert done.returncode == 0, done.stderr[-3000:]
     assert not foreign(done.stderr), done.stderr
     assert not foreign(done.stdout), done.stdout
+    # the study names its values (optuna-dashboard and Optuna's plots show these, not "Objective 0")
+    import optuna
+
+    study = optuna.load_study(study_name="first-search", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert study.metric_names == ["ppl.sw (valid)"]
+    assert "value_ppl.sw (valid)" in study.trials_dataframe().columns
 
 
 def test_verbose_shows_the_libraries_lines(folder, swept):

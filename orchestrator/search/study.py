@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,12 @@ def open_study(cfg):
     if [d.name.lower() for d in study.directions] != directions:
         raise UserError("objectives", f"study {cfg.name!r} in {cfg.storage} was created with directions "
                                       f"{[d.name.lower() for d in study.directions]}; a search's objectives cannot change (rename it)")
+    # optuna-dashboard, `polyprune dashboard` and Optuna's plots label the values with these, not "Objective 0".
+    names = [f"{o.metric} (valid)" if o.metric.startswith("ppl.") else o.metric for o in cfg.objectives]
+    if study.metric_names != names:
+        with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2: a note for no user
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     return study, storage
 
 
