@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,11 +37,13 @@ RAY_NOTICE, MLFLOW_INFO = "Token authentication is enabled", "INFO mlflow"
 
 
 def user_env(home: Path, **extra) -> dict:
-    """The environment a user's shell has: none of the test session's settings for Ray or logging."""
+    """The environment of a user's shell on a machine of their own: none of the test session's settings
+    for Ray or logging, a home (Ray keeps its token in ~/.ray) and a Ray temp folder (where `ray.init()`
+    finds a `ray start` cluster to join) of its own."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS", "POLYPRUNE_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL", "PYTHONWARNINGS")}
-    # HOME: Ray keeps the token of the local cluster it starts in ~/.ray; not the user's
-    return {**env, "HOME": str(home), "PYTHONPATH": str(ROOT), **extra}
+    home = home.resolve()
+    return {**env, "HOME": str(home), "RAY_TMPDIR": str(home / "ray"), "PYTHONPATH": str(ROOT), **extra}
 
 
 def polyprune(args: list[str], cwd: Path, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -57,8 +61,13 @@ def folder(tmp_path_factory, text_dir):
     root = tmp_path_factory.mktemp("first-screen")
     model = save_tiny_model(root / "model", tiny_llama_config())
     (root / "run").mkdir()
-    (root / "home").mkdir()
-    return link_inputs(root / "run", model, text_dir)
+    run = link_inputs(root / "run", model, text_dir)
+    # short: Ray's socket paths in its temp folder must fit in 107 bytes
+    home = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
+    (home / "ray").mkdir()
+    (root / "home").symlink_to(home)
+    yield run
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +158,42 @@ def test_ui_first_screen_is_polyprunes_lines_only(swept):
     assert err.startswith("starting the MLflow UI") and "MLflow UI: http://" in err, err
     out, err = ui_stderr(folder, "--verbose")
     assert "Uvicorn running" in err and "[MLflow] Security middleware" in err, err
+
+
+def processes_marked(mark: str) -> list:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("POLYPRUNE_TEST_MARK") == mark and p.status() != psutil.STATUS_ZOMBIE:
+                found.append((p.pid, p.name()))
+        except (psutil.Error, OSError):
+            pass
+    return found
+
+
+def test_a_bad_file_while_ray_starts_ahead_is_one_line_and_leaves_nothing(folder):
+    """A first run starts a local Ray while its file is validated; a file refused then (here after the
+    checks that load the tokenizer: seconds) is still one line, exit 2, and no process, store or folder."""
+    import uuid
+
+    bad = folder.parent / "bad"
+    bad.mkdir()
+    for name in ("tiny", "text"):
+        (bad / name).symlink_to((folder / name).resolve())
+    path = write_yaml(bad / "sweep.yaml", SWEEP, calibration={**SWEEP["calibration"], "languages": ["en", "xx"]})
+    before = sorted(p.name for p in bad.iterdir())
+    for verbose in ([], ["--verbose"]):
+        mark = uuid.uuid4().hex
+        done = polyprune([*verbose, "sweep", str(path)], bad, user_env(folder.parent / "home", POLYPRUNE_TEST_MARK=mark))
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert lines[-1].startswith("polyprune sweep: calibration.languages[1]: language 'xx'"), lines
+        if verbose:
+            assert RAY_NOTICE in done.stderr, done.stderr  # Ray had started ahead: the test tests something
+        else:
+            assert len(lines) == 1, lines
+        assert processes_marked(mark) == []  # Ray's GCS, raylet, agents and workers all ended
+        assert sorted(p.name for p in bad.iterdir()) == before  # no store, no artifacts folder
+    assert polyprune(["sweep", str(path), "--dry-run"], bad, user_env(folder.parent / "home")).returncode == 2

@@ -112,11 +112,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .noise import settled
 
+    # Ray may be started ahead (`sweep.session.speculate`) only where polyprune is the program: a caller
+    # of main([...]) (tests, a notebook) manages its own Ray.
+    args.own_process = argv is None
     try:
         with settled(args.verbose):
             return int(args._run(args) or 0)
     except UserError as e:
         sys.stderr.write(f"polyprune {args.command}: {e}\n")
         return 2
+    finally:
+        while AFTER:
+            AFTER.pop()()
+
+
+AFTER: list = []  # what a command left to undo once its outcome is printed (`later`)
+
+
+def later(undo) -> None:
+    """Call `undo()` when the command has ended, after its outcome is printed: a refused file's one
+    line shows at once, before a speculative Ray start (`sweep.session.speculate`) is undone."""
+    AFTER.append(undo)
 
 
