@@ -79,11 +79,19 @@ def main() -> int:
     p.add_argument("--before", type=Path, metavar="CHECKOUT",
                    help="with --startup: also time this checkout (e.g. a `git worktree` of an older commit), "
                         "alternating with this one, so both see the same machine load")
+    p.add_argument("--schema", type=int, metavar="REPEATS", default=0,
+                   help="time a new sqlite MLflow store, MLflow migrating it vs a copy of polyprune's template "
+                        "(orchestrator/schema.py), each in a fresh process after `import mlflow`, REPEATS times")
+    p.add_argument("--new-store", help=argparse.SUPPRESS)
     p.add_argument("--one-cell", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one_cell:
         one_cell(a.one_cell)
         return 0
+    if a.new_store:
+        return new_store(a.new_store)
+    if a.schema:
+        return schema_times(a.schema)
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "TOKENIZERS_PARALLELISM": "false"}
     if a.startup:
         return startup(a, env)
@@ -159,6 +167,43 @@ def startup(a, env: dict) -> int:
     if a.before:
         out["this_over_before"] = round(out["this"]["fixed_s_median"] / out["before"]["fixed_s_median"], 3)
     out["target_s"] = 6.0
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def new_store(how: str) -> int:
+    """One fresh process: a new store made `how` (migrate | template), MLflow reading it; prints seconds."""
+    from mlflow import MlflowClient
+
+    from orchestrator import schema
+
+    with tempfile.TemporaryDirectory(prefix="polyprune-schema-") as tmp:
+        db = Path(tmp) / "mlflow.db"
+        t0 = time.perf_counter()
+        if how == "template" and not schema.seed(db):
+            raise SystemExit("no template")
+        MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+        print(round(time.perf_counter() - t0, 3))
+    return 0
+
+
+def schema_times(repeats: int) -> int:
+    import statistics
+
+    env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"}
+
+    def run(how: str) -> float:
+        done = subprocess.run([sys.executable, __file__, "--new-store", how], cwd=ROOT, env=env, check=True,
+                              capture_output=True, text=True)
+        return float(done.stdout.split()[-1])
+
+    run("template")  # makes the template once, if this machine has none yet
+    times = {"migrate": [], "template": []}
+    for _ in range(repeats):
+        for how in times:
+            times[how].append(run(how))
+    out = {how: {"median_s": statistics.median(t), "s": t} for how, t in times.items()}
+    out["load_avg_1min"] = os.getloadavg()[0]
     print(json.dumps(out, indent=1))
     return 0
 
