@@ -4,6 +4,7 @@ Default artifact location, and runs log and read back the same."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from orchestrator import schema, tracking
 
 
 def schema_of(db: Path) -> tuple[list, list]:
+    """Tables and indexes, each definition's clauses as a set: MLflow's migrations rebuild some tables with
+    their CHECK constraints in an order that differs from one migration to the next (Python's set order)."""
     with sqlite3.connect(db) as con:
-        tables = sorted(con.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall())
+        rows = con.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+        tables = sorted((kind, name, sorted(re.split(r",\s*\n", sql or ""))) for kind, name, sql in rows)
         version = con.execute("SELECT version_num FROM alembic_version").fetchall()
     con.close()
     return tables, version
