@@ -1,31 +1,32 @@
 """One driver per sweep and per study: a lease only one process can hold.
 
-Two layers, both taken by `hold(kind, name, cl, exp_id)` and its `Lease`:
-- the store: an experiment tag `polyprune.lease` = {holder host:pid, token, since, beat}
-  on the sweep's / search's MLflow experiment (one per name, created create-or-get).
-  MLflow has no compare-and-set: next to a sqlite store, check-and-claim runs under a
-  lock on the store's folder; elsewhere a claim is written, left to settle for
-  `settle_s`, and read back: of two drivers that claim at once, both read the last
-  write, and only its writer goes on. A heartbeat thread renews `beat`; a holder
-  whose process is gone (same host) or whose beat is older than `expiry_s` (another
-  host, a lost node) is taken over without manual cleanup. This is the layer that
-  spans machines and Ray clusters.
+Two layers, both taken by `hold(kind, name, cl, exp_id, uri)` and its `Lease`:
+- the store: a registered model `polyprune-lock.<kind>.<name>.<exp>.<generation>` in the
+  MLflow store's model registry, its tags the holder's claim {holder host:pid, token,
+  since, beat}. The store itself makes the claim atomic: creating a registered model whose
+  name exists fails (a unique key in sqlite, PostgreSQL and MySQL, behind a tracking server
+  or not), so of two drivers that claim the same generation exactly one succeeds, with no
+  settle time. A holder whose process is gone (same host) or whose beat is older than
+  `expiry_s` (another host, a lost node) is taken over by creating the next generation: the
+  same unique create, so one taker wins. The highest generation is the lease; a claim that
+  finds a higher one than its own after creating it lost to a driver that read later, and
+  withdraws. Releasing marks the generation released (it stays, so generations only grow);
+  older ones are deleted. A heartbeat thread renews `beat` only while its generation is
+  still the highest and its own: a driver that finds its lease taken calls `on_lost`
+  (the lifecycle stops as on Ctrl-C) and ends with one line naming the new holder. A
+  local folder store (`file:`) has no unique create, so there the check-and-create runs
+  under a lock on its folder (one host); a Databricks store is refused.
 - the cluster: once Ray is connected (`sweep.session.driving` calls `claim_ray`), a named
   actor `polyprune/<kind>:<name>`. Ray registers a name atomically and ends a
   non-detached actor with the job that owns it, so a driver killed with -9 frees it.
 
 A refused driver gets one `UserError` naming the holder (host, pid, since when).
-`creating(path)` serialises the creation of a sqlite store's schema (MLflow's and
-Optuna's both fail when two processes create it at once); `check_uri` / `check_database` /
-`check_durable` probe a store before anything is created (a known scheme, a server that
-answers, its driver installed, a place that outlives a Ray job).
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
+import re
 import socket
 import threading
 import time
@@ -37,15 +38,17 @@ from typing import Iterator
 
 from tasks.errors import UserError
 
-from .names import LEASE
+from .names import LEASE_PREFIX
+from .stores import creating
 
 DEFAULTS = {
-    "settle_s": 1.0,  # claim -> read back; far above one write's latency
-    "beat_s": 5.0,  # heartbeat period
+    "beat_s": 5.0,  # heartbeat period (the study's shown heartbeat uses it too)
     "expiry_s": 60.0,  # a holder on another host silent this long is taken as dead (> a server restart)
     "ray_wait_s": 60.0,  # how long an actor that does not answer may linger before Ray ends it
 }
-TAG = LEASE
+PREFIX = LEASE_PREFIX  # the lock's registered-model name starts so: clearly polyprune's, not a model
+# A test hook: seconds between reading the lease and claiming it, to make two drivers race on purpose.
+CLAIM_DELAY = "POLYPRUNE_LEASE_CLAIM_DELAY_S"
 NAMESPACE = "polyprune"
 HELD: list["Lease"] = []  # leases this process holds, for `claim_ray` once Ray is up
 
@@ -76,64 +79,121 @@ def lingering(claim: dict) -> bool:
 
 
 def describe(kind: str, name: str, claim: dict) -> str:
-    since = datetime.fromtimestamp(claim.get("since", 0), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    since = datetime.fromtimestamp(float(claim.get("since", 0)), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     beat = time.time() - float(claim.get("beat", 0))
     return (f"{kind} {name!r} is being run by {claim.get('holder', '?')} since {since} "
             f"(last heartbeat {beat:.0f}s ago); wait for it or stop it")
 
 
 class Lease:
-    def __init__(self, kind: str, name: str, cl, exp_id: str, sqlite: Path | None = None):
-        self.kind, self.name, self.cl, self.exp_id, self.sqlite = kind, name, cl, exp_id, sqlite
+    def __init__(self, kind: str, name: str, cl, exp_id: str, uri: str = "", on_lost=None):
+        self.kind, self.name, self.cl, self.exp_id = kind, name, cl, exp_id
+        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+        if scheme == "databricks":
+            raise UserError("tracking_uri", f"{uri!r}: polyprune's lease needs a create the store makes atomic, not verified "
+                                            f"on Databricks; use an mlflow server, PostgreSQL, MySQL or sqlite store")
+        # A folder store checks then creates: only a lock on its folder (this host) makes that atomic.
+        self.folder = Path(uri.split("://", 1)[-1]) if uri and scheme == "file" else None
+        self.on_lost = on_lost
+        self.lost: str | None = None
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name)[:80]
+        self.base = f"{PREFIX}{kind}.{slug}.{exp_id}."
         now = time.time()
         self.claim = {"holder": me(), "token": uuid.uuid4().hex, "since": now, "beat": now}
+        self.gen: int | None = None
         self.actor = None
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def read(self) -> dict:
-        raw = self.cl.get_experiment(self.exp_id).tags.get(TAG) or ""
-        try:
-            return json.loads(raw) if raw else {}
-        except ValueError:
-            return {}
+    def generations(self) -> dict[int, dict]:
+        """Every generation of this lease in the store: {generation: claim}."""
+        found = self.cl.search_registered_models(filter_string=f"name LIKE '{self.base}%'", max_results=1000)
+        out = {}
+        for m in found:
+            tail = m.name[len(self.base):]
+            if m.name.startswith(self.base) and tail.isdigit():
+                out[int(tail)] = dict(m.tags)
+        return out
 
-    def write(self, claim: dict) -> None:
-        self.cl.set_experiment_tag(self.exp_id, TAG, json.dumps(claim) if claim else "")
+    def read(self) -> tuple[int | None, dict]:
+        """The lease: its highest generation and that generation's claim."""
+        gens = self.generations()
+        top = max(gens, default=None)
+        return top, (gens[top] if top is not None else {})
 
     def free(self, claim: dict) -> bool:
-        if not claim or claim.get("token") == self.claim["token"]:
+        if not claim or claim.get("released") or claim.get("token") == self.claim["token"]:
             return True
         host = claim.get("holder", "").rpartition(":")[0]
         if host == socket.gethostname():
             return not holder_alive(claim.get("holder"))
         return time.time() - float(claim.get("beat", 0)) > DEFAULTS["expiry_s"]
 
+    def create(self, gen: int) -> bool:
+        """Claim generation `gen`: True when this driver created it, False when it exists."""
+        from mlflow.exceptions import MlflowException
+
+        tags = {k: str(v) for k, v in self.claim.items()}
+        note = f"polyprune's lock on {self.kind} {self.name!r} (not a model): one driver at a time; safe to ignore"
+        with creating(self.folder / "x" if self.folder else None):
+            try:
+                if self.folder is not None and gen in self.generations():
+                    return False
+                self.cl.create_registered_model(self.base + str(gen), tags=tags, description=note)
+                return True
+            except MlflowException as e:
+                if e.error_code == "RESOURCE_ALREADY_EXISTS":
+                    return False
+                raise
+
     def acquire(self) -> "Lease":
-        # A sqlite store is on this host: its folder lock makes check-and-claim atomic.
-        # Any other store: claim, settle, read back.
-        with creating(self.sqlite):
-            current = self.read()
-            if not self.free(current):
-                raise UserError("FILE", describe(self.kind, self.name, current))
-            self.write(self.claim)
-        if self.sqlite is None:
-            time.sleep(DEFAULTS["settle_s"])
-            current = self.read()
-            if current.get("token") != self.claim["token"]:
-                raise UserError("FILE", describe(self.kind, self.name, current))
+        top, current = self.read()
+        if not self.free(current):
+            raise UserError("FILE", describe(self.kind, self.name, current))
+        time.sleep(float(os.environ.get(CLAIM_DELAY, "0") or 0))
+        gen = 0 if top is None else top + 1
+        if not self.create(gen):  # another driver claimed this generation first
+            raise UserError("FILE", describe(self.kind, self.name, self.read()[1]))
+        self.gen = gen
+        top, current = self.read()
+        if top != gen:  # a driver that read the lease after us claimed a later generation
+            self.withdraw()
+            raise UserError("FILE", describe(self.kind, self.name, current))
+        for old in [g for g in self.generations() if g < gen]:
+            try:
+                self.cl.delete_registered_model(self.base + str(old))
+            except Exception:  # another taker deleted it first
+                pass
         self.thread = threading.Thread(target=self.beat, name="polyprune-lease", daemon=True)
         self.thread.start()
         HELD.append(self)
         return self
 
+    def still_mine(self) -> bool:
+        top, current = self.read()
+        if top == self.gen and current.get("token") == self.claim["token"]:
+            return True
+        self.lost = (f"the lease was taken over: {describe(self.kind, self.name, current)}" if current
+                     else f"{self.kind} {self.name!r}: the lease was removed from the store")
+        return False
+
     def beat(self) -> None:
         while not self.stop.wait(DEFAULTS["beat_s"]):
             try:
+                if not self.still_mine():
+                    if self.on_lost is not None:
+                        self.on_lost(self.lost)
+                    return
                 self.claim["beat"] = time.time()
-                self.write(self.claim)
+                self.cl.set_registered_model_tag(self.base + str(self.gen), "beat", str(self.claim["beat"]))
             except Exception:  # the store may be restarting: MLflow retries, the next beat comes
                 pass
+
+    def withdraw(self) -> None:
+        try:
+            self.cl.delete_registered_model(self.base + str(self.gen))
+        except Exception:
+            pass
 
     def claim_ray(self) -> None:
         """The cluster layer, once this process is connected to Ray."""
@@ -185,16 +245,19 @@ class Lease:
                 except Exception:
                     pass
         try:
-            if self.read().get("token") == self.claim["token"]:
-                self.write({})
+            if self.gen is not None and self.lost is None and self.still_mine():
+                # Marked, not deleted: generations only grow, so a driver that read the lease long ago
+                # can never re-create a generation below the current one and think it won.
+                self.cl.set_registered_model_tag(self.base + str(self.gen), "released", "1")
         except Exception:  # a store that is down: the lease expires by itself
             pass
 
 
 @contextmanager
-def hold(kind: str, name: str, cl, exp_id: str, sqlite: Path | None = None) -> Iterator[Lease]:
-    """Hold the lease of sweep / search `name` (experiment `exp_id`; `sqlite`: the store's file, if one) for the block."""
-    lease = Lease(kind, name, cl, exp_id, sqlite).acquire()
+def hold(kind: str, name: str, cl, exp_id: str, uri: str = "", on_lost=None) -> Iterator[Lease]:
+    """Hold the lease of sweep / search `name` (experiment `exp_id` of the store at `uri`) for the
+    block; `on_lost(why)` is called from the heartbeat if another driver takes it over."""
+    lease = Lease(kind, name, cl, exp_id, uri, on_lost).acquire()
     try:
         yield lease
     finally:
@@ -206,85 +269,3 @@ def claim_ray() -> None:
     for lease in HELD:
         if lease.actor is None:
             lease.claim_ray()
-
-
-@contextmanager
-def creating(path: Path | None) -> Iterator[None]:
-    """Exclusive while a sqlite store at `path` is created or opened for the first time:
-    a lock on its folder (flock; released when the process dies), so nothing is left behind."""
-    if path is None or not path.parent.is_dir():
-        yield
-        return
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-SCHEMES = ("sqlite", "http", "https", "file", "databricks", "postgresql", "mysql", "mssql")
-PROBE_TIMEOUT_S = 5.0  # an unreachable server is one line in seconds, not after MLflow's ~250 s of retries
-
-
-def check_uri(uri: str) -> None:
-    """Before anything is created or started: a scheme MLflow can use, and a server that answers."""
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
-    if scheme not in SCHEMES:
-        raise UserError("tracking_uri", f"unknown scheme {scheme!r} in {uri!r}; use sqlite:///FILE, http(s)://HOST:PORT "
-                                        f"(mlflow server), postgresql://... or a folder")
-    if scheme in ("sqlite", "file"):
-        check_durable(uri, "tracking_uri")
-    if scheme in DB_PORTS:
-        check_database(uri, "tracking_uri")
-    if scheme in ("http", "https"):
-        import urllib.error
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            pass  # something answers: MLflow's own calls will say more
-        except (OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise UserError("tracking_uri", f"no MLflow server answers at {uri} ({reason}); start it or fix the address") from None
-
-
-DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # the servers' default ports, for the probe
-
-
-def check_database(uri: str, field: str) -> None:
-    """A database store (MLflow's or Optuna's): a SQLAlchemy URL, a server that accepts a TCP
-    connection within the probe timeout (drivers and MLflow otherwise wait and retry for
-    minutes), then its driver installed. Credentials are checked by the store's first open."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        url = make_url(uri)
-        dialect = url.get_dialect()
-    except (ArgumentError, NoSuchModuleError, ValueError):
-        raise UserError(field, f"cannot use {uri!r}: not a database URL SQLAlchemy knows "
-                               f"(postgresql://USER:PASSWORD@HOST:PORT/DB, mysql://...)") from None
-    shown = url.render_as_string(hide_password=True)  # never echo a password
-    port = url.port or DB_PORTS.get(url.get_backend_name())
-    if url.host and port:  # no host: a local socket, opened by the driver
-        try:
-            socket.create_connection((url.host, port), timeout=PROBE_TIMEOUT_S).close()
-        except OSError as e:
-            raise UserError(field, f"no database server answers at {url.host}:{port} for {shown} "
-                                   f"({e.strerror or e}); start it or fix the address") from None
-    try:
-        dialect.import_dbapi()
-    except ImportError as e:
-        raise UserError(field, f"{shown} needs the Python driver {e.name or url.get_driver_name()!r}, which is not "
-                               f"installed; install it or name an installed one: {url.get_backend_name()}+DRIVER://...") from None
-
-
-def check_durable(path: str, field: str) -> None:
-    """A store must outlive the run: `ray job submit` runs the driver in a per-job copy of the
-    working directory that Ray deletes, so a store there (a relative default) would be lost."""
-    if f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}" in path:
-        server = "tracking server (http://...)" if field == "tracking_uri" else "database (postgresql://...)"
-        raise UserError(field, f"{path!r} lies inside Ray's per-job copy of the working directory, which is deleted "
-                               f"with the job; give --{field.replace('_', '-')} with a {server} or an absolute path outside it")

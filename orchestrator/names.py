@@ -34,8 +34,8 @@ GIT_DIRTY = "polyprune.git_dirty"
 # On a registered model version: why it was registered.
 METRIC, SPLIT, VALUE, TEST_VALUE = "polyprune.metric", "polyprune.split", "polyprune.value", "polyprune.test_value"
 
-# The lease on a sweep or search (see orchestrator/lease.py).
-LEASE = "polyprune.lease"
+# The lease on a sweep or search: a registered model named so (see orchestrator/lease.py).
+LEASE_PREFIX = "polyprune-lock."
 
 # Optuna user attributes on a study or trial.
 BEAT = "polyprune.beat"  # the driver's heartbeat, shown to people; the lease decides

@@ -20,7 +20,7 @@ from typing import Any
 
 from tasks.errors import UserError
 
-from .lease import check_uri, creating
+from .stores import check_uri, creating
 from .models import check_model_files, end_model, log_model_params
 from .names import (CELL, DRIVER, ERROR, EXPERIMENT_KIND, GIT_DIRTY, KIND, MODEL_DEVELOPMENT, MODEL_HASH, MODEL_ID, NOTE,
                     PARENT, ROLE, SWEEP, VERSIONS)

@@ -4,6 +4,7 @@ text linked in, sweep / search files written into it, and reading the record bac
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -59,4 +60,43 @@ def kill_9_when(proc, ready, timeout_s: float = 180, poll_s: float = 0.2) -> Non
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
+        proc.wait(30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, artifacts: Path):
+    """A real `mlflow server --serve-artifacts` on 127.0.0.1 over `backend`; yields its URL, always stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", backend, "--serve-artifacts",
+                             "--artifacts-destination", str(artifacts), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300  # a loaded machine starts it slowly
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=10)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)

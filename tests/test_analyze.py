@@ -116,7 +116,6 @@ def test_report_shows_the_section_and_renders(swept, analysed, tmp_path):
     assert SECTION in html and html.count("_cka_") >= 3 and (out / "analysis_kept.csv").exists()
     if CHROMIUM is None:
         pytest.skip("headless Chromium not installed (Debian package chromium)")
-    import numpy as np
     from matplotlib.image import imread
 
     # only the analysis section: a page of its figures alone

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import save_tiny_model, tiny_llama_config
+import helpers
 from helpers import link_inputs, write_yaml
 from orchestrator.cli import main
 from orchestrator.models import version_model_id
@@ -281,38 +279,13 @@ def test_register_input_errors(swept, capsys):
         assert err.count("\n") == 1 and expected in err, err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server --serve-artifacts` on 127.0.0.1: uploads go through its proxy."""
-    import urllib.request
-
-    port = free_port()
     store = tmp_path / "server"
     store.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--serve-artifacts",
-                             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300  # a loaded machine starts it slowly
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=10)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+    with helpers.mlflow_server(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts") as url:
         yield url, store / "artifacts"
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
 
 
 def test_artifacts_land_in_the_models_location_through_a_real_server(ray_local, run_dir, mlflow_server, text_dir, capsys):

@@ -13,14 +13,15 @@ PKG = Path(__file__).resolve().parent.parent / "orchestrator"
 ALLOWED = {
     "names": set(),
     "config": {"names"},
-    "lease": {"names"},
+    "stores": set(),
+    "lease": {"names", "stores"},
     "models": {"names"},
     "schema": set(),
-    "tracking": {"names", "lease", "models", "schema"},
-    "sweep": {"names", "config", "tracking", "lease", "models"},
-    "search": {"names", "config", "tracking", "sweep", "lease", "models"},
+    "tracking": {"names", "stores", "lease", "models", "schema"},
+    "sweep": {"names", "stores", "config", "tracking", "lease", "models"},
+    "search": {"names", "stores", "config", "tracking", "sweep", "lease", "models"},
     "report": {"names", "config", "tracking", "models"},
-    "cli": {"names", "config", "tracking", "models", "sweep", "search", "report", "lease"},
+    "cli": {"names", "stores", "config", "tracking", "models", "sweep", "search", "report", "lease"},
 }
 
 

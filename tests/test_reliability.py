@@ -4,7 +4,6 @@ sqlite stores, a real `mlflow server` on 127.0.0.1 started here and always stopp
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -114,6 +113,7 @@ def test_lease_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     from tasks.errors import UserError
 
     cl, exp, db = lease_of(tmp_path)
+    uri = f"sqlite:///{db}"
     now = time.time()
     claims = {  # holder -> taken over?
         "other-host:12": (now - 5, False),  # heartbeat fresh: alive as far as anyone can tell
@@ -122,36 +122,18 @@ def test_lease_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
         f"{socket.gethostname()}:999999999": (now, True),  # this host, process gone (kill -9)
     }
     for holder, (beat, taken) in claims.items():
-        cl.set_experiment_tag(exp, lease.TAG, json.dumps({"holder": holder, "token": "t", "since": now - 60, "beat": beat}))
+        probe = lease.Lease("sweep", "x", cl, exp, uri)
+        top = probe.read()[0]
+        gen = 0 if top is None else top + 1  # a claim as another driver makes it: the next generation
+        cl.create_registered_model(probe.base + str(gen), tags={"holder": holder, "token": "t", "since": str(now - 60), "beat": str(beat)})
         if taken:
-            with lease.hold("sweep", "x", cl, exp, db):
-                assert json.loads(cl.get_experiment(exp).tags[lease.TAG])["holder"] == lease.me()
-            assert cl.get_experiment(exp).tags[lease.TAG] == ""  # released at the end
+            with lease.hold("sweep", "x", cl, exp, uri) as held:
+                assert held.gen == gen + 1 and probe.read()[1]["holder"] == lease.me()
+                assert list(probe.generations()) == [gen + 1]  # the dead holder's generation is gone
+            assert probe.read()[1]["released"] == "1"  # released at the end, the generation kept
         else:
             with pytest.raises(UserError, match=f"sweep 'x' is being run by {holder} since .* UTC"):
-                lease.hold("sweep", "x", cl, exp, db).__enter__()
-
-
-def test_lease_without_a_local_store_settles_and_reads_back(tmp_path, monkeypatch):
-    """The claim protocol for servers (no folder lock): two claims at once, the last write wins."""
-    from orchestrator import lease
-    from tasks.errors import UserError
-
-    monkeypatch.setitem(lease.DEFAULTS, "settle_s", 0.3)
-    cl, exp, _ = lease_of(tmp_path)
-    first = lease.Lease("search", "x", cl, exp)
-    first.write(first.claim)
-    second = lease.Lease("search", "x", cl, exp)
-    second.claim["holder"] = "other-host:1"  # as if claimed by another machine meanwhile
-    orig = first.write
-
-    def raced(claim):
-        orig(claim)
-        second.write(second.claim)  # lands just after ours
-
-    first.write = raced
-    with pytest.raises(UserError, match="being run by other-host:1"):
-        first.acquire()
+                lease.hold("sweep", "x", cl, exp, uri).__enter__()
 
 
 def test_ray_layer_refuses_a_second_holder_in_the_cluster(ray_local, tmp_path):
@@ -451,12 +433,12 @@ def test_outputs_and_files_of_the_wrong_kind_before_any_work(run_dir, tiny_llama
     cases = {
         "out folder": ([*ev, "--out", str(tmp_path)], "out: "),
         "calibration as masks": ([*ev, "--masks", str(out / "calibration.safetensors")], "is not a polyprune masks file"),
-        "folder as masks": ([*ev, "--masks", str(out)], f"is a folder; expected the file masks.safetensors written by prune; did you mean"),
+        "folder as masks": ([*ev, "--masks", str(out)], "is a folder; expected the file masks.safetensors written by prune; did you mean"),
         "not safetensors": ([*ev, "--masks", str(out / "result.json")], "is corrupt or truncated"),
     }
     other = save_tiny_model(tmp_path / "other", tiny_llama_config(hidden=32, ffn=64))
     cases["masks of another model"] = (["eval", "--model", str(other), "--ppl", "en", "--data", str(run_dir / "text"),
-                                        "--masks", str(out / "masks.safetensors")], f"does not fit this model")
+                                        "--masks", str(out / "masks.safetensors")], "does not fit this model")
     for name, (argv, expected) in cases.items():
         assert main(argv) == 2, name
         err = capsys.readouterr().err

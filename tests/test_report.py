@@ -186,7 +186,6 @@ def test_figures_are_artifacts_of_the_parent_run(sweep):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium)")
 def test_html_renders_in_headless_chromium(sweep, tmp_path):
-    import numpy as np
     from matplotlib.image import imread
 
     shot = tmp_path / "shot.png"

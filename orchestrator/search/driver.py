@@ -32,8 +32,7 @@ from ..sweep.record import log, retry_tags
 from ..names import BASELINE, BASELINES_DONE, BEAT, DRIVER, ERROR, OVERRIDE, STUDY
 from .record import SearchRecord, finite
 from . import baselines
-from .study import (DEFAULTS, check_storage, counted, lose, open_study,
-                    take_over)
+from .study import DEFAULTS, check_storage, counted, lose, open_study, take_over
 
 
 def run_search(config, n_trials: int | None = None, storage: str | None = None, ray_address: str | None = None,
@@ -62,7 +61,7 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
         cfg.storage = resolve_storage(storage, Path.cwd())
     if tracking_uri:
         cfg.tracking_uri = resolve_tracking_uri(tracking_uri, Path.cwd())
-    tracking.check_uri(cfg.tracking_uri)  # the record's store first, as a sweep checks it, then the study's
+    tracking.check_uri(cfg.tracking_uri)  # the record's store first (as a sweep), then the study's
     check_storage(cfg.storage)
     search = Search(cfg, space, source, file, n_trials)
     status = drive(search, ray_address).status

@@ -18,11 +18,11 @@ from typing import Any
 from tasks.errors import UserError
 
 from ..names import ATTEMPT, BASELINE, BEAT, DRIVER, LOST, OVERRIDE, RETRY_OF
-from ..lease import DB_PORTS, check_database, check_durable, creating
+from ..stores import DB_PORTS, check_database, check_durable, creating
+from ..lease import DEFAULTS as LEASE_DEFAULTS
 
-DEFAULTS = {
-    "beat_s": 10.0,  # the driver's heartbeat on the study (user attr): shown to people; the lease decides
-}
+# The driver's heartbeat on the study (a user attr, shown to people; the lease decides): the lease's period.
+DEFAULTS = {"beat_s": LEASE_DEFAULTS["beat_s"]}
 
 
 def check_storage(uri: str) -> None:

@@ -27,10 +27,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from tasks.errors import UserError
+
 from .. import tracking
 from ..lease import hold
 from .record import log
-from .scheduler import Events, Source, run_cells
+from .scheduler import STOP, Events, Source, run_cells
 from .session import driving, starting
 
 
@@ -45,6 +47,7 @@ class Record:
     tags: dict[str, str]
     t0: float
     parent: str | None = None
+    lease: Any = None  # the held lease (its `lost` says whether another driver took it over)
 
 
 class Job:
@@ -102,14 +105,22 @@ def drive(job: Job, ray_address: str | None = None) -> Outcome:
     with starting(uri, ray_address, job.resources, log) as started:
         cl = tracking.client(uri, create=True)
         exp = tracking.experiment_id(cl, job.name, uri, create=True)  # creates the schema here, once
-        with hold(job.kind, job.name, cl, exp, tracking.sqlite_path(uri)):
-            rec = Record(cl, exp, tracking.provenance(), t0)
+        with hold(job.kind, job.name, cl, exp, uri, on_lost=lost) as lease:
+            rec = Record(cl, exp, tracking.provenance(), t0, lease=lease)
             try:
                 needed = job.open(rec)
                 with driving(ray_address, needed=needed, started=started):
-                    return run_parent(job, rec, started)
+                    outcome = run_parent(job, rec, started)
             finally:
                 job.release()
+            if lease.lost:  # stopped as on Ctrl-C, then told as a refusal: one line, exit 2
+                raise UserError("FILE", lease.lost)
+            return outcome
+
+
+def lost(why: str) -> None:
+    """The heartbeat found this driver's lease taken: stop like Ctrl-C (the loop's next turn)."""
+    STOP.set()
 
 
 def run_parent(job: Job, rec: Record, started) -> Outcome:
@@ -120,6 +131,8 @@ def run_parent(job: Job, rec: Record, started) -> Outcome:
     try:
         pool = started.pool if started else None  # actors started during start-up serve the first stage
         for source, events in job.stages(rec):
+            if rec.lease is not None and rec.lease.lost:  # lost between stages: no stage starts
+                raise KeyboardInterrupt
             run_cells(source, job.resources, events, log, pool=pool)
             pool = None
     except KeyboardInterrupt:
@@ -132,8 +145,10 @@ def run_parent(job: Job, rec: Record, started) -> Outcome:
     finally:
         if status == "FINISHED" and job.has_failures():
             status, code = "FAILED", 1
+        taken = rec.lease is not None and rec.lease.lost
         try:
             job.end(status)
         finally:
-            rec.cl.set_terminated(rec.parent, status)
+            if not taken:  # a driver that lost its lease leaves the parent run to the new holder
+                rec.cl.set_terminated(rec.parent, status)
     return Outcome(status, code)

@@ -199,7 +199,7 @@ def check_address(address: str | None) -> None:
     probe it before creating anything (`starting`). (None, "auto": a local Ray, or Ray's to find.)"""
     import socket
 
-    from ..lease import PROBE_TIMEOUT_S
+    from ..stores import PROBE_TIMEOUT_S
 
     address = address or os.environ.get("RAY_ADDRESS") or ""
     host, _, port = address.split("://", 1)[-1].rpartition(":")
