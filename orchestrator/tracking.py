@@ -24,6 +24,7 @@ from .stores import check_uri, creating
 from .models import check_model_files, end_model, log_model_params
 from .names import (CELL, DRIVER, ERROR, EXPERIMENT_KIND, GIT_DIRTY, KIND, MODEL_DEVELOPMENT, MODEL_HASH, MODEL_ID, NOTE,
                     PARENT, ROLE, SWEEP, VERSIONS)
+from .schema import seed
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
@@ -44,6 +45,8 @@ def client(uri: str, create: bool):
     from mlflow import MlflowClient
 
     with creating(path if create else None):  # MLflow creates (or migrates) the schema here: one process at a time
+        if create and path is not None and not path.exists():
+            seed(path)  # a copy of a migrated empty store, not MLflow's ~4 s of migrations (orchestrator/schema.py)
         return MlflowClient(tracking_uri=uri)
 
 

@@ -3,13 +3,19 @@
 lazily so `polyprune prune` never pays for importing Ray or MLflow. A command
 parses and checks its arguments and calls into `orchestrator.sweep`, `.search` or
 `.report`, where the work is. A new command: a module here plus a COMMANDS line.
+
+Global flags: `--version` (polyprune's and the key libraries' versions, read from the installed
+packages' metadata: nothing imported) and `--verbose` (every library's messages: `noise`), which a
+command also takes after its name.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
 import sys
+from pathlib import Path
 
 from tasks.errors import UserError
 
@@ -36,11 +42,58 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# What the numbers depend on, in the order `--version` prints them (distribution names).
+LIBRARIES = ("torch", "transformers", "ray", "mlflow", "optuna", "lm-eval", "datasets")
+VERBOSE_HELP = "show every library's messages (Ray, MLflow, servers), not only polyprune's; = POLYPRUNE_LOG_LEVEL=INFO"
+
+
+def versions() -> list[str]:
+    """`polyprune X.Y.Z` (with the git commit of a checkout), then one `NAME VERSION` line per library."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    lines = [f"polyprune {of('polyprune')}{checkout()}"]
+    lines += [f"{name} {of(name)}" for name in LIBRARIES]
+    lines.append(f"python {sys.version.split()[0]}")
+    return lines
+
+
+def checkout() -> str:
+    """" (git 1a2b3c4d, modified)" when polyprune runs from a git checkout, else ""."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return ""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if head.returncode != 0:
+        return ""
+    return f" (git {head.stdout.strip()}{', modified' if dirty.stdout.strip() else ''})"
+
+
+class _Versions(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("\n".join(versions()))
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="polyprune", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Versions, nargs=0, help="print polyprune's and the key libraries' versions")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
+        # after the command's name too; SUPPRESS: absent there, it leaves the global flag's value alone
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -57,10 +110,28 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         sys.stderr.write(f"polyprune: command {args.command!r} is not available in this version\n")
         return 2
+    from .noise import settled
+
+    # Ray may be started ahead (`sweep.session.speculate`) only where polyprune is the program: a caller
+    # of main([...]) (tests, a notebook) manages its own Ray.
+    args.own_process = argv is None
     try:
-        return int(args._run(args) or 0)
+        with settled(args.verbose):
+            return int(args._run(args) or 0)
     except UserError as e:
         sys.stderr.write(f"polyprune {args.command}: {e}\n")
         return 2
+    finally:
+        while AFTER:
+            AFTER.pop()()
+
+
+AFTER: list = []  # what a command left to undo once its outcome is printed (`later`)
+
+
+def later(undo) -> None:
+    """Call `undo()` when the command has ended, after its outcome is printed: a refused file's one
+    line shows at once, before a speculative Ray start (`sweep.session.speculate`) is undone."""
+    AFTER.append(undo)
 
 

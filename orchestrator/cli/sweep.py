@@ -19,6 +19,8 @@ def run(args) -> int:
     from ..sweep.driver import dry_run, execute
     from ..sweep.file import expand, load_sweep
 
+    if not args.dry_run:
+        start_ahead(args)
     cfg = load_sweep(args.file)
     if args.tracking_uri:
         cfg.tracking_uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
@@ -30,3 +32,32 @@ def run(args) -> int:
     if args.dry_run:
         return dry_run(cfg, cells)
     return execute(cfg, cells, args.ray_address, Path(args.file))
+
+
+def start_ahead(args) -> None:
+    """A first run of FILE on a local Ray: Ray starts while the file is validated (seconds each), for
+    the driver to take over; undone after the outcome is printed when the file is refused."""
+    if not (getattr(args, "own_process", False) and new_store(args.file, args.tracking_uri)):
+        return
+    from . import later
+    from ..sweep.session import speculate
+
+    early = speculate(args.ray_address)
+    if early is not None:
+        later(early.abandon)  # a no-op once the driver took it over
+
+
+def new_store(file: str, tracking_uri: str | None) -> bool:
+    """Will this run create its sqlite store (a first run: Ray is needed), as far as the file's raw
+    YAML says? A bad file is False here, and refused by `load_sweep` as it would be anyway."""
+    from .. import tracking
+    from ..config import resolve_tracking_uri
+    from .ui import file_target
+
+    try:
+        found = file_target(file)
+        uri = resolve_tracking_uri(tracking_uri, Path.cwd()) if tracking_uri else found["tracking_uri"] if found else None
+    except Exception:  # the file's validation says what is wrong, with its own words
+        return False
+    path = tracking.sqlite_path(uri) if uri else None
+    return path is not None and path.parent.is_dir() and not path.exists()

@@ -8,7 +8,9 @@ experiment's runs table (model-training view), or with `--view models` of its Mo
 tab (one row per pruned model), is printed on stdout; `--open` opens it in a browser.
 
 The server is this command's child: SIGINT / SIGTERM stop it and everything it
-started (`serve`), so nothing outlives the command.
+started (`serve`), so nothing outlives the command. Its output goes to stderr, less the
+start-up notices a user has nothing to do about unless `--verbose` (`noise`): stdout is
+the URL only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import urllib.request
 from pathlib import Path
 
 from tasks.errors import UserError
+
+from . import noise
 
 READY_TIMEOUT_S = 300  # mlflow server imports a lot: ~20 s on an idle 2-core machine, minutes on a loaded one
 
@@ -44,7 +48,12 @@ def command(uri: str, host: str, port: int) -> list[str]:
     if uri.startswith(("http://", "https://")):
         raise UserError("tracking-uri", f"{uri} is already a tracking server: open it in a browser")
     # One worker: a browsing UI for one person; the default 4 take long to start on a small machine.
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", "1"]
+    # The registry store named (it is the same): else the server says on stdout that it assumed so.
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    if noise.quiet():  # uvicorn's start-up lines and one access-log line per request; its errors still show
+        cmd += ["--uvicorn-opts", "--log-level warning --no-access-log"]
+    return cmd
 
 
 def check_port(host: str, port: int) -> None:
@@ -70,7 +79,10 @@ def serve(cmd: list[str], ready: str, what: str, url_of=None, open_browser: bool
     dies before answering; 130 / 143 when stopped by a signal."""
     import psutil
 
-    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: one signal reaches every worker
+    # its own group: one signal reaches every worker
+    proc = subprocess.Popen(cmd, start_new_session=True, env=noise.server_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    output = noise.server_lines(proc.stdout, sys.stderr)
     got: list[int] = []
 
     def stop(signum, frame):
@@ -91,6 +103,7 @@ def serve(cmd: list[str], ready: str, what: str, url_of=None, open_browser: bool
             if proc.poll() is None:
                 sys.stderr.write(f"polyprune: {what} did not answer at {ready} within {READY_TIMEOUT_S} s; stopped it\n")
                 return 1
+            output.join(timeout=5)  # its own last lines (why) first
             sys.stderr.write(f"polyprune: {what} exited ({proc.returncode}) before answering at {ready}\n")
             return 1
         print(url, flush=True)
@@ -118,6 +131,7 @@ def serve(cmd: list[str], ready: str, what: str, url_of=None, open_browser: bool
         if alive:
             _signal_all(proc.pid, [p.pid for p in alive], signal.SIGKILL)
         proc.wait()
+        output.join(timeout=5)  # its last lines (why it failed) before this command's own
         for s, h in old.items():
             signal.signal(s, h)
 

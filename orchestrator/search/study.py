@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,11 @@ def open_study(cfg):
     if [d.name.lower() for d in study.directions] != directions:
         raise UserError("objectives", f"study {cfg.name!r} in {cfg.storage} was created with directions "
                                       f"{[d.name.lower() for d in study.directions]}; a search's objectives cannot change (rename it)")
-    study.set_metric_names(metric_names(cfg))  # optuna-dashboard shows them instead of "Objective 0"
+    # optuna-dashboard, `polyprune dashboard` and Optuna's plots label the values with these, not "Objective 0".
+    if study.metric_names != metric_names(cfg):
+        with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2: a note for no user
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names(cfg))
     return study, storage
 
 

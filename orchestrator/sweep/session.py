@@ -1,6 +1,7 @@
 """A driver's session with Ray: `driving` (Ray joined or started, the lease's cluster layer
 taken, SIGTERM taken as Ctrl-C) and `Starting` (all of that begun in the background, so a
-driver's own start-up overlaps Ray's)."""
+driver's own start-up overlaps Ray's; `speculate`: a local Ray begun even before the file is
+validated, undone when the file is refused)."""
 
 from __future__ import annotations
 
@@ -23,17 +24,23 @@ class Starting:
     waits for it and takes it over; `pool` hands the actors to `run_cells`. A driver that
     stops before that (refused lease, bad store) calls `abandon`."""
 
-    def __init__(self, address: str | None, resources, log: Callable[[str], None] = print):
-        self.address, self.resources, self.log = address, resources, log
+    def __init__(self, address: str | None, resources, log: Callable[[str], None] = print, grace_s: float = 0.0):
+        self.address, self.resources, self.log, self.grace_s = address, resources, log, grace_s
         self.owns_ray, self.pool, self.error, self.taken = False, None, None, False
         self.said: list[str] = []  # the pool's lines, shown once taken: a refused driver says one line only
-        self.ready, self.over = threading.Event(), threading.Event()
+        self.ready, self.over, self.given, self.cancel = (threading.Event() for _ in range(4))
+        if resources is not None:
+            self.given.set()
         threading.Thread(target=self._start, name="polyprune-ray-start", daemon=True).start()
 
     def _start(self) -> None:
         try:
+            if self.cancel.wait(self.grace_s):  # undone before it began (a file refused at once): no Ray at all
+                return
             self.owns_ray = connect(self.address)
-            self.pool = WorkerPool(self.resources, self.said.append)
+            self.given.wait()  # a speculative start learns its workers once the file is read (`use`)
+            if self.resources is not None:
+                self.pool = WorkerPool(self.resources, self.said.append)
         except BaseException as e:  # re-raised in the driver's thread by wait()
             self.error = e
         finally:
@@ -41,6 +48,11 @@ class Starting:
         # Ray ties the processes it starts (GCS, raylet, ...) to the *thread* that started them
         # (PR_SET_PDEATHSIG): this thread must outlive them, until Ray is shut down.
         self.over.wait()
+
+    def use(self, resources, log: Callable[[str], None]) -> None:
+        """The workers of a start begun before the file was read (`speculate`), once it is valid."""
+        self.resources, self.log = resources, log
+        self.given.set()
 
     def wait(self) -> bool:
         """Ray is up (or the start's error is raised); True when this process started it."""
@@ -58,8 +70,12 @@ class Starting:
 
     def abandon(self) -> None:
         """Undo the start unless `driving` took it over (then Ray is its to shut down)."""
-        if self.taken:
+        if self in SPECULATIVE:
+            SPECULATIVE.remove(self)
+        if self.taken or self.over.is_set():
             return
+        self.cancel.set()
+        self.given.set()  # a speculative start still waiting for its workers stops at Ray
         self.ready.wait()
         if self.pool is not None:
             self.pool.shutdown()
@@ -78,12 +94,34 @@ def starting(store_uri: str, address: str | None, resources, log: Callable[[str]
     every cell already, so Ray starts only if needed. A start `driving` did not take over is undone."""
     check_address(address)
     path = sqlite_path(store_uri)
-    started = Starting(address, resources, log) if path is not None and not path.exists() else None
+    if SPECULATIVE:  # Ray began while the file was validated: it serves this driver
+        started = SPECULATIVE.pop()
+        started.use(resources, log)
+    elif path is not None and not path.exists():
+        started = Starting(address, resources, log)
+    else:
+        started = None
     try:
         yield started
     finally:
         if started is not None:
             started.abandon()  # a driver stopped before running anything (refused lease, bad store)
+
+
+SPECULATIVE: list[Starting] = []  # a start `speculate` began, until `starting` takes it
+SPECULATE_GRACE_S = 0.5  # most bad files are refused within this (unknown keys, missing folders): no Ray for them
+
+
+def speculate(address: str | None) -> Starting | None:
+    """Begin a local Ray (no cluster named) while the caller validates its file: seconds of imports and
+    checks that Ray's own seconds of start-up then overlap. The driver's `starting` takes it over; the
+    caller undoes it in any case (`Starting.abandon`: a no-op once taken), after a refused file's one
+    line is printed, so a bad file still exits 2 and leaves no Ray process behind."""
+    if address not in (None, "local") or os.environ.get("RAY_ADDRESS") or os.environ.get("POLYPRUNE_SPECULATE") == "0":
+        return None
+    started = Starting(address, None, grace_s=SPECULATE_GRACE_S)
+    SPECULATIVE[:] = [started]
+    return started
 
 
 @contextmanager
@@ -137,11 +175,13 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs = {"logging_level": logging.WARNING, "log_to_driver": RAY_LOGS}
+    # Ray's INFO lines ("Started a local Ray instance", ...) with --verbose only (orchestrator/cli/noise.py)
+    level = getattr(logging, os.environ.get("POLYPRUNE_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
+    kwargs = {"logging_level": level, "log_to_driver": RAY_LOGS}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False  # a private local Ray: nobody to show a dashboard to
     quiet = logging.getLogger("ray._private.worker")
-    level = quiet.level
+    before = quiet.level
     if threading.current_thread() is not threading.main_thread():
         quiet.setLevel(logging.ERROR)  # "SIGTERM handler is not set": `driving` sets ours in the main thread
     try:
@@ -149,7 +189,7 @@ def connect(address: str | None) -> bool:
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise UserError("ray-address", f"cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from None
     finally:
-        quiet.setLevel(level)
+        quiet.setLevel(before)
     return True
 
 

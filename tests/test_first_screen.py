@@ -1,0 +1,199 @@
+"""What a new user sees (issue 23): `polyprune --version`, and the whole stderr of a sweep, a search and
+`polyprune ui` run as a user runs them (a subprocess starting its own local Ray, no RAY_AUTH_MODE, no
+log-level settings): polyprune's lines only; with --verbose the libraries' lines are back."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import save_tiny_model, tiny_llama_config
+from helpers import ROOT, link_inputs, write_yaml
+from orchestrator.cli import LIBRARIES
+
+SWEEP = {"name": "first", "models": ["./tiny"], "methods": ["wanda"], "sparsities": [0.5],
+         "calibration": {"languages": ["en"], "data": "./text", "nsamples": 4, "seqlen": 32},
+         "seeds": [0], "evaluation": {"ppl": {"languages": ["en"], "nsamples": 4}}, "resources": {"cpu_workers": 1}}
+SEARCH = {"name": "first-search", "model": "./tiny", "method": "mwanda", "sparsity": 0.5,
+          "calibration": {"languages": ["en", "sw"], "data": "./text", "nsamples": 4, "seqlen": 32},
+          "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": 2}}, "space": "mwanda_mix",
+          "objectives": [{"metric": "ppl.sw", "direction": "minimize"}], "baselines": False,
+          "n_trials": 1, "parallel": 1, "sampler_seed": 0}
+
+# A library's line: a logging time stamp (Ray: 2026-12-03 06:22:04,654; MLflow, uvicorn: 2026/12/03 06:22:08),
+# a Python warning (file.py:23: SomeWarning:), a server's notice, a worker's forwarded line, a traceback.
+FOREIGN = re.compile(r"^\d{4}[-/]\d\d[-/]\d\d \d\d:\d\d:\d\d|\.py:\d+: \w*Warning\b|^\[MLflow\]|^\(\w+ pid=|^Traceback"
+                     r"|^(INFO|WARNING|DEBUG)\b|Registry store URI")
+RAY_NOTICE, MLFLOW_INFO = "Token authentication is enabled", "INFO mlflow"
+
+
+def user_env(home: Path, **extra) -> dict:
+    """The environment of a user's shell on a machine of their own: none of the test session's settings
+    for Ray or logging, a home (Ray keeps its token in ~/.ray) and a Ray temp folder (where `ray.init()`
+    finds a `ray start` cluster to join) of its own."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS", "POLYPRUNE_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL", "PYTHONWARNINGS")}
+    home = home.resolve()
+    return {**env, "HOME": str(home), "RAY_TMPDIR": str(home / "ray"), "PYTHONPATH": str(ROOT), **extra}
+
+
+def polyprune(args: list[str], cwd: Path, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def foreign(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if FOREIGN.search(line)]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, text_dir):
+    """A run folder (./tiny, ./text) and a home of its own."""
+    root = tmp_path_factory.mktemp("first-screen")
+    model = save_tiny_model(root / "model", tiny_llama_config())
+    (root / "run").mkdir()
+    run = link_inputs(root / "run", model, text_dir)
+    # short: Ray's socket paths in its temp folder must fit in 107 bytes
+    home = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
+    (home / "ray").mkdir()
+    (root / "home").symlink_to(home)
+    yield run
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def swept(folder):
+    """The quiet sweep, run once: (its stderr, the folder)."""
+    path = write_yaml(folder / "sweep.yaml", SWEEP)
+    done = polyprune(["sweep", str(path)], folder, user_env(folder.parent / "home"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr, folder
+
+
+def test_version_prints_polyprune_and_each_library_without_importing_them():
+    code = ("import sys\nfrom orchestrator.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nprint('imported:', sorted({'torch', 'transformers', 'ray', 'mlflow', 'optuna'} & set(sys.modules)))")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    took = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert re.fullmatch(r"polyprune \d+\.\d+\.\d+\S*( \(git [0-9a-f]{8}(, modified)?\))?", lines[0]), lines[0]
+    from importlib.metadata import version
+
+    for name, line in zip(LIBRARIES, lines[1:]):
+        assert line == f"{name} {version(name)}"
+    assert lines[len(LIBRARIES) + 1].startswith("python 3.")
+    assert lines[-1] == "imported: []"  # metadata only: fast even where torch takes seconds to import
+    assert took < 20, took
+
+
+def test_a_sweeps_first_screen_is_polyprunes_lines_only(swept):
+    err, _ = swept
+    assert not foreign(err), err
+    assert "sweep first: 2 cells" in err and "[2/2] FINISHED" in err, err
+
+
+def test_a_searchs_first_screen_is_polyprunes_lines_only(folder):
+    path = write_yaml(folder / "search.yaml", SEARCH)
+    done = polyprune(["search", str(path)], folder, user_env(folder.parent / "home"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not foreign(done.stderr), done.stderr
+    assert not foreign(done.stdout), done.stdout
+    # the study names its values (optuna-dashboard and Optuna's plots show these, not "Objective 0")
+    import optuna
+
+    study = optuna.load_study(study_name="first-search", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert study.metric_names == ["ppl.sw (valid)"]
+    assert "value_ppl.sw (valid)" in study.trials_dataframe().columns
+
+
+def test_verbose_shows_the_libraries_lines(folder, swept):
+    path = write_yaml(folder / "verbose.yaml", SWEEP, name="first-verbose", tracking_uri="sqlite:///verbose.db")
+    done = polyprune(["sweep", str(path), "--verbose"], folder, user_env(folder.parent / "home"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert RAY_NOTICE in done.stderr, done.stderr  # Ray's notice on the local cluster it started
+    # the same through the environment, and before the command's name; a bad value is one line
+    assert polyprune(["--verbose", "sweep", str(path), "--dry-run"], folder, user_env(folder.parent / "home")).returncode == 0
+    bad = polyprune(["sweep", str(path), "--dry-run"], folder, user_env(folder.parent / "home", POLYPRUNE_LOG_LEVEL="loud"))
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("POLYPRUNE_LOG_LEVEL: allowed: DEBUG, INFO, WARNING; got 'loud'")
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def ui_stderr(folder: Path, *extra: str) -> tuple[str, str]:
+    """`polyprune ui` on the sweep's store, stopped once it printed its URL: (stdout, stderr)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "sweep.yaml", "--port", str(port), *extra],
+                            cwd=folder, env=user_env(folder.parent / "home"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline()
+        assert url.startswith("http://127.0.0.1:"), (url, proc.stderr.read() if proc.poll() is not None else "")
+        time.sleep(2)  # the server's own lines after it answered, if any
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    return url + out, err
+
+
+def test_ui_first_screen_is_polyprunes_lines_only(swept):
+    _, folder = swept
+    out, err = ui_stderr(folder)
+    assert len(out.splitlines()) == 1, out  # the URL only: no server notice on stdout either
+    assert not foreign(err), err
+    assert err.startswith("starting the MLflow UI") and "MLflow UI: http://" in err, err
+    out, err = ui_stderr(folder, "--verbose")
+    assert "Uvicorn running" in err and "[MLflow] Security middleware" in err, err
+
+
+def processes_marked(mark: str) -> list:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("POLYPRUNE_TEST_MARK") == mark and p.status() != psutil.STATUS_ZOMBIE:
+                found.append((p.pid, p.name()))
+        except (psutil.Error, OSError):
+            pass
+    return found
+
+
+def test_a_bad_file_while_ray_starts_ahead_is_one_line_and_leaves_nothing(folder):
+    """A first run starts a local Ray while its file is validated; a file refused then (here after the
+    checks that load the tokenizer: seconds) is still one line, exit 2, and no process, store or folder."""
+    import uuid
+
+    bad = folder.parent / "bad"
+    bad.mkdir()
+    for name in ("tiny", "text"):
+        (bad / name).symlink_to((folder / name).resolve())
+    path = write_yaml(bad / "sweep.yaml", SWEEP, calibration={**SWEEP["calibration"], "languages": ["en", "xx"]})
+    before = sorted(p.name for p in bad.iterdir())
+    for verbose in ([], ["--verbose"]):
+        mark = uuid.uuid4().hex
+        done = polyprune([*verbose, "sweep", str(path)], bad, user_env(folder.parent / "home", POLYPRUNE_TEST_MARK=mark))
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert lines[-1].startswith("polyprune sweep: calibration.languages[1]: language 'xx'"), lines
+        if verbose:
+            assert RAY_NOTICE in done.stderr, done.stderr  # Ray had started ahead: the test tests something
+        else:
+            assert len(lines) == 1, lines
+        assert processes_marked(mark) == []  # Ray's GCS, raylet, agents and workers all ended
+        assert sorted(p.name for p in bad.iterdir()) == before  # no store, no artifacts folder
+    assert polyprune(["sweep", str(path), "--dry-run"], bad, user_env(folder.parent / "home")).returncode == 2
