@@ -1,19 +1,40 @@
-"""`polyprune demo` end to end, shortened: a briefly trained demo model, a 3-cell sweep on the
-session's Ray, a search of 4 baselines + 1 trial and the report — the same code path as the full demo."""
+"""`polyprune demo` end to end, shortened: the shipped demo model, a 3-cell sweep on the session's
+Ray, a search of 4 baselines + 1 trial, its confirmation and the report — the same code path as the
+full demo; the dense model's perplexities are README's."""
 
 from __future__ import annotations
 
+import pytest
+
+from helpers import ROOT
 from orchestrator.cli import main
+
+# The shipped weights are the same everywhere (float32 evaluation of bfloat16 weights); what may differ
+# between CPUs is the order of float32 sums, far below this.
+README_TOLERANCE = 0.005  # relative
+
+
+def table_row(text: str, first: str) -> dict[str, str]:
+    """A row of a rich table (as printed, and as README shows it) by its first cell, keyed by the header."""
+    lines = text.splitlines()
+    header = next(l for l in lines if l.startswith("┃ model"))
+    row = next(l for l in lines if l.startswith(f"│ {first} "))
+    def cells(line, bar):
+        return [c.strip() for c in line.strip().strip(bar).split(bar)]
+    return dict(zip(cells(header, "┃"), cells(row, "│")))
 
 
 def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--steps", "8", "--calib", "en,sw", "--eval", "en,sw", "--nsamples", "4", "--limit", "2",
+    args = ["demo", "--calib", "en,sw", "--eval", "en,sw", "--nsamples", "4", "--limit", "2",
             "--trials", "1", "--confirm-top", "1", "--confirm-seeds", "2", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     for row in ("dense", "wanda 0.65 en", "wanda 0.65 sw"):
         assert row in printed
+    readme, here = table_row((ROOT / "README.md").read_text(), "dense"), table_row(printed, "dense")
+    for col in ("ppl.en", "ppl.sw"):  # a newcomer's demo prints README's numbers
+        assert float(here[col]) == pytest.approx(float(readme[col]), rel=README_TOLERANCE), (col, here, readme)
     for name in ("uniform", "sw-only", "en-only", "mbs"):  # every baseline, valid and test, before the best
         assert f"baseline {name}" in printed
     assert "best: trial" in printed and "vs uniform" in printed and "test ppl.mean" in printed
