@@ -84,12 +84,14 @@ def read_mapping(path: Path, keys: str) -> dict:
     return raw
 
 
-def validate(model: type[BaseModel], raw: dict) -> Any:
-    """`model.model_validate(raw)`; its first error as one UserError naming the file path of the value."""
+def validate(model: type[BaseModel], raw: dict, under: str = "") -> Any:
+    """`model.model_validate(raw)`; its first error as one UserError naming the file path of the value
+    (`under`: the path of a section validated on its own, e.g. `confirm` or `baselines[2]`)."""
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        raise user_error(model, e) from None
+        err = user_error(model, e)
+        raise (UserError(f"{under}.{err.field}", err.message) if under else err) from None
 
 
 def user_error(model: type[BaseModel], e: ValidationError) -> UserError:

@@ -12,6 +12,29 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# A one-cell sweep and a two-trial search of the tiny model on ./text (a run folder's links).
+TINY_SWEEP = {
+    "models": ["./tiny"],
+    "methods": ["wanda"],
+    "sparsities": [0.5],
+    "calibration": {"languages": ["en"], "data": "./text", "nsamples": 2, "seqlen": 16},
+    "evaluation": {"ppl": {"languages": ["en"], "nsamples": 2}},
+    "resources": {"cpu_workers": 1},
+}
+TINY_SEARCH = {
+    "model": "./tiny",
+    "method": "mwanda",
+    "sparsity": 0.5,
+    "calibration": {"languages": ["en", "sw"], "data": "./text", "nsamples": 2, "seqlen": 16},
+    "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": 2}},
+    "space": "mwanda_mix",
+    "objectives": [{"metric": "ppl.sw"}],
+    "n_trials": 2,
+    "parallel": 1,
+    "baselines": False,
+    "confirm": False,  # the confirmation stage has its own tests (test_confirm.py)
+}
+
 
 def link_inputs(folder: Path, model, text) -> Path:
     """./tiny and ./text in `folder`, so the files written there use relative paths."""

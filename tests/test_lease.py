@@ -20,30 +20,10 @@ import time
 
 import pytest
 
-from helpers import ROOT, mlflow_server, write_yaml
+from helpers import ROOT, TINY_SEARCH, TINY_SWEEP, mlflow_server, write_yaml
 from orchestrator.lease import CLAIM_DELAY, PREFIX
 
-SWEEP = {
-    "models": ["./tiny"],
-    "methods": ["wanda"],
-    "sparsities": [0.5],
-    "calibration": {"languages": ["en"], "data": "./text", "nsamples": 2, "seqlen": 16},
-    "evaluation": {"ppl": {"languages": ["en"], "nsamples": 2}},
-    "resources": {"cpu_workers": 1},
-}
-SEARCH = {
-    "model": "./tiny",
-    "method": "mwanda",
-    "sparsity": 0.5,
-    "calibration": {"languages": ["en", "sw"], "data": "./text", "nsamples": 2, "seqlen": 16},
-    "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": 2}},
-    "space": "mwanda_mix",
-    "objectives": [{"metric": "ppl.sw"}],
-    "n_trials": 2,
-    "parallel": 1,
-    "baselines": False,
-    "confirm": False,  # the confirmation stage has its own tests (test_confirm.py)
-}
+SWEEP, SEARCH = TINY_SWEEP, TINY_SEARCH
 DELAY = {CLAIM_DELAY: "2"}  # both drivers read "free", then wait 2 s before claiming
 
 

@@ -14,32 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, child_runs, sqlite_rows, write_yaml
+from helpers import ROOT, TINY_SEARCH, TINY_SWEEP, child_runs, sqlite_rows, write_yaml
 from orchestrator.cli import main
 
-SWEEP = {
-    "name": "r",
-    "models": ["./tiny"],
-    "methods": ["wanda"],
-    "sparsities": [0.5],
-    "calibration": {"languages": ["en"], "data": "./text", "nsamples": 2, "seqlen": 16},
-    "evaluation": {"ppl": {"languages": ["en"], "nsamples": 2}},
-    "resources": {"cpu_workers": 1},
-}
-SEARCH = {
-    "name": "rs",
-    "model": "./tiny",
-    "method": "mwanda",
-    "sparsity": 0.5,
-    "calibration": {"languages": ["en", "sw"], "data": "./text", "nsamples": 2, "seqlen": 16},
-    "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": 2}},
-    "space": "mwanda_mix",
-    "objectives": [{"metric": "ppl.sw"}],
-    "n_trials": 2,
-    "parallel": 1,
-    "baselines": False,
-    "confirm": False,  # the confirmation stage has its own tests (test_confirm.py)
-}
+SWEEP, SEARCH = {**TINY_SWEEP, "name": "r"}, {**TINY_SEARCH, "name": "rs"}
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.Popen:

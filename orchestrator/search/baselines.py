@@ -59,9 +59,7 @@ class Baseline:
 def parse(cfg, base: Path) -> None:
     """The list form's mappings as `BaselineSpec`s (errors name `baselines[i].<key>`); `{from: FILE}`
     relative to the search file, as every path in it."""
-    from pydantic import ValidationError
-
-    from ..config import user_error
+    from ..config import validate
 
     if not isinstance(cfg.baselines, list):
         return
@@ -70,11 +68,7 @@ def parse(cfg, base: Path) -> None:
             continue
         if not isinstance(b, dict):
             raise UserError(f"baselines[{i}]", f"allowed: {', '.join(WORDS)}, or {{name: NAME, calib: MIX | {{from: FILE}}}}; got {b!r}")
-        try:
-            spec = BaselineSpec.model_validate(b)
-        except ValidationError as e:
-            err = user_error(BaselineSpec, e)
-            raise UserError(f"baselines[{i}].{err.field}", err.message) from None
+        spec = validate(BaselineSpec, b, f"baselines[{i}]")
         if isinstance(spec.calib, CalibFrom):
             spec.calib.from_ = local_path(spec.calib.from_, base, loose=True)
         cfg.baselines[i] = spec

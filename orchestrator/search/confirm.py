@@ -33,9 +33,7 @@ class ConfirmConfig(Strict):
 
 def resolve(cfg) -> None:
     """`cfg.confirm` as a `ConfirmConfig` with its seed list, or None (`confirm: false`)."""
-    from pydantic import ValidationError
-
-    from ..config import user_error
+    from ..config import validate
 
     raw = cfg.confirm
     if raw is False or raw is None:
@@ -45,11 +43,7 @@ def resolve(cfg) -> None:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError("confirm", f"allowed: {FORM}; got {raw!r}")
-    try:
-        c = ConfirmConfig.model_validate(raw)
-    except ValidationError as e:
-        err = user_error(ConfirmConfig, e)
-        raise UserError(f"confirm.{err.field}", err.message) from None
+    c = validate(ConfirmConfig, raw, "confirm")
     if isinstance(c.seeds, int):
         if c.seeds < 2:
             raise UserError("confirm.seeds", f"a paired test needs at least 2 seeds; got {c.seeds}")
