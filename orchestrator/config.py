@@ -85,8 +85,7 @@ def read_mapping(path: Path, keys: str) -> dict:
 
 
 def validate(model: type[BaseModel], raw: dict, under: str = "") -> Any:
-    """`model.model_validate(raw)`; its first error as one UserError naming the file path of the value
-    (`under`: the path of a section validated on its own, e.g. `confirm` or `baselines[2]`)."""
+    """`model.model_validate(raw)`; its first error as one UserError naming the value's path (under `under`)."""
     try:
         return model.model_validate(raw)
     except ValidationError as e:
