@@ -297,14 +297,22 @@ def provenance() -> dict[str, str]:
         except Exception:
             pass
     tags = {VERSIONS: json.dumps(vers, sort_keys=True)}
+    state = git_state()
+    if state is not None:
+        tags["mlflow.source.git.commit"], dirty = state
+        tags[GIT_DIRTY] = str(dirty).lower()
+    return tags
+
+
+def git_state() -> tuple[str, bool] | None:
+    """(commit, modified?) of the git checkout polyprune runs from; None when it is not one."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if commit.returncode == 0:
-            tags["mlflow.source.git.commit"] = commit.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                   capture_output=True, text=True, timeout=10)
-            tags[GIT_DIRTY] = str(bool(dirty.stdout.strip())).lower()
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        pass
-    return tags
+        return None
+    return commit.stdout.strip(), bool(dirty.stdout.strip())

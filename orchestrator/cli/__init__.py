@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 import sys
 from pathlib import Path
 
@@ -65,18 +64,12 @@ def versions() -> list[str]:
 
 def checkout() -> str:
     """" (git 1a2b3c4d, modified)" when polyprune runs from a git checkout, else ""."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
+    from ..tracking import git_state  # no MLflow import: --version stays metadata only
+
+    if not (Path(__file__).resolve().parents[2] / ".git").exists() or (state := git_state()) is None:
         return ""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    if head.returncode != 0:
-        return ""
-    return f" (git {head.stdout.strip()}{', modified' if dirty.stdout.strip() else ''})"
+    commit, dirty = state
+    return f" (git {commit[:8]}{', modified' if dirty else ''})"
 
 
 class _Versions(argparse.Action):
