@@ -155,11 +155,11 @@ class Lease:
         if not self.create(gen):  # another driver claimed this generation first
             raise UserError("FILE", describe(self.kind, self.name, self.read()[1]))
         self.gen = gen
-        top, current = self.read()
-        if top != gen:  # a driver that read the lease after us claimed a later generation
+        gens = self.generations()
+        if max(gens) != gen:  # a driver that read the lease after us claimed a later generation
             self.withdraw()
-            raise UserError("FILE", describe(self.kind, self.name, current))
-        for old in [g for g in self.generations() if g < gen]:
+            raise UserError("FILE", describe(self.kind, self.name, gens[max(gens)]))
+        for old in [g for g in gens if g < gen]:
             try:
                 self.cl.delete_registered_model(self.base + str(old))
             except Exception:  # another taker deleted it first
