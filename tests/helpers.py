@@ -5,7 +5,11 @@ text linked in, sweep / search files written into it, and reading the record bac
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -123,3 +127,22 @@ def mlflow_server(backend: str, artifacts: Path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`polyprune ARGS` as a subprocess in its own session (killable as a group), output captured."""
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr); a process past `timeout` is killed with its group and the test fails."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        import pytest
+
+        pytest.fail(f"timed out: {err[-2000:]}")
+    return proc.returncode, out, err

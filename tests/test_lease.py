@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, TINY_SEARCH, TINY_SWEEP, mlflow_server, write_yaml
+from helpers import ROOT, TINY_SEARCH, TINY_SWEEP, cli, finish, mlflow_server, write_yaml
 from orchestrator.lease import CLAIM_DELAY, PREFIX
 
 SWEEP, SEARCH = TINY_SWEEP, TINY_SEARCH
@@ -37,20 +37,6 @@ def server(tmp_path_factory):
 def spawn(args: list[str], cwd=ROOT, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return spawn([sys.executable, "-m", "orchestrator.cli", *args], env=env)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-        pytest.fail(f"timed out: {err[-2000:]}")
-    return proc.returncode, err
 
 
 def refused(err: str, kind: str, name: str) -> None:
@@ -116,7 +102,7 @@ def test_the_claim_is_atomic_through_a_server_on_postgresql(tmp_path):
 def test_two_sweep_drivers_through_a_server_one_runs(ray_local, run_dir, server):
     path = write_yaml(run_dir / "s.yaml", SWEEP, name="ls", sparsities=[0.5, 0.6])
     pair = [cli("sweep", str(path), "--ray-address", ray_local, "--tracking-uri", server, env=DELAY) for _ in range(2)]
-    (c1, e1), (c2, e2) = [finish(p) for p in pair]
+    (c1, _, e1), (c2, _, e2) = [finish(p) for p in pair]
     assert sorted([c1, c2]) == [0, 2], (e1[-2000:], e2[-2000:])
     refused(e1 if c1 == 2 else e2, "sweep", "ls")
     runs = runs_of(server, "ls")
@@ -129,7 +115,7 @@ def test_two_sweep_drivers_through_a_server_one_runs(ray_local, run_dir, server)
 def test_two_search_drivers_through_a_server_one_runs(ray_local, run_dir, server):
     path = write_yaml(run_dir / "q.yaml", SEARCH, name="lq", storage=f"sqlite:///{run_dir / 'optuna.db'}")
     pair = [cli("search", str(path), "--ray-address", ray_local, "--tracking-uri", server, env=DELAY) for _ in range(2)]
-    (c1, e1), (c2, e2) = [finish(p) for p in pair]
+    (c1, _, e1), (c2, _, e2) = [finish(p) for p in pair]
     assert sorted([c1, c2]) == [0, 2], (e1[-2000:], e2[-2000:])
     refused(e1 if c1 == 2 else e2, "search", "lq")
     runs = runs_of(server, "lq")
@@ -168,7 +154,7 @@ def test_a_driver_whose_lease_is_taken_stops_as_on_ctrl_c(ray_local, run_dir, se
     now = str(time.time())
     cl.create_registered_model(f"{base}.{int(gen) + 1}", tags={"holder": "other-host:4242", "token": "t", "since": now, "beat": now})
     t0 = time.monotonic()
-    code, err = finish(proc, timeout=120)
+    code, _, err = finish(proc, timeout=120)
     last = err.strip().splitlines()[-1]  # after the sweep's own progress lines: one line, exit 2
     assert code == 2 and "Traceback" not in err and last.startswith("polyprune sweep: "), err
     assert "the lease was taken over: sweep 'lt' is being run by other-host:4242" in last, err
@@ -183,7 +169,7 @@ def test_a_holder_killed_with_9_is_taken_over(ray_local, run_dir, server):
     lock, _ = wait_for_lock(server, "lk", first)
     os.killpg(first.pid, signal.SIGKILL)
     first.communicate()
-    code, err = finish(cli("sweep", str(path), "--ray-address", ray_local, "--tracking-uri", server))
+    code, _, err = finish(cli("sweep", str(path), "--ray-address", ray_local, "--tracking-uri", server))
     assert code == 0, err[-2000:]
     after, _ = lock_of(server, "lk")
     assert int(after.name.rsplit(".", 1)[1]) == int(lock.name.rsplit(".", 1)[1]) + 1 and after.tags["released"] == "1"

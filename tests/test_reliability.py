@@ -14,25 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, TINY_SEARCH, TINY_SWEEP, child_runs, sqlite_rows, write_yaml
+from helpers import TINY_SEARCH, TINY_SWEEP, child_runs, cli, finish, sqlite_rows, write_yaml
 from orchestrator.cli import main
 
 SWEEP, SEARCH = {**TINY_SWEEP, "name": "r"}, {**TINY_SEARCH, "name": "rs"}
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, env={**os.environ, **(env or {})},
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"timed out: {err[-2000:]}")
-    return proc.returncode, out, err
 
 
 def one_line_refusal(err: str, kind: str, name: str) -> None:
