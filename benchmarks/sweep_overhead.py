@@ -83,11 +83,14 @@ def main() -> int:
                    help="time a new sqlite MLflow store, MLflow migrating it vs a copy of polyprune's template "
                         "(orchestrator/schema.py), each in a fresh process after `import mlflow`, REPEATS times")
     p.add_argument("--new-store", help=argparse.SUPPRESS)
+    p.add_argument("--ray-floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--one-cell", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one_cell:
         one_cell(a.one_cell)
         return 0
+    if a.ray_floor:
+        return ray_floor()
     if a.new_store:
         return new_store(a.new_store)
     if a.schema:
@@ -133,7 +136,8 @@ def main() -> int:
 def startup(a, env: dict) -> int:
     """Fixed cost of a sweep: a fresh 2-cell sweep (wanda 50% in en and sw, plus its dense baseline),
     its wall time from CLI start to exit minus the sum of its cells' `time.cell_s` (load + calibrate +
-    prune + evaluate), REPEATS times; with --before, that checkout and this one alternate."""
+    prune + evaluate), REPEATS times; with --before, that checkout and this one alternate. Each repeat
+    also times a rerun of the finished file (nothing to run: no Ray) and `ray_floor`."""
     import statistics
 
     a.methods, a.sparsities, a.languages, a.seeds, a.workers = ["wanda"], ["0.5"], ["en", "sw"], [0], 1
@@ -157,17 +161,50 @@ def startup(a, env: dict) -> int:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 wall = time.perf_counter() - t0
                 _, cell_s = _own_times(folder / "mlflow.db")
+                t0 = time.perf_counter()  # the same file again: every cell is done, so no Ray at all
+                subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(path)], cwd=code,
+                               env={**env, "PYTHONPATH": str(code)}, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                rerun = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, __file__, "--ray-floor"], cwd=ROOT, env=env, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                floor = time.perf_counter() - t0
                 row = {"wall_s": round(wall, 2), "cells_time_cell_s": round(cell_s, 2), "fixed_s": round(wall - cell_s, 2),
+                       "rerun_s": round(rerun, 2), "ray_floor_s": round(floor, 2),
                        "load_avg_1min": [load_before, os.getloadavg()[0]]}
                 print(label, i, json.dumps(row), flush=True)
                 if i != "warm":
                     rows[label].append(row)
-    out = {label: {"repeats": len(r), "fixed_s_median": statistics.median(x["fixed_s"] for x in r),
-                   "fixed_s": [x["fixed_s"] for x in r]} for label, r in rows.items()}
+    out = {label: {"repeats": len(r), **{f"{k}_median": statistics.median(x[k] for x in r) for k in ("fixed_s", "rerun_s", "ray_floor_s")},
+                   "fixed_s": [x["fixed_s"] for x in r], "rerun_s": [x["rerun_s"] for x in r]}
+           for label, r in rows.items()}
     if a.before:
         out["this_over_before"] = round(out["this"]["fixed_s_median"] / out["before"]["fixed_s_median"], 3)
     out["target_s"] = 6.0
     print(json.dumps(out, indent=1))
+    return 0
+
+
+def ray_floor() -> int:
+    """What any sweep on a fresh local Ray pays before and after its cells, none of it polyprune's:
+    Ray's start, one worker actor importing torch (as `CellRunner` does) and answering, Ray's
+    shutdown, the interpreter's exit (frozen as the CLI's is)."""
+    import gc
+
+    import ray
+
+    class Actor:
+        def __init__(self):
+            import torch  # noqa: F401
+
+        def ready(self) -> int:
+            return 1
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.get(ray.remote(Actor).options(num_cpus=1).remote().ready.remote())
+    ray.shutdown()
+    gc.freeze()
     return 0
 
 
