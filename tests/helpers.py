@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -146,3 +147,46 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]
 
         pytest.fail(f"timed out: {err[-2000:]}")
     return proc.returncode, out, err
+
+
+# ---------------------------------------------------------------- a user's first screen
+
+# A library's line: a logging time stamp (Ray: 2026-12-03 06:22:04,654; MLflow, uvicorn: 2026/12/03 06:22:08),
+# a Python warning (file.py:23: SomeWarning:), a server's notice, a worker's forwarded line, a traceback.
+FOREIGN = re.compile(r"^\d{4}[-/]\d\d[-/]\d\d \d\d:\d\d:\d\d|\.py:\d+: \w*Warning\b|^\[MLflow\]|^\(\w+ pid=|^Traceback"
+                     r"|^(INFO|WARNING|DEBUG)\b|Registry store URI")
+RAY_NOTICE = "Token authentication is enabled"
+
+
+def user_env(home: Path, **extra) -> dict:
+    """The environment of a user's shell on a machine of their own: none of the test session's settings
+    for Ray or logging, a home (Ray keeps its token in ~/.ray) and a Ray temp folder (where `ray.init()`
+    finds a `ray start` cluster to join) of its own."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS", "POLYPRUNE_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL", "PYTHONWARNINGS")}
+    home = home.resolve()
+    return {**env, "HOME": str(home), "RAY_TMPDIR": str(home / "ray"), "PYTHONPATH": str(ROOT), **extra}
+
+
+@contextlib.contextmanager
+def short_home(prefix: str = "home-"):
+    """A user's home for `user_env`, removed after: short, as Ray's socket paths in its temp folder
+    (HOME/ray) must fit in 107 bytes."""
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    (home / "ray").mkdir()
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def polyprune(args: list[str], cwd: Path, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def foreign(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if FOREIGN.search(line)]

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import save_tiny_model, tiny_llama_config
-from helpers import ROOT, link_inputs, write_yaml
+from helpers import RAY_NOTICE, ROOT, foreign, link_inputs, polyprune, short_home, user_env, write_yaml
 from orchestrator.cli import LIBRARIES
 
 SWEEP = {"name": "first", "models": ["./tiny"], "methods": ["wanda"], "sparsities": [0.5],
@@ -29,32 +27,6 @@ SEARCH = {"name": "first-search", "model": "./tiny", "method": "mwanda", "sparsi
           "objectives": [{"metric": "ppl.sw", "direction": "minimize"}], "baselines": False,
           "n_trials": 1, "parallel": 1, "sampler_seed": 0}
 
-# A library's line: a logging time stamp (Ray: 2026-12-03 06:22:04,654; MLflow, uvicorn: 2026/12/03 06:22:08),
-# a Python warning (file.py:23: SomeWarning:), a server's notice, a worker's forwarded line, a traceback.
-FOREIGN = re.compile(r"^\d{4}[-/]\d\d[-/]\d\d \d\d:\d\d:\d\d|\.py:\d+: \w*Warning\b|^\[MLflow\]|^\(\w+ pid=|^Traceback"
-                     r"|^(INFO|WARNING|DEBUG)\b|Registry store URI")
-RAY_NOTICE, MLFLOW_INFO = "Token authentication is enabled", "INFO mlflow"
-
-
-def user_env(home: Path, **extra) -> dict:
-    """The environment of a user's shell on a machine of their own: none of the test session's settings
-    for Ray or logging, a home (Ray keeps its token in ~/.ray) and a Ray temp folder (where `ray.init()`
-    finds a `ray start` cluster to join) of its own."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS", "POLYPRUNE_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL", "PYTHONWARNINGS")}
-    home = home.resolve()
-    return {**env, "HOME": str(home), "RAY_TMPDIR": str(home / "ray"), "PYTHONPATH": str(ROOT), **extra}
-
-
-def polyprune(args: list[str], cwd: Path, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def foreign(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if FOREIGN.search(line)]
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, text_dir):
     """A run folder (./tiny, ./text) and a home of its own."""
@@ -62,12 +34,9 @@ def folder(tmp_path_factory, text_dir):
     model = save_tiny_model(root / "model", tiny_llama_config())
     (root / "run").mkdir()
     run = link_inputs(root / "run", model, text_dir)
-    # short: Ray's socket paths in its temp folder must fit in 107 bytes
-    home = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
-    (home / "ray").mkdir()
-    (root / "home").symlink_to(home)
-    yield run
-    shutil.rmtree(home, ignore_errors=True)
+    with short_home("fs-") as home:
+        (root / "home").symlink_to(home)
+        yield run
 
 
 @pytest.fixture(scope="module")
