@@ -79,6 +79,8 @@ def main() -> int:
     p.add_argument("--before", type=Path, metavar="CHECKOUT",
                    help="with --startup: also time this checkout (e.g. a `git worktree` of an older commit), "
                         "alternating with this one, so both see the same machine load")
+    p.add_argument("--search-startup", type=int, metavar="REPEATS", default=0,
+                   help="time a new search's start: the command to its first trial's run starting, REPEATS times")
     p.add_argument("--schema", type=int, metavar="REPEATS", default=0,
                    help="time a new sqlite MLflow store, MLflow migrating it vs a copy of polyprune's template "
                         "(orchestrator/schema.py), each in a fresh process after `import mlflow`, REPEATS times")
@@ -98,6 +100,8 @@ def main() -> int:
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "TOKENIZERS_PARALLELISM": "false"}
     if a.startup:
         return startup(a, env)
+    if a.search_startup:
+        return search_startup(a, env)
     with tempfile.TemporaryDirectory(prefix="polyprune-bench-") as tmp:
         tmp = Path(tmp)
         make_model(tmp / "model", a)
@@ -183,6 +187,41 @@ def startup(a, env: dict) -> int:
         out["this_over_before"] = round(out["this"]["fixed_s_median"] / out["before"]["fixed_s_median"], 3)
     out["target_s"] = 6.0
     print(json.dumps(out, indent=1))
+    return 0
+
+
+def search_startup(a, env: dict) -> int:
+    """`polyprune search` on a new study: seconds from the command to its first trial's run starting
+    (the cell's MLflow run is created as it is sent to a worker, before the model loads), REPEATS times."""
+    import statistics
+
+    import yaml
+    from mlflow import MlflowClient
+
+    starts = []
+    with tempfile.TemporaryDirectory(prefix="polyprune-bench-") as tmp:
+        tmp = Path(tmp)
+        make_model(tmp / "model", a)
+        for i in ["warm", *range(a.search_startup)]:
+            folder = tmp / f"search{i}"
+            folder.mkdir()
+            (folder / "model").symlink_to(tmp / "model")
+            search = {"name": "overhead-search", "model": "./model", "method": "mwanda", "sparsity": 0.5,
+                      "calibration": {"languages": ["en", "sw"], "data": "builtin", "nsamples": a.nsamples, "seqlen": a.seqlen},
+                      "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": a.ppl_nsamples}}, "space": "mwanda_mix", "objectives": [{"metric": "ppl.mean"}],
+                      "baselines": False, "confirm": False, "n_trials": 1, "parallel": 1, "sampler_seed": 0}
+            (folder / "search.yaml").write_text(yaml.safe_dump(search, sort_keys=False))
+            load_before, t0 = os.getloadavg()[0], time.time()
+            subprocess.run([sys.executable, "-m", "orchestrator.cli", "search", "search.yaml"], cwd=folder,
+                           env={**env, "PYTHONPATH": str(ROOT)}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cl = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+            exp = cl.get_experiment_by_name("overhead-search")
+            first = min(r.info.start_time for r in cl.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''"))
+            row = {"first_trial_s": round(first / 1000 - t0, 2), "load_avg_1min": [load_before, os.getloadavg()[0]]}
+            print("search", i, json.dumps(row), flush=True)
+            if i != "warm":
+                starts.append(row["first_trial_s"])
+    print(json.dumps({"first_trial_s_median": statistics.median(starts), "first_trial_s": starts, "target_s": 6.0}, indent=1))
     return 0
 
 
