@@ -1,6 +1,7 @@
-"""`polyprune demo` end to end, shortened: the shipped demo model, a 3-cell sweep (first run as a
-user runs it: a process of its own, its own Ray; the resume on the session's Ray), a search of 4 baselines + 1 trial, its confirmation and the report — the same code path as the
-full demo; the dense model's perplexities are README's, and its stderr holds no library's line."""
+"""`polyprune demo` end to end, shortened: the shipped demo model, a 3-cell sweep, a search of 4
+baselines + 1 trial, its confirmation and the report — the same code path as the full demo. The first
+run as a user runs it (a process of its own, its own Ray): the dense model's perplexities are README's
+and its stderr holds no library's line; the resume runs on the session's Ray."""
 
 from __future__ import annotations
 
