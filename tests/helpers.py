@@ -99,35 +99,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def mlflow_server(backend: str, artifacts: Path):
-    """A real `mlflow server --serve-artifacts` on 127.0.0.1 over `backend`; yields its URL, always stopped."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+class MlflowServer:
+    """A real `mlflow server --serve-artifacts` on 127.0.0.1 over `backend`, on one port for its life:
+    `start` (waits until it answers), `stop` (the process group, killed if it lingers); restartable."""
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", backend, "--serve-artifacts",
-                             "--artifacts-destination", str(artifacts), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    def __init__(self, backend: str, artifacts: Path):
+        self.backend, self.artifacts, self.port = backend, artifacts, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        import time
+        import urllib.request
+
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                                 "--backend-store-uri", self.backend, "--serve-artifacts",
+                                 "--artifacts-destination", str(self.artifacts), "--workers", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job runner: lighter
+        self.procs.append(proc)
         deadline = time.monotonic() + 300  # a loaded machine starts it slowly
         while True:
             try:
-                urllib.request.urlopen(f"{url}/health", timeout=10)
-                break
+                urllib.request.urlopen(f"{self.url}/health", timeout=10).close()
+                return
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
                 time.sleep(0.5)
-        yield url
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, artifacts: Path):
+    """A started `MlflowServer`; yields its URL, always stopped."""
+    server = MlflowServer(backend, artifacts)
+    try:
+        server.start()
+        yield server.url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+        server.stop()
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.Popen:

@@ -7,14 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import TINY_SEARCH, TINY_SWEEP, child_runs, cli, finish, sqlite_rows, write_yaml
+from helpers import TINY_SEARCH, TINY_SWEEP, MlflowServer, child_runs, cli, finish, free_port, sqlite_rows, write_yaml
 from orchestrator.cli import main
 
 SWEEP, SEARCH = {**TINY_SWEEP, "name": "r"}, {**TINY_SEARCH, "name": "rs"}
@@ -23,12 +21,6 @@ SWEEP, SEARCH = {**TINY_SWEEP, "name": "r"}, {**TINY_SEARCH, "name": "rs"}
 def one_line_refusal(err: str, kind: str, name: str) -> None:
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert f"{kind} {name!r} is being run by {socket.gethostname()}:" in err and " since " in err, err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the lease
@@ -202,42 +194,14 @@ def test_a_store_inside_a_ray_job_copy_is_refused(tmp_path, run_dir, capsys):
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 (sqlite backend, local artifacts); restartable; always stopped."""
-    port, procs = free_port(), []
     store = tmp_path / "server"
     store.mkdir()
-
-    def start():
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{store / 'backend.db'}", "--artifacts-destination", str(store / "artifacts")],
-            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))  # no job runner: a lighter server
-        deadline = time.monotonic() + 240
-        import urllib.request
-
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("mlflow server did not start")
-
-    def stop():
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
-
+    server = MlflowServer(f"sqlite:///{store / 'backend.db'}", store / "artifacts")
     try:
-        start()
-        yield f"http://127.0.0.1:{port}", start, stop, store
+        server.start()
+        yield server.url, server.start, server.stop, store
     finally:
-        stop()
+        server.stop()
 
 
 def test_server_restart_mid_sweep_loses_nothing(ray_local, run_dir, mlflow_server):
