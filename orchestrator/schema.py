@@ -20,11 +20,9 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+from tasks.data.builtin import cache_root
+
 FORMAT = 1  # of the template itself: a change to how it is made here bumps it
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("POLYPRUNE_CACHE") or Path.home() / ".cache" / "polyprune")
 
 
 def template_path() -> Path:

@@ -11,7 +11,8 @@ import torch
 from transformers import ByT5Tokenizer
 
 from tasks.data import sources
-from tasks.data.calibration import cache_root, eval_windows, sample_calibration
+from tasks.data.builtin import cache_root
+from tasks.data.calibration import eval_windows, sample_calibration
 from tasks.data.langs import canonical_mix, parse_mix, split_counts
 from tasks.data.sources import get_source
 from tasks.errors import UserError

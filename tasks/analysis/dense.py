@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..data.calibration import HELD_OUT, cache_root, tokenizer_fingerprint
+from ..data.builtin import cache_root
+from ..data.calibration import HELD_OUT, tokenizer_fingerprint
 from ..data.sources import get_source
 from ..errors import UserError
 from ..models import block_linears, find_blocks, max_positions

@@ -50,6 +50,7 @@ HELD_OUT_BUILD = 1  # bump when only the valid/test carving changes: the demo mo
 
 
 def cache_root() -> Path:
+    """polyprune's cache folder (POLYPRUNE_CACHE, else ~/.cache/polyprune): every cache lives below it."""
     return Path(os.environ.get("POLYPRUNE_CACHE") or Path.home() / ".cache" / "polyprune")
 
 

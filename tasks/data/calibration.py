@@ -15,20 +15,16 @@ import json
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from .builtin import cache_root
 from .langs import split_counts
 from .sources import Source
 
 HELD_OUT = ("valid", "test")  # the splits evaluation may read; "test" is what results quote
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("POLYPRUNE_CACHE") or Path.home() / ".cache" / "polyprune")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.builtin import cache_root
 from ..errors import UserError
 
 OFFLINE_GROUP = "polyprune_offline"
@@ -42,10 +43,6 @@ MIN_BYTES = 1500  # of a language's test text (sw has ~1.7K); languages with les
 # Scripts written without spaces between words: any character boundary is a cut.
 UNSPACED = {"zh", "ja", "th", "lo", "km", "my", "bo"}
 TEMPLATES = Path(__file__).parent / "lm_tasks"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("POLYPRUNE_CACHE") or Path.home() / ".cache" / "polyprune") / "lm_tasks"
 
 
 def _corpus_languages() -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -81,7 +78,7 @@ def offline_task_dir(seed: int = 0, langs=None) -> Path:
     if unknown or not langs:
         raise UserError("tasks", f"offline tasks exist for {', '.join(available)}; got {unknown or 'no language'}")
     corpus = {lang: _eval_documents(lang) for lang in available}
-    return write_offline_tasks(cache_root(), corpus, group_langs=langs, distractor_langs=targets, seed=seed)
+    return write_offline_tasks(cache_root() / "lm_tasks", corpus, group_langs=langs, distractor_langs=targets, seed=seed)
 
 
 def write_offline_tasks(root: Path, corpus: dict[str, list[str]], group_langs=None, distractor_langs=None, seed: int = 0) -> Path:
