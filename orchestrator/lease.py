@@ -39,14 +39,13 @@ from typing import Iterator
 from tasks.errors import UserError
 
 from .names import LEASE_PREFIX
-from .stores import creating
+from .stores import creating, scheme_of
 
 DEFAULTS = {
     "beat_s": 5.0,  # heartbeat period (the study's shown heartbeat uses it too)
     "expiry_s": 60.0,  # a holder on another host silent this long is taken as dead (> a server restart)
     "ray_wait_s": 60.0,  # how long an actor that does not answer may linger before Ray ends it
 }
-PREFIX = LEASE_PREFIX  # the lock's registered-model name starts so: clearly polyprune's, not a model
 # A test hook: seconds between reading the lease and claiming it, to make two drivers race on purpose.
 CLAIM_DELAY = "POLYPRUNE_LEASE_CLAIM_DELAY_S"
 NAMESPACE = "polyprune"
@@ -88,7 +87,7 @@ def describe(kind: str, name: str, claim: dict) -> str:
 class Lease:
     def __init__(self, kind: str, name: str, cl, exp_id: str, uri: str = "", on_lost=None):
         self.kind, self.name, self.cl, self.exp_id = kind, name, cl, exp_id
-        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+        scheme = scheme_of(uri)
         if scheme == "databricks":
             raise UserError("tracking_uri", f"{uri!r}: polyprune's lease needs a create the store makes atomic, not verified "
                                             f"on Databricks; use an mlflow server, PostgreSQL, MySQL or sqlite store")
@@ -97,7 +96,7 @@ class Lease:
         self.on_lost = on_lost
         self.lost: str | None = None
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name)[:80]
-        self.base = f"{PREFIX}{kind}.{slug}.{exp_id}."
+        self.base = f"{LEASE_PREFIX}{kind}.{slug}.{exp_id}."  # clearly polyprune's, not a model
         now = time.time()
         self.claim = {"holder": me(), "token": uuid.uuid4().hex, "since": now, "beat": now}
         self.gen: int | None = None

@@ -37,9 +37,14 @@ SCHEMES = ("sqlite", "http", "https", "file", "databricks", "postgresql", "mysql
 PROBE_TIMEOUT_S = 5.0  # an unreachable server is one line in seconds, not after MLflow's ~250 s of retries
 
 
+def scheme_of(uri: str) -> str:
+    """A store URI's scheme, less its driver (`postgresql+psycopg` -> `postgresql`); a bare path is `file`."""
+    return uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+
+
 def check_uri(uri: str) -> None:
     """Before anything is created or started: a scheme MLflow can use, and a server that answers."""
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+    scheme = scheme_of(uri)
     if scheme not in SCHEMES:
         raise UserError("tracking_uri", f"unknown scheme {scheme!r} in {uri!r}; use sqlite:///FILE, http(s)://HOST:PORT "
                                         f"(mlflow server), postgresql://... or a folder")

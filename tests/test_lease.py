@@ -21,7 +21,8 @@ import time
 import pytest
 
 from helpers import ROOT, TINY_SEARCH, TINY_SWEEP, cli, finish, mlflow_server, write_yaml
-from orchestrator.lease import CLAIM_DELAY, PREFIX
+from orchestrator.lease import CLAIM_DELAY
+from orchestrator.names import LEASE_PREFIX
 
 SWEEP, SEARCH = TINY_SWEEP, TINY_SEARCH
 DELAY = {CLAIM_DELAY: "2"}  # both drivers read "free", then wait 2 s before claiming
@@ -129,7 +130,7 @@ def lock_of(url: str, name: str):
     from mlflow import MlflowClient
 
     cl = MlflowClient(url)
-    found = cl.search_registered_models(filter_string=f"name LIKE '{PREFIX}sweep.{name}.%'")
+    found = cl.search_registered_models(filter_string=f"name LIKE '{LEASE_PREFIX}sweep.{name}.%'")
     return (max(found, key=lambda m: int(m.name.rsplit(".", 1)[1])) if found else None), cl
 
 

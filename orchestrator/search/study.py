@@ -18,7 +18,7 @@ from typing import Any
 from tasks.errors import UserError
 
 from ..names import ATTEMPT, BASELINE, BEAT, DRIVER, LOST, OVERRIDE, RETRY_OF
-from ..stores import DB_PORTS, check_database, check_durable, creating
+from ..stores import DB_PORTS, check_database, check_durable, creating, scheme_of
 from ..lease import DEFAULTS as LEASE_DEFAULTS
 from .sampling import build_pruner, build_sampler, metric_names
 
@@ -35,8 +35,7 @@ def check_storage(uri: str) -> None:
             raise UserError("storage", f"folder of {uri!r} does not exist")
         check_durable(str(path), "storage")
         return
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
-    if scheme not in DB_PORTS:
+    if scheme_of(uri) not in DB_PORTS:
         raise UserError("storage", f"cannot use {uri!r}: give sqlite:///FILE, journal:///FILE or postgresql://... "
                                    f"(mysql://..., with its driver installed)")
     check_database(uri, "storage")
