@@ -16,6 +16,7 @@ from typing import Any
 from .. import tracking
 from ..names import PRUNED
 from ..sweep.record import log
+from .sampling import prunes
 
 
 # How long a worker waits for the driver's verdict on a step before it goes on (a busy store).
@@ -105,7 +106,7 @@ class Listener:
 
 def open_mailbox(cfg, flights: dict[int, Any]):
     """The search's listener (Ray is up), or None when it has no pruner."""
-    if (cfg.pruner or {}).get("name", "none") == "none":
+    if not prunes(cfg.pruner):
         return None
     import ray
 

@@ -73,23 +73,29 @@ def check_arguments(field: str, cls_name: str, module: str, args: dict[str, Any]
     import optuna
 
     cls = getattr(getattr(optuna, module), cls_name)
-    allowed = [k for k in inspect.signature(cls).parameters if k not in RESERVED]
+    signature = inspect.signature(cls)
+    params = signature.parameters
+    allowed = [k for k in params if k not in RESERVED]
     for k in args:
         if k not in allowed:
             raise UserError(f"{field}.{k}", f"not an argument of {cls_name}; allowed: {', '.join(allowed) or 'none'}"
                                             + (" (the seed is the file's sampler_seed)" if k == "seed" else ""))
-    params = inspect.signature(cls).parameters
     for k, v in args.items():  # a number where the default is one (YAML gives "1e-3" as text)
         d = params[k].default
         if isinstance(d, (int, float)) and (isinstance(v, bool) != isinstance(d, bool) or not isinstance(v, (int, float))):
             raise UserError(f"{field}.{k}", f"{cls_name} takes {type(d).__name__} here (default {d!r}), got {v!r}")
     try:
-        inspect.signature(cls).bind(**args)
+        signature.bind(**args)
         with warnings.catch_warnings():  # Optuna's "experimental" notes: said again when the study is made
             warnings.simplefilter("ignore")
             cls(**args)  # the class checks its values (a wrong type may only show when it is used)
     except (TypeError, ValueError) as e:
         raise UserError(field, f"{cls_name}: {str(e).splitlines()[0]}") from None
+
+
+def prunes(pruner: dict[str, Any] | None) -> bool:
+    """Does a (checked) `pruner:` stop trials, i.e. is it anything but the default `none`?"""
+    return (pruner or DEFAULT_PRUNER)["name"] != "none"
 
 
 def build_sampler(sampler: dict[str, Any] | None, seed: int | None):
