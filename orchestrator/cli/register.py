@@ -104,7 +104,8 @@ def confirmed_winner(cl, exp: str, name: str, metric: str):
     seeds; the description quotes its test mean against the baselines'."""
     from .. import tracking
 
-    parents = [r for r in tracking.all_runs(cl, exp) if r.data.tags.get(names.ROLE) == "search" and names.CONFIRMED in r.data.tags]
+    runs = tracking.all_runs(cl, exp)
+    parents = [r for r in runs if r.data.tags.get(names.ROLE) == "search" and names.CONFIRMED in r.data.tags]
     if not parents:
         return None
     p = parents[0]
@@ -112,7 +113,7 @@ def confirmed_winner(cl, exp: str, name: str, metric: str):
     test = m.get(f"confirm.winner.test.{metric}.mean")
     if test is None:  # confirmed on another metric: the plain path decides
         return None
-    run = next((r for r in tracking.all_runs(cl, exp) if r.data.tags.get(names.TRIAL) == number), None)
+    run = next((r for r in runs if r.data.tags.get(names.TRIAL) == number), None)
     if run is None or names.MODEL_ID not in run.data.tags:
         return None
     model = cl.get_logged_model(run.data.tags[names.MODEL_ID])
