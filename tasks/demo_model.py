@@ -244,10 +244,16 @@ def load_shipped(cfg: DemoConfig, digest: str):
                                       f"or rebuild it: python -m tasks.demo_model --rebuild {SHIPPED}")
     from safetensors.torch import load_file
 
+    model = from_shipped_state(cfg, load_file(weights))
+    return model, _tokenizer(), {k: shipped[k] for k in ("losses", "time_s", "sha256", "quality") if k in shipped}
+
+
+def from_shipped_state(cfg: DemoConfig, state: dict[str, torch.Tensor]):
+    """The model (eval mode, float32) whose weights are the shipped bfloat16 `state` (lm_head tied, not stored)."""
     model = _model(cfg)
-    model.load_state_dict({k: v.float() for k, v in load_file(weights).items()}, strict=False)  # lm_head is tied
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     model.tie_weights()
-    return model.eval(), _tokenizer(), {k: shipped[k] for k in ("losses", "time_s", "sha256", "quality") if k in shipped}
+    return model.eval()
 
 
 def ship(model, log: dict, cfg: DemoConfig, out: Path) -> dict:
@@ -260,12 +266,10 @@ def ship(model, log: dict, cfg: DemoConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, out / "model.safetensors")
-    rounded = _model(cfg)
-    rounded.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    rounded.tie_weights()
     spec, digest = recipe(cfg)
+    quality = target_quality(from_shipped_state(cfg, state), _tokenizer())  # the model as it ships: rounded
     record = {**spec, "hash": digest, "versions": versions(), "threads": 1, "deterministic": True, **log,
-              "sha256": file_sha256(out / "model.safetensors"), "quality": target_quality(rounded.eval(), _tokenizer())}
+              "sha256": file_sha256(out / "model.safetensors"), "quality": quality}
     (out / "training.json").write_text(json.dumps(record, indent=1))
     return record
 
