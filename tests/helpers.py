@@ -149,10 +149,23 @@ def mlflow_server(backend: str, artifacts: Path):
         server.stop()
 
 
+def spawn(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """`args` as a subprocess of the checkout in its own session (killable as a group), output captured."""
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """`polyprune ARGS` as a subprocess in its own session (killable as a group), output captured."""
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, env={**os.environ, **(env or {})},
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """`polyprune ARGS` as a `spawn`ed subprocess."""
+    return spawn([sys.executable, "-m", "orchestrator.cli", *args], env)
+
+
+def one_line_refusal(err: str, kind: str, name: str) -> None:
+    """A driver refused by the lease said one line naming this host's holder and since when."""
+    import socket
+
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{kind} {name!r} is being run by {socket.gethostname()}:" in err and " since " in err, err
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:

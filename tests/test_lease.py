@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, TINY_SEARCH, TINY_SWEEP, cli, finish, mlflow_server, write_yaml
+from helpers import TINY_SEARCH, TINY_SWEEP, cli, finish, mlflow_server, one_line_refusal, spawn, write_yaml
 from orchestrator.lease import CLAIM_DELAY
 from orchestrator.names import LEASE_PREFIX
 
@@ -33,16 +33,6 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
     with mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts") as url:
         yield url
-
-
-def spawn(args: list[str], cwd=ROOT, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def refused(err: str, kind: str, name: str) -> None:
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert f"{kind} {name!r} is being run by {socket.gethostname()}:" in err and " since " in err, err
 
 
 def runs_of(url: str, name: str) -> list:
@@ -105,7 +95,7 @@ def test_two_sweep_drivers_through_a_server_one_runs(ray_local, run_dir, server)
     pair = [cli("sweep", str(path), "--ray-address", ray_local, "--tracking-uri", server, env=DELAY) for _ in range(2)]
     (c1, _, e1), (c2, _, e2) = [finish(p) for p in pair]
     assert sorted([c1, c2]) == [0, 2], (e1[-2000:], e2[-2000:])
-    refused(e1 if c1 == 2 else e2, "sweep", "ls")
+    one_line_refusal(e1 if c1 == 2 else e2, "sweep", "ls")
     runs = runs_of(server, "ls")
     cells = [r for r in runs if "polyprune.cell_id" in r.data.tags]
     ids = [r.data.tags["polyprune.cell_id"] for r in cells]
@@ -118,7 +108,7 @@ def test_two_search_drivers_through_a_server_one_runs(ray_local, run_dir, server
     pair = [cli("search", str(path), "--ray-address", ray_local, "--tracking-uri", server, env=DELAY) for _ in range(2)]
     (c1, _, e1), (c2, _, e2) = [finish(p) for p in pair]
     assert sorted([c1, c2]) == [0, 2], (e1[-2000:], e2[-2000:])
-    refused(e1 if c1 == 2 else e2, "search", "lq")
+    one_line_refusal(e1 if c1 == 2 else e2, "search", "lq")
     runs = runs_of(server, "lq")
     trials = [r for r in runs if "polyprune.trial" in r.data.tags]
     assert sorted(r.data.tags["polyprune.trial"] for r in trials) == ["0", "1"]  # 2 trials, once each

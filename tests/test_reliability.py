@@ -12,15 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_SEARCH, TINY_SWEEP, MlflowServer, child_runs, cli, finish, free_port, sqlite_rows, write_yaml
+from helpers import (TINY_SEARCH, TINY_SWEEP, MlflowServer, child_runs, cli, finish, free_port, one_line_refusal, sqlite_rows,
+                     write_yaml)
 from orchestrator.cli import main
 
 SWEEP, SEARCH = {**TINY_SWEEP, "name": "r"}, {**TINY_SEARCH, "name": "rs"}
-
-
-def one_line_refusal(err: str, kind: str, name: str) -> None:
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert f"{kind} {name!r} is being run by {socket.gethostname()}:" in err and " since " in err, err
 
 
 # ---------------------------------------------------------------- the lease
