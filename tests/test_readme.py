@@ -225,6 +225,8 @@ def test_the_checks_catch_what_they_are_for():
     assert dotted_name("sweep.yaml") is None
     assert dotted_name("tasks.pruning.base.Method(x)") == ("tasks.pruning.base.Method", ROOT / "tasks/pruning/base.py", ["Method"])
     assert dotted_name("orchestrator.nowhere.f")[1] is None
+    assert dotted_name("sweep.nowhere.f")[1:] == (ROOT / "orchestrator/sweep/__init__.py", ["nowhere", "f"])
+    assert not defines('"""the record of a cell"""', "record") and defines("from .x import (\n    a,\n    record,\n)", "record")
     assert slug("Sweeps on Ray: `polyprune sweep`") == "sweeps-on-ray-polyprune-sweep"
 
 
@@ -366,6 +368,12 @@ def dotted_name(text: str) -> tuple[str, Path | None, list[str]] | None:
     return m.group(1), module, parts[i:]
 
 
+def defines(text: str, name: str) -> bool:
+    """Does a package's __init__ define or import `name` (not merely mention it in a docstring)?"""
+    n = re.escape(name)
+    return re.search(rf"^\s*(def|class)\s+{n}\b|^{n}\s*[:=]|^(from|import)\b[^\n]*\b{n}\b|^\s+{n},", text, re.M) is not None
+
+
 def test_every_module_and_name_named_in_readme_and_docs_exists(pages):
     """`orchestrator.sweep.scheduler.run_cells` names a module (it must exist) and a name in it (it
     must still occur in that module's text: a rename or a move shows here)."""
@@ -380,6 +388,9 @@ def test_every_module_and_name_named_in_readme_and_docs_exists(pages):
             where = page.where(page.line_of(m.start()))
             if module is None or not module.exists():
                 bad.append(f"{where}: `{name}`: no such module")
+            elif module.name == "__init__.py" and attrs and not defines(module.read_text(), attrs[0]):
+                gone = module.parent.relative_to(ROOT) / f"{attrs[0]}.py"
+                bad.append(f"{where}: `{name}`: no module {gone} (nor a name {attrs[0]!r} in its package)")
             elif missing := [a for a in attrs[:2] if not re.search(rf"\b{re.escape(a)}\b", module.read_text())]:
                 bad.append(f"{where}: `{name}`: {module.relative_to(ROOT)} has no {missing[0]!r}")
     assert seen >= 10, seen
