@@ -60,7 +60,7 @@ def write_sweep(folder: Path, a) -> Path:
 
 def one_cell(task_json: str) -> None:
     """The naive baseline's unit: a fresh process runs one cell and exits."""
-    from orchestrator.sweep.worker import CellRunner
+    from orchestrator.engine.worker import CellRunner
 
     out = CellRunner().run(json.loads(task_json))
     if not out["ok"]:

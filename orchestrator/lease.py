@@ -16,7 +16,7 @@ Two layers, both taken by `hold(kind, name, cl, exp_id, uri)` and its `Lease`:
   (the lifecycle stops as on Ctrl-C) and ends with one line naming the new holder. A
   local folder store (`file:`) has no unique create, so there the check-and-create runs
   under a lock on its folder (one host); a Databricks store is refused.
-- the cluster: once Ray is connected (`sweep.session.driving` calls `claim_ray`), a named
+- the cluster: once Ray is connected (`engine.session.driving` calls `claim_ray`), a named
   actor `polyprune/<kind>:<name>`. Ray registers a name atomically and ends a
   non-detached actor with the job that owns it, so a driver killed with -9 frees it.
 

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .noise import settled
 
-    # Ray may be started ahead (`sweep.session.speculate`) only where polyprune is the program: a caller
+    # Ray may be started ahead (`engine.session.speculate`) only where polyprune is the program: a caller
     # of main([...]) (tests, a notebook) manages its own Ray.
     args.own_process = argv is None
     try:
@@ -130,7 +130,7 @@ AFTER: list = []  # what a command left to undo once its outcome is printed (`la
 
 def later(undo) -> None:
     """Call `undo()` when the command has ended, after its outcome is printed: a refused file's one
-    line shows at once, before a speculative Ray start (`sweep.session.speculate`) is undone."""
+    line shows at once, before a speculative Ray start (`engine.session.speculate`) is undone."""
     AFTER.append(undo)
 
 

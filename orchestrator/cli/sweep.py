@@ -40,7 +40,7 @@ def start_ahead(args) -> None:
     if not (getattr(args, "own_process", False) and new_store(args.file, args.tracking_uri)):
         return
     from . import later
-    from ..sweep.session import speculate
+    from ..engine.session import speculate
 
     early = speculate(args.ray_address)
     if early is not None:

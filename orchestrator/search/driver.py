@@ -26,8 +26,8 @@ from typing import Any
 from tasks.errors import UserError
 
 from .. import models, tracking
-from ..sweep.lifecycle import Job, drive
-from ..sweep.record import log, retry_tags
+from ..engine.lifecycle import Job, drive
+from ..engine.record import log, retry_tags
 from ..names import BASELINE, BASELINES_DONE, BEAT, DRIVER, ERROR, OVERRIDE, STUDY
 from .record import SearchRecord, finite, trial_dict
 from . import baselines, fidelity
@@ -213,7 +213,7 @@ class Search(Job):
         from tasks.data.langs import canonical_mix
 
         from ..config import run_options
-        from ..sweep.cells import prune_cell
+        from ..engine.cells import prune_cell
         from .file import fixed_hp, trial_spec
         from search_spaces.space import PROFILE
 

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from .. import tracking
-from .lifecycle import Job, drive
-from .record import Recorder, log
-from .scheduler import FixedCells
+from ..engine.lifecycle import Job, drive
+from ..engine.record import Recorder, log
+from ..engine.scheduler import FixedCells
 
 # ---------------------------------------------------------------- dry run
 
