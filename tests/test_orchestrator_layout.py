@@ -166,7 +166,7 @@ def test_modules_stay_small():
 
 # What only `engine.lifecycle.drive` does: start Ray (session), open or create the MLflow store and experiment,
 # take the lease, begin the parent run, run the loop. A kind's driver is a source of cells and a sink of events.
-LIFECYCLE = {"hold", "claim_ray", "starting", "driving", "connect", "client", "experiment_id", "begin_parent",
+LIFECYCLE = {"hold", "claim_ray", "RaySession", "starting", "driving", "connect", "client", "experiment_id", "begin_parent",
              "run_cells", "init", "MlflowClient", "create_run", "set_terminated"}
 
 

@@ -1,7 +1,16 @@
-"""A driver's session with Ray: `driving` (Ray joined or started, the lease's cluster layer
-taken, SIGTERM taken as Ctrl-C) and `Starting` (all of that begun in the background, so a
-driver's own start-up overlaps Ray's; `speculate`: a local Ray begun even before the file is
-validated, undone when the file is refused)."""
+"""Ray for one command: `RaySession`, opened by the CLI (or by `lifecycle.drive` for a caller that
+names only an address) and passed down to the driver; its exit shuts down only what it started.
+
+One start path: Ray is joined or started, and the first stage's worker actors spawned, by the
+session's own thread. Ray ties the processes it starts (GCS, raylet, ...) to the *thread* that
+started them (PR_SET_PDEATHSIG), so that thread lives until the session closes, and shuts Ray down.
+
+When that thread begins is the one option, `early` (default on; POLYPRUNE_EARLY_RAY=0 turns it off):
+- early: `ahead` begins a local Ray while the CLI validates the file (after a short grace: a file
+  refused at once starts nothing), and `prepare` begins it, at the latest, while the driver creates a
+  new sqlite store (seconds of MLflow's schema): the driver's own start-up overlaps Ray's;
+- not early: Ray begins when the driver needs it (`driving`), once the store, lease and job are open.
+"""
 
 from __future__ import annotations
 
@@ -13,158 +22,134 @@ from typing import Callable, Iterator
 
 from tasks.errors import UserError
 
-from ..tracking import sqlite_path
-from .scheduler import LOOPING, RAY_LOGS, STOP, WorkerPool
+from .scheduler import RAY_LOGS, Interrupt, WorkerPool
+
+EARLY = "POLYPRUNE_EARLY_RAY"  # 0: Ray begins only when the driver needs it (benchmarks/sweep_overhead.py --startup)
+AHEAD_GRACE_S = 0.5  # most bad files are refused within this (unknown keys, missing folders): no Ray for them
 
 
-class Starting:
-    """Ray joined or started, and the worker actors spawned, in a background thread: the
-    driver's own start-up (creating the MLflow store, the lease, the parent run) overlaps
-    Ray's start and the actors' imports instead of preceding them. `driving(..., started=)`
-    waits for it and takes it over; `pool` hands the actors to `run_cells`. A driver that
-    stops before that (refused lease, bad store) calls `abandon`."""
+class RaySession:
+    """Ray for one command (a context manager). The driver calls `check` (the address answers),
+    `prepare` (its first stage's workers), then runs inside `driving`; `take_pool` hands the actors
+    started with Ray to the first stage. `interrupt` is the loop's stop flag: Ctrl-C, SIGTERM and a
+    lost lease set it."""
 
-    def __init__(self, address: str | None, resources, log: Callable[[str], None] = print, grace_s: float = 0.0):
-        self.address, self.resources, self.log, self.grace_s = address, resources, log, grace_s
-        self.owns_ray, self.pool, self.error, self.taken = False, None, None, False
-        self.said: list[str] = []  # the pool's lines, shown once taken: a refused driver says one line only
-        self.ready, self.over, self.given, self.cancel = (threading.Event() for _ in range(4))
-        if resources is not None:
-            self.given.set()
-        threading.Thread(target=self._start, name="polyprune-ray-start", daemon=True).start()
+    def __init__(self, address: str | None = None, early: bool | None = None):
+        self.address = address
+        self.early = os.environ.get(EARLY, "1") != "0" if early is None else early
+        self.interrupt = Interrupt()
+        self.resources, self.log = None, print
+        self.owns_ray, self.pool, self.error, self.joined, self.ahead_begun = False, None, None, False, False
+        self.said: list[str] = []  # the pool's lines, shown once joined: a refused driver says one line only
+        self.thread: threading.Thread | None = None
+        self.ready, self.given, self.cancel, self.over = (threading.Event() for _ in range(4))
 
-    def _start(self) -> None:
+    def __enter__(self) -> "RaySession":
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        # A start begun ahead that no driver joined, left by an error (a refused file or lease): undone
+        # while that error's one line is printed; the interpreter waits for the thread before exiting.
+        self.close(wait=kind is None or self.joined or not self.ahead_begun)
+
+    def ahead(self) -> None:
+        """Begin a local Ray (no cluster named) now, while the caller validates its file: seconds of
+        imports and checks that Ray's own seconds of start-up then overlap (when `early`)."""
+        if self.early and self.address in (None, "local") and not os.environ.get("RAY_ADDRESS") and self.thread is None:
+            self.ahead_begun = True
+            self.begin(AHEAD_GRACE_S)
+
+    def check(self) -> None:
+        check_address(self.address)
+
+    def prepare(self, resources, log: Callable[[str], None], new_store: bool) -> None:
+        """The first stage's workers, spawned as soon as Ray is up. Ray begins now in the background
+        (when `early`) if the driver is about to create its store: an existing store opens at once and
+        may hold every cell already, so then Ray begins only if needed (`driving`)."""
+        self.resources, self.log = resources, log
+        self.given.set()
+        if self.early and new_store and self.thread is None:
+            self.begin(0.0)
+
+    def begin(self, grace_s: float = 0.0) -> None:
+        self.thread = threading.Thread(target=self._run, args=(grace_s,), name="polyprune-ray")
+        self.thread.start()
+
+    def _run(self, grace_s: float) -> None:
         try:
-            if self.cancel.wait(self.grace_s):  # undone before it began (a file refused at once): no Ray at all
+            if self.cancel.wait(grace_s):  # undone before it began (a file refused at once): no Ray at all
                 return
             self.owns_ray = connect(self.address)
-            self.given.wait()  # a speculative start learns its workers once the file is read (`use`)
-            if self.resources is not None:
+            self.given.wait()  # a start begun ahead learns its workers once the file is read (`prepare`)
+            if self.resources is not None and not self.cancel.is_set():
                 self.pool = WorkerPool(self.resources, self.said.append)
-        except BaseException as e:  # re-raised in the driver's thread by wait()
+        except BaseException as e:  # re-raised in the driver's thread by `join`
             self.error = e
         finally:
             self.ready.set()
-        # Ray ties the processes it starts (GCS, raylet, ...) to the *thread* that started them
-        # (PR_SET_PDEATHSIG): this thread must outlive them, until Ray is shut down.
         self.over.wait()
-
-    def use(self, resources, log: Callable[[str], None]) -> None:
-        """The workers of a start begun before the file was read (`speculate`), once it is valid."""
-        self.resources, self.log = resources, log
-        self.given.set()
-
-    def wait(self) -> bool:
-        """Ray is up (or the start's error is raised); True when this process started it."""
-        self.ready.wait()
-        if self.error is not None:
-            raise self.error
-        return self.owns_ray
-
-    def show(self) -> None:
-        for line in self.said:
-            self.log(line)
-
-    def end(self) -> None:
-        self.over.set()
-
-    def abandon(self) -> None:
-        """Undo the start unless `driving` took it over (then Ray is its to shut down)."""
-        if self in SPECULATIVE:
-            SPECULATIVE.remove(self)
-        if self.taken or self.over.is_set():
-            return
-        self.cancel.set()
-        self.given.set()  # a speculative start still waiting for its workers stops at Ray
-        self.ready.wait()
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown()  # a no-op for actors the stage already ended
         if self.owns_ray:
             import ray
 
             ray.shutdown()
-        self.end()
 
+    def join(self) -> None:
+        """Ray is up (begun now if not yet) and its workers spawned, or the start's error is raised."""
+        if self.thread is None:
+            self.begin(0.0)
+        self.given.set()  # prepared or not: no start waits for workers forever
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+        self.joined = True
+        for line in self.said:
+            self.log(line)
 
-@contextmanager
-def starting(store_uri: str, address: str | None, resources, log: Callable[[str], None] = print) -> Iterator[Starting | None]:
-    """A driver's start-up, before it creates anything: the Ray address probed (`check_address`);
-    then, when `store_uri` is a sqlite store still to be created (seconds of MLflow's schema), Ray and
-    the workers started meanwhile (`Starting`), else None: an existing store opens at once and may hold
-    every cell already, so Ray starts only if needed. A start `driving` did not take over is undone."""
-    check_address(address)
-    path = sqlite_path(store_uri)
-    if SPECULATIVE:  # Ray began while the file was validated: it serves this driver
-        started = SPECULATIVE.pop()
-        started.use(resources, log)
-    elif path is not None and not path.exists():
-        started = Starting(address, resources, log)
-    else:
-        started = None
-    try:
-        yield started
-    finally:
-        if started is not None:
-            started.abandon()  # a driver stopped before running anything (refused lease, bad store)
+    def take_pool(self) -> WorkerPool | None:
+        """The actors started with Ray, once (for the first stage; later stages start their own)."""
+        pool, self.pool = self.pool, None
+        return pool
 
-
-SPECULATIVE: list[Starting] = []  # a start `speculate` began, until `starting` takes it
-SPECULATE_GRACE_S = 0.5  # most bad files are refused within this (unknown keys, missing folders): no Ray for them
-
-
-def speculate(address: str | None) -> Starting | None:
-    """Begin a local Ray (no cluster named) while the caller validates its file: seconds of imports and
-    checks that Ray's own seconds of start-up then overlap. The driver's `starting` takes it over; the
-    caller undoes it in any case (`Starting.abandon`: a no-op once taken), after a refused file's one
-    line is printed, so a bad file still exits 2 and leaves no Ray process behind."""
-    if address not in (None, "local") or os.environ.get("RAY_ADDRESS") or os.environ.get("POLYPRUNE_SPECULATE") == "0":
-        return None
-    started = Starting(address, None, grace_s=SPECULATE_GRACE_S)
-    SPECULATIVE[:] = [started]
-    return started
-
-
-@contextmanager
-def driving(address: str | None, needed: bool = True, started: Starting | None = None) -> Iterator[None]:
-    """A driver's run: Ray joined or started (when `needed`; a Ray this call started is shut
-    down after) and SIGTERM taken as Ctrl-C meanwhile: `ray job stop` and batch schedulers send
-    SIGTERM, and in-flight runs should then end KILLED, as on Ctrl-C. Either one, inside the
-    scheduler's loop, stops it at its next turn (`interrupt`).
-    `started`: Ray is being started already (`Starting`); wait for it instead."""
-    if started is not None:
-        owns_ray = started.wait()  # a failed start stays the caller's to `abandon`
-        started.taken, needed = True, True
-    else:
-        owns_ray = needed and connect(address)
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    @contextmanager
+    def driving(self, needed: bool = True, lease=None) -> Iterator[None]:
+        """A driver's run: Ray joined (when `needed`) and the lease's cluster layer taken
+        (`lease.claim_ray`), SIGTERM taken as Ctrl-C meanwhile: `ray job stop` and batch schedulers
+        send SIGTERM, and in-flight runs should then end KILLED, as on Ctrl-C. Either one, inside the
+        scheduler's loop, stops it at its next turn (`on_signal`)."""
         if needed:
-            from ..lease import claim_ray
+            self.join()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if needed and lease is not None:
+                lease.claim_ray()  # refused: one line, and Ray is shut down when the session closes
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-            claim_ray()  # the cluster layer of this driver's lease (orchestrator.lease); refused: Ray is shut below
-        if started is not None:
-            started.show()
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if owns_ray:
-            import ray
+    def on_signal(self, signum, frame) -> None:
+        """Inside the scheduler's loop: stop at its next turn (within a second); elsewhere, or a
+        second time: at once."""
+        if self.interrupt.looping.is_set() and not self.interrupt.stop.is_set():
+            self.interrupt.stop.set()
+            return
+        raise KeyboardInterrupt
 
-            ray.shutdown()
-        if started is not None:
-            started.end()
-
-
-def interrupt(signum, frame):
-    """Inside the scheduler's loop: stop at its next turn (within a second); elsewhere, or a
-    second time: at once."""
-    if LOOPING.is_set() and not STOP.is_set():
-        STOP.set()
-        return
-    raise KeyboardInterrupt
+    def close(self, wait: bool = True) -> None:
+        """Shut down what this session started (its actors, and Ray if it started it); `wait=False`:
+        let the session's thread do it while the caller goes on."""
+        if self.thread is None:
+            return
+        if not self.joined:
+            self.cancel.set()
+        self.given.set()  # a start still waiting for its workers stops at Ray
+        self.over.set()
+        if wait:
+            self.thread.join()
 
 
 def connect(address: str | None) -> bool:
@@ -196,7 +181,7 @@ def connect(address: str | None) -> bool:
 def check_address(address: str | None) -> None:
     """The Ray address (else RAY_ADDRESS), HOST:PORT or ray://HOST:PORT, must accept a TCP connection
     within the probe timeout: Ray itself retries an address nobody listens on for minutes. Drivers
-    probe it before creating anything (`starting`). (None, "auto": a local Ray, or Ray's to find.)"""
+    probe it before creating anything (`RaySession.check`). (None, "auto": a local Ray, or Ray's to find.)"""
     import socket
 
     from ..stores import PROBE_TIMEOUT_S
