@@ -285,18 +285,10 @@ def log_datasets(cl, run_id: str, datasets: dict[str, dict]) -> None:
 
 
 def provenance() -> dict[str, str]:
-    """Tags on every run: git commit of the code and library versions."""
-    from tasks.api import versions
+    """Tags on every run: git commit of the code and library versions (tasks.versions.LIBRARIES)."""
+    from tasks.versions import versions
 
-    vers = versions()
-    for pkg in ("ray", "mlflow"):
-        try:
-            from importlib.metadata import version
-
-            vers[pkg] = version(pkg)
-        except Exception:
-            pass
-    tags = {VERSIONS: json.dumps(vers, sort_keys=True)}
+    tags = {VERSIONS: json.dumps(versions(), sort_keys=True)}
     state = git_state()
     if state is not None:
         tags["mlflow.source.git.commit"], dirty = state
