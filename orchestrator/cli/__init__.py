@@ -54,7 +54,7 @@ def versions() -> list[str]:
 
 def checkout() -> str:
     """" (git 1a2b3c4d, modified)" when polyprune runs from a git checkout, else ""."""
-    from ..tracking import git_state  # no MLflow import: --version stays metadata only
+    from ..provenance import git_state  # no MLflow import: --version stays metadata only
 
     if not (Path(__file__).resolve().parents[2] / ".git").exists() or (state := git_state()) is None:
         return ""
