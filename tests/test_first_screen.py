@@ -16,7 +16,7 @@ import pytest
 
 from conftest import save_tiny_model, tiny_llama_config
 from helpers import RAY_NOTICE, ROOT, foreign, link_inputs, polyprune, short_home, user_env, write_yaml
-from orchestrator.cli import LIBRARIES
+from tasks.versions import LIBRARIES, version_of
 
 SWEEP = {"name": "first", "models": ["./tiny"], "methods": ["wanda"], "sparsities": [0.5],
          "calibration": {"languages": ["en"], "data": "./text", "nsamples": 4, "seqlen": 32},
@@ -58,11 +58,9 @@ def test_version_prints_polyprune_and_each_library_without_importing_them():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert re.fullmatch(r"polyprune \d+\.\d+\.\d+\S*( \(git [0-9a-f]{8}(, modified)?\))?", lines[0]), lines[0]
-    from importlib.metadata import version
-
-    for name, line in zip(LIBRARIES, lines[1:]):
-        assert line == f"{name} {version(name)}"
-    assert lines[len(LIBRARIES) + 1].startswith("python 3.")
+    assert LIBRARIES[0] == "polyprune" and "optuna" in LIBRARIES and "python" in LIBRARIES
+    assert lines[1:-1] == [f"{name} {version_of(name)}" for name in LIBRARIES[1:]]  # every one installed here
+    assert f"python {sys.version.split()[0]}" in lines
     assert lines[-1] == "imported: []"  # metadata only: fast even where torch takes seconds to import
     assert took < 20, took
 
@@ -89,7 +87,8 @@ def test_a_searchs_first_screen_is_polyprunes_lines_only(folder):
 
 def test_verbose_shows_the_libraries_lines(folder, swept):
     path = write_yaml(folder / "verbose.yaml", SWEEP, name="first-verbose", tracking_uri="sqlite:///verbose.db")
-    done = polyprune(["sweep", str(path), "--verbose"], folder, user_env(folder.parent / "home"))
+    # Ray begun only once the driver needs it (the other sweeps here begin it early): both start paths run
+    done = polyprune(["sweep", str(path), "--verbose"], folder, user_env(folder.parent / "home", POLYPRUNE_EARLY_RAY="0"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert RAY_NOTICE in done.stderr, done.stderr  # Ray's notice on the local cluster it started
     # the same through the environment, and before the command's name; a bad value is one line
@@ -97,6 +96,25 @@ def test_verbose_shows_the_libraries_lines(folder, swept):
     bad = polyprune(["sweep", str(path), "--dry-run"], folder, user_env(folder.parent / "home", POLYPRUNE_LOG_LEVEL="loud"))
     assert bad.returncode == 2 and bad.stderr.strip().endswith("POLYPRUNE_LOG_LEVEL: allowed: DEBUG, INFO, WARNING; got 'loud'")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_refused_while_ray_starts_ahead_is_one_line_and_leaves_no_ray(folder):
+    """A first run's Ray begins while its file is validated (`RaySession.ahead`); a file refused after
+    that (a cell's check imports torch: seconds) still ends in its one line, exit 2, no Ray left running."""
+    import psutil
+
+    path = write_yaml(folder / "late.yaml", SWEEP, name="late", tracking_uri="sqlite:///late.db",
+                      calibration={**SWEEP["calibration"], "seqlen": 100000})
+    with short_home("late-") as home:
+        done = polyprune(["sweep", str(path)], folder, user_env(home))
+        began = list((home / "ray").rglob("session_*"))  # Ray's temp folder of its own (user_env)
+        left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])]
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert "calibration.seqlen: 100000 is beyond" in done.stderr, done.stderr
+    assert began, "Ray did not begin while the file was validated"
+    assert not left, left
+    assert not (folder / "late.db").exists()
 
 
 def ui_stderr(folder: Path, *extra: str) -> tuple[str, str]:

@@ -19,9 +19,9 @@ from typing import Any
 
 from .. import tracking
 from ..names import CELL, CONFIRM, CONFIRM_SEED, CONFIRMED, KIND, OVERRIDE, STUDY, SWEEP
-from ..sweep.cells import Cell
-from ..sweep.record import Recorder, attach_model, log
-from ..sweep.scheduler import FixedCells
+from ..engine.cells import Cell
+from ..engine.record import Recorder, attach_model, log
+from ..engine.scheduler import FixedCells
 from .confirm import choose, verdict
 from .driver import Search, quiet, trial_dict
 

@@ -26,8 +26,8 @@ from typing import Any
 from tasks.errors import UserError
 
 from .. import models, tracking
-from ..sweep.lifecycle import Job, drive
-from ..sweep.record import log, retry_tags
+from ..engine.lifecycle import Job, drive
+from ..engine.record import log, retry_tags
 from ..names import BASELINE, BASELINES_DONE, BEAT, DRIVER, ERROR, OVERRIDE, STUDY
 from .record import SearchRecord, finite, trial_dict
 from . import baselines, fidelity
@@ -213,7 +213,7 @@ class Search(Job):
         from tasks.data.langs import canonical_mix
 
         from ..config import run_options
-        from ..sweep.cells import prune_cell
+        from ..engine.cells import prune_cell
         from .file import fixed_hp, trial_spec
         from search_spaces.space import PROFILE
 
@@ -299,17 +299,9 @@ class Search(Job):
 
 def n_blocks(cfg) -> int:
     """Decoder blocks of the model, from its config alone (the driver never loads weights)."""
-    from transformers import AutoConfig
+    from tasks.models import n_blocks as blocks_of
 
-    try:
-        conf = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    except Exception as e:
-        raise UserError("model", f"cannot read the config of {cfg.model!r}: {str(e).splitlines()[0]}") from None
-    conf = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        if isinstance(getattr(conf, name, None), int):
-            return getattr(conf, name)
-    raise UserError("model", f"cannot tell the number of blocks of {cfg.model!r} from its config (needed for a per-block profile)")
+    return blocks_of(cfg.model, cfg.trust_remote_code)
 
 
 def quiet(fn) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import tracking
 from ..names import PRUNED
-from ..sweep.record import log
+from ..engine.record import log
 from .sampling import prunes
 
 

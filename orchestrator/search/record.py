@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import models, tracking
-from ..sweep.record import attach_model
+from ..engine.record import attach_model
 
 from ..names import BASELINE, BEST_TRIALS, KIND, METRIC, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
 
