@@ -111,8 +111,13 @@ def run(args) -> int:
         print("\ninside the pruned models (polyprune analyze):")
         analyze_sweep(cfg.name, cfg.tracking_uri, evals, out / "analysis", seqlen=args.seqlen)
     code = code or _report(out, cfg)
-    print(f"\nall runs: polyprune ui --tracking-uri {cfg.tracking_uri}\nreport:   {out / 'report' / 'report.html'}")
+    print(f"\nall runs: {ui_line(cfg.tracking_uri)}\nreport:   {out / 'report' / 'report.html'}")
     return code
+
+
+def ui_line(uri: str) -> str:
+    """The command the demo's last lines give for browsing every run: `ui` opens the newest experiment."""
+    return f"polyprune ui --tracking-uri {uri}"
 
 
 def _print_table(cfg, evals: list[str], downstream: bool) -> None:

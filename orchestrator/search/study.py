@@ -60,8 +60,10 @@ def open_study(cfg):
     sqlite = Path(cfg.storage[len("sqlite:///"):]) if cfg.storage.startswith("sqlite:///") else None
     try:
         with creating(sqlite):  # the schema and the study: one creator at a time
-            if isinstance(storage, str):
-                storage = optuna.storages.RDBStorage(storage)  # one engine for both opens below
+            if isinstance(storage, str):  # one engine for both opens below; a server's outage ridden out
+                from .storage import open_storage
+
+                storage = open_storage(storage)
             study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
                                         sampler=optuna.samplers.RandomSampler(), load_if_exists=True)
     except (ImportError, ModuleNotFoundError) as e:
