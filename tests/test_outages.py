@@ -80,7 +80,7 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pg():
     server = Postgres()
     server.start()
@@ -88,6 +88,17 @@ def pg():
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(scope="module")
+def server(pg, tmp_path_factory):
+    """An `mlflow server` on the test's PostgreSQL (the cluster setting: both stores on one database); restartable."""
+    mlflow = MlflowServer(pg.database("mlflow"), tmp_path_factory.mktemp("artifacts"))
+    mlflow.start()
+    try:
+        yield mlflow
+    finally:
+        mlflow.stop()
 
 
 def wait_until(ready, proc, timeout: float = 240, what: str = "") -> None:
@@ -110,6 +121,16 @@ def running(uri: str, name: str, tag: str) -> bool:
     return any(r.info.status == "RUNNING" and tag in r.data.tags for r in runs(uri, name))
 
 
+def title(proc) -> str:
+    """A process's command line as Ray titles a busy actor (`ray::CellRunner.run`); "" once it is gone."""
+    import psutil
+
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def trials(storage: str, name: str) -> list:
     import optuna
 
@@ -127,42 +148,38 @@ def assert_exact(uri: str, name: str, storage: str, n_trials: int, n_confirm: in
     assert len(confirm) == len(set(confirm)) == n_confirm, confirm
 
 
-def test_a_search_rides_out_its_database_stopped_in_the_trials_and_in_the_confirmation(ray_local, run_dir, pg, tmp_path):
-    storage = pg.database("optuna")
-    server = MlflowServer(pg.database("mlflow"), tmp_path / "artifacts")  # the cluster setting: both stores on one database
-    server.start()
+def test_a_search_rides_out_its_database_stopped_in_the_trials_and_in_the_confirmation(ray_local, run_dir, pg, server):
+    storage = pg.database("optuna_a")
+    path = write_yaml(run_dir / "q.yaml", CONFIRMING, name="outage", storage=storage, tracking_uri=server.url)
+    proc = cli("search", str(path), "--ray-address", ray_local, env={"POLYPRUNE_CELL_DELAY_S": "8"})
     try:
-        path = write_yaml(run_dir / "q.yaml", CONFIRMING, name="outage", storage=storage, tracking_uri=server.url)
-        proc = cli("search", str(path), "--ray-address", ray_local, env={"POLYPRUNE_CELL_DELAY_S": "8"})
-        try:
-            # Each time, once the driver has recorded the start and waits for the cell: its heartbeat on the study
-            # meets the outage (retried), then the cell's result does (MLflow's HTTP retries, then the tell).
-            wait_until(lambda: running(server.url, "outage", "polyprune.trial"), proc, what="trial running")
-            time.sleep(1.5)
-            pg.stopped_for(15)
-            wait_until(lambda: running(server.url, "outage", "polyprune.confirm"), proc, what="confirmation running")
-            time.sleep(1.5)
-            pg.stopped_for(15)
-            code, out, err = finish(proc, timeout=400)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        assert code == 0, err[-3000:]
-        assert "Traceback" not in err and SECRET not in err + out, err[-3000:]
-        assert "does not answer" in err and "answers again after" in err, err[-3000:]  # the outage was met, and said
-        assert_exact(server.url, "outage", storage, n_trials=2, n_confirm=2)
+        # Each time, once the driver has recorded the start and waits for the cell: its heartbeat on the study
+        # meets the outage (retried), then the cell's result does (MLflow's HTTP retries, then the tell).
+        wait_until(lambda: running(server.url, "outage", "polyprune.trial"), proc, what="trial running")
+        time.sleep(1.5)
+        pg.stopped_for(15)
+        wait_until(lambda: running(server.url, "outage", "polyprune.confirm"), proc, what="confirmation running")
+        time.sleep(1.5)
+        pg.stopped_for(15)
+        code, out, err = finish(proc, timeout=400)
     finally:
-        server.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err and SECRET not in err + out, err[-3000:]
+    assert "does not answer" in err and "answers again after" in err, err[-3000:]  # the outage was met, and said
+    assert_exact(server.url, "outage", storage, n_trials=2, n_confirm=2)
 
 
 def test_past_the_retry_limit_a_search_stops_in_one_line_and_resumes_exactly(ray_local, run_dir, pg):
-    storage, db = pg.database("optuna"), run_dir / "mlflow.db"
+    storage, db = pg.database("optuna_b"), run_dir / "mlflow.db"
     path = write_yaml(run_dir / "q.yaml", TINY_SEARCH, name="gone", storage=storage, tracking_uri=f"sqlite:///{db}")
     proc = cli("search", str(path), "--ray-address", ray_local,
                env={"POLYPRUNE_CELL_DELAY_S": "20", "POLYPRUNE_STORE_RETRY_S": "4"})
     try:
         in_flight = "SELECT count(*) FROM runs JOIN tags USING (run_uuid) WHERE key = 'polyprune.trial' AND status = 'RUNNING'"
         wait_until(lambda: (sqlite_rows(db, in_flight) or [[0]])[0][0] > 0, proc, what="trial running")
+        time.sleep(1.5)  # the driver has written the trial's start everywhere and waits for the cell
         pg.stop()  # longer than the limit: the heartbeat's next write gives up while the trial runs
         code, out, err = finish(proc, timeout=200)
     finally:
@@ -170,7 +187,7 @@ def test_past_the_retry_limit_a_search_stops_in_one_line_and_resumes_exactly(ray
             os.killpg(proc.pid, signal.SIGKILL)
     last = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err and SECRET not in err + out, err[-3000:]
-    assert last.startswith(f"polyprune search: storage: postgresql+psycopg://polyprune:***@127.0.0.1:{pg.port}/optuna "
+    assert last.startswith(f"polyprune search: storage: postgresql+psycopg://polyprune:***@127.0.0.1:{pg.port}/optuna_b "
                            f"did not answer for "), last
     assert "run it again to resume" in last
     killed = [r for r in runs(f"sqlite:///{db}", "gone") if "polyprune.trial" in r.data.tags]
@@ -193,7 +210,7 @@ def test_a_write_that_reached_the_database_before_its_connection_dropped_is_not_
     from orchestrator.search.storage import open_storage
 
     monkeypatch.setenv("POLYPRUNE_STORE_RETRY_S", "60")
-    storage = open_storage(pg.database("optuna"))
+    storage = open_storage(pg.database("optuna_c"))
     study = optuna.create_study(study_name="w", storage=storage, directions=["minimize"])
     inner = storage.inner
 
@@ -216,38 +233,32 @@ def test_a_write_that_reached_the_database_before_its_connection_dropped_is_not_
     assert [(t.number, t.state.name, t.value) for t in study.get_trials()] == [(0, "COMPLETE", 1.5)]
 
 
-def test_a_confirmation_rides_out_a_server_restart_and_a_worker_killed_9(ray_local, run_dir, tmp_path):
-    """An `mlflow server` (sqlite behind it) restarted while the first confirmation run runs, then the Ray
-    worker running the second confirmation cell killed -9: the cell is retried on a new worker, each
-    confirmation cell FINISHED once."""
+def test_a_confirmation_rides_out_a_server_restart_and_a_worker_killed_9(ray_local, run_dir, server):
+    """The `mlflow server` restarted while the first confirmation run runs, then the Ray worker running the
+    second confirmation cell killed -9: the cell is retried on a new worker, each confirmation cell FINISHED once."""
     import psutil
 
-    server = MlflowServer(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "artifacts")
-    server.start()
+    storage = f"sqlite:///{run_dir / 'optuna.db'}"
+    path = write_yaml(run_dir / "q.yaml", CONFIRMING, name="conf", storage=storage, tracking_uri=server.url)
+    proc = cli("search", str(path), "--ray-address", ray_local, env={"POLYPRUNE_CELL_DELAY_S": "6"})
     try:
-        path = write_yaml(run_dir / "q.yaml", CONFIRMING, name="conf", storage=f"sqlite:///{run_dir / 'optuna.db'}",
-                          tracking_uri=server.url)
-        proc = cli("search", str(path), "--ray-address", ray_local, env={"POLYPRUNE_CELL_DELAY_S": "6"})
-        try:
-            wait_until(lambda: running(server.url, "conf", "polyprune.confirm"), proc, what="confirmation running")
-            server.stop()
-            time.sleep(10)
-            server.start()
-            # the second confirmation cell: a run of it RUNNING while the first is FINISHED
-            wait_until(lambda: any(r.info.status == "FINISHED" and "polyprune.confirm" in r.data.tags
-                                   for r in runs(server.url, "conf")) and running(server.url, "conf", "polyprune.confirm"),
-                       proc, what="second confirmation running")
-            workers = [p for p in psutil.Process().children(recursive=True) if "CellRunner.run" in " ".join(p.cmdline())]
-            assert len(workers) == 1, [p.cmdline() for p in workers]  # this session's Ray only: its one busy worker
-            workers[0].send_signal(signal.SIGKILL)
-            code, out, err = finish(proc, timeout=400)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        assert code == 0, err[-3000:]
-        assert "RETRY" in err and "worker lost" in err, err[-3000:]
-        assert_exact(server.url, "conf", f"sqlite:///{run_dir / 'optuna.db'}", n_trials=2, n_confirm=2)
-        retried = [r for r in runs(server.url, "conf") if r.data.tags.get("polyprune.retries")]
-        assert len(retried) == 1 and "polyprune.confirm" in retried[0].data.tags
-    finally:
+        wait_until(lambda: running(server.url, "conf", "polyprune.confirm"), proc, what="confirmation running")
         server.stop()
+        time.sleep(10)
+        server.start()
+        # the second confirmation cell: a run of it RUNNING while the first is FINISHED
+        wait_until(lambda: any(r.info.status == "FINISHED" and "polyprune.confirm" in r.data.tags
+                               for r in runs(server.url, "conf")) and running(server.url, "conf", "polyprune.confirm"),
+                   proc, what="second confirmation running")
+        workers = [p for p in psutil.Process().children(recursive=True) if "CellRunner.run" in title(p)]
+        assert len(workers) == 1, [p.cmdline() for p in workers]  # this session's Ray only: its one busy worker
+        workers[0].send_signal(signal.SIGKILL)
+        code, out, err = finish(proc, timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 0, err[-3000:]
+    assert "RETRY" in err and "worker lost" in err, err[-3000:]
+    assert_exact(server.url, "conf", storage, n_trials=2, n_confirm=2)
+    retried = [r for r in runs(server.url, "conf") if r.data.tags.get("polyprune.retries")]
+    assert len(retried) == 1 and "polyprune.confirm" in retried[0].data.tags
