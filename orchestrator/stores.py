@@ -141,24 +141,39 @@ class StoreDown(UserError):
 
 
 def lost_connection(e: BaseException) -> bool:
-    """Did `e` come from a database connection that failed or dropped (server stopped, restarting,
-    failing over), rather than from the call itself? SQLAlchemy's OperationalError / InterfaceError
-    or a connection it invalidated, anywhere in the chain: Optuna wraps it in StorageInternalError,
-    MLflow's database store in MlflowException (TEMPORARILY_UNAVAILABLE)."""
+    """Did `e` come from a store's server that could not be reached or dropped the connection (stopped,
+    restarting, failing over), rather than from the call itself? Anywhere in the chain: SQLAlchemy's
+    OperationalError / InterfaceError or a connection it invalidated (Optuna wraps them in
+    StorageInternalError, MLflow's database store in MlflowException), or the HTTP client's connection
+    error, timeout or exhausted retries (MLflow's client, once its own retries are spent)."""
+    import requests
     from sqlalchemy import exc
 
+    lost = (exc.OperationalError, exc.InterfaceError, requests.exceptions.ConnectionError,
+            requests.exceptions.RetryError, requests.exceptions.Timeout)
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, (exc.OperationalError, exc.InterfaceError)) or getattr(e, "connection_invalidated", False):
+        if isinstance(e, lost) or getattr(e, "connection_invalidated", False):
             return True
-        e = e.__cause__
+        e = e.__cause__ or e.__context__  # MLflow's HTTP client re-raises without `from`
     return False
+
+
+def reason(e: BaseException) -> str:
+    """The first line of the innermost error under `e` that says something (connection refused, ...)."""
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    said = [str(x).strip() for x in chain if str(x).strip() not in ("", "()")] or [type(chain[0]).__name__]
+    return said[-1].splitlines()[0][:200]
 
 
 class Outage:
     """One store's calls, retried while its server is away: backoff from 0.5 s to 4 s for up to `limit_s`
-    from the first failure, one line when it goes and when it is back. Past the limit the store counts as
+    from the first failed attempt, one line when it goes and when it is back. Past the limit the store counts as
     down for this process: that call and every later one raise `StoreDown` at once (the clean-up that
     follows must not wait the limit out again). `call(..., landed=f)`: before retrying a call that writes,
     `f()` says whether the failed attempt reached the store after all, (True, its result) or (False, None),
@@ -174,6 +189,9 @@ class Outage:
             raise StoreDown(self.field, self.down)
         since, pause = None, 0.5
         while True:
+            # An outage counts from the start of its first failed attempt: an HTTP call fails only once
+            # MLflow's own retries (about two minutes) are spent.
+            began = time.monotonic()
             try:
                 if since is not None and landed is not None:
                     done, result = landed()
@@ -183,10 +201,10 @@ class Outage:
             except Exception as e:
                 if not lost_connection(e):
                     raise
-                why = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[0][:200]
+                why = reason(e)
                 now = time.monotonic()
                 if since is None:
-                    since = now
+                    since = began
                     say(f"{self.uri} does not answer ({why}); retrying for up to {self.limit_s:g} s")
                 if now - since >= self.limit_s:
                     self.down = (f"{self.uri} did not answer for {now - since:.0f} s (retry limit {self.limit_s:g} s, "
@@ -207,9 +225,10 @@ def say(msg: str) -> None:
 
 
 class RidingClient:
-    """An MlflowClient whose calls ride out its database server's outages (`Outage`): a tracking URI
-    that names a database directly, where MLflow has no retries of its own (behind an `mlflow server`
-    its HTTP client retries for about two minutes)."""
+    """An MlflowClient whose calls ride out its store's outages (`Outage`). A tracking URI that names a
+    database: MLflow has no retries of its own there. An `mlflow server`: its HTTP client retries for about
+    two minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES), which counts towards the limit; once the limit is past,
+    the driver stops in one line rather than fail each clean-up call after another two minutes."""
 
     def __init__(self, client, uri: str):
         import logging
@@ -233,5 +252,5 @@ def retried(record) -> bool:
 
 
 def riding(client, uri: str):
-    """`client`, riding out outages when `uri` names a database server (see `RidingClient`)."""
-    return RidingClient(client, uri) if scheme_of(uri) in DB_PORTS else client
+    """`client`, riding out outages when `uri` names a server, a database or an `mlflow server` (`RidingClient`)."""
+    return RidingClient(client, uri) if scheme_of(uri) in (*DB_PORTS, "http", "https") else client
