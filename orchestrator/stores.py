@@ -55,6 +55,7 @@ def shown(uri: str) -> str:
 
 def check_uri(uri: str) -> None:
     """Before anything is created or started: a scheme MLflow can use, and a server that answers."""
+    retry_limit()  # a bad POLYPRUNE_STORE_RETRY_S is one line now, not when a store first fails
     scheme = scheme_of(uri)
     if scheme not in SCHEMES:
         raise UserError("tracking_uri", f"unknown scheme {scheme!r} in {uri!r}; use sqlite:///FILE, http(s)://HOST:PORT "

@@ -28,7 +28,6 @@ from helpers import TINY_SEARCH, MlflowServer, cli, finish, free_port, sqlite_ro
 
 BIN = max(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), default=None)
 ROOT_WITHOUT_POSTGRES_USER = os.geteuid() == 0 and shutil.which("runuser") is None
-pytestmark = pytest.mark.skipif(BIN is None or ROOT_WITHOUT_POSTGRES_USER, reason="PostgreSQL is not installed")
 
 SECRET = "s3cret-pw"  # in every URL; trust authentication ignores it, the output must never show it
 CONFIRMING = {**TINY_SEARCH, "confirm": {"top": 1, "seeds": [11, 12]}}
@@ -82,6 +81,8 @@ class Postgres:
 
 @pytest.fixture(scope="module")
 def pg():
+    if BIN is None or ROOT_WITHOUT_POSTGRES_USER:
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
     server = Postgres()
     server.start()
     try:
@@ -262,3 +263,36 @@ def test_a_confirmation_rides_out_a_server_restart_and_a_worker_killed_9(ray_loc
     assert_exact(server.url, "conf", storage, n_trials=2, n_confirm=2)
     retried = [r for r in runs(server.url, "conf") if r.data.tags.get("polyprune.retries")]
     assert len(retried) == 1 and "polyprune.confirm" in retried[0].data.tags
+
+
+def test_an_mlflow_server_away_past_the_limit_is_one_line_and_later_calls_fail_at_once(monkeypatch):
+    from mlflow import MlflowClient
+
+    from orchestrator.stores import StoreDown, riding
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own two minutes, shortened
+    monkeypatch.setenv("POLYPRUNE_STORE_RETRY_S", "2")
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    cl = riding(MlflowClient(url), url)
+    t0 = time.monotonic()
+    with pytest.raises(StoreDown) as e:
+        cl.search_experiments()
+    assert 2 <= time.monotonic() - t0 < 60
+    assert str(e.value).startswith(f"tracking_uri: {url} did not answer for ") and "Connection refused" in str(e.value)
+    assert "\n" not in str(e.value)
+    t0 = time.monotonic()
+    with pytest.raises(StoreDown):
+        cl.get_experiment("0")
+    assert time.monotonic() - t0 < 0.5  # the clean-up after it does not wait the limit out again
+
+
+def test_a_bad_retry_limit_is_one_line_exit_2_before_anything(run_dir, capsys, monkeypatch):
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("POLYPRUNE_STORE_RETRY_S", "soon")
+    path = write_yaml(run_dir / "q.yaml", TINY_SEARCH, name="bad")
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["polyprune search: POLYPRUNE_STORE_RETRY_S: seconds a store call is retried while its server is away: "
+                   "a number >= 0; got 'soon'"], err
+    assert not (run_dir / "mlflow.db").exists()
