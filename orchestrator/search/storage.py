@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RDBStorage
 
 from ..stores import DB_PORTS, Outage, scheme_of
 
@@ -30,21 +30,17 @@ CONNECT_TIMEOUT_S = 10
 
 def open_storage(url: str):
     """Optuna's RDBStorage on `url`; on a database server, wrapped to ride out its outages."""
-    import optuna
-
     if scheme_of(url) not in DB_PORTS:  # sqlite: a file, no server to lose
-        return optuna.storages.RDBStorage(url)
+        return RDBStorage(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}  # a pooled connection the restart broke is replaced, not used
-    if scheme_of(url) in ("postgresql", "mysql"):
+    if scheme_of(url) == "postgresql":  # libpq's parameter, in psycopg and psycopg2 alike
         kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    return Riding(optuna.storages.RDBStorage(url, engine_kwargs=kwargs), url)
+    return Riding(RDBStorage(url, engine_kwargs=kwargs), url)
 
 
 def passed_through(cls):
     """Give `cls` every public method of Optuna's BaseStorage it does not define: the inner
     storage's, called through the outage (reads, and writes that overwrite)."""
-    from optuna.storages import BaseStorage
-
     def through(name):
         def method(self, *args, **kw):
             return self.outage.call(getattr(self.inner, name), *args, **kw)
