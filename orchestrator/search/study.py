@@ -18,7 +18,7 @@ from typing import Any
 from tasks.errors import UserError
 
 from ..names import ATTEMPT, BASELINE, BEAT, DRIVER, LOST, OVERRIDE, RETRY_OF
-from ..stores import DB_PORTS, check_database, check_durable, creating, scheme_of
+from ..stores import DB_PORTS, StoreDown, check_database, check_durable, creating, scheme_of
 from ..lease import DEFAULTS as LEASE_DEFAULTS
 from .sampling import build_pruner, build_sampler, metric_names
 
@@ -149,7 +149,10 @@ def lose(study, storage, trial, reason: str, max_retries: int) -> None:
     re-enqueue its parameters, so no trial is lost, at most `max_retries` times."""
     from optuna.trial import TrialState
 
-    tag_trial(study, storage, trial.number, LOST, reason)
+    try:
+        tag_trial(study, storage, trial.number, LOST, reason)
+    except StoreDown:  # the storage is away past its limit (the driver stops saying so): the rerun loses the trial
+        return
     study.tell(trial.number, state=TrialState.FAIL)
     attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
     if attempt <= max_retries:
