@@ -265,6 +265,25 @@ def test_a_confirmation_rides_out_a_server_restart_and_a_worker_killed_9(ray_loc
     assert len(retried) == 1 and "polyprune.confirm" in retried[0].data.tags
 
 
+def test_an_mlflow_store_on_a_database_rides_out_a_stop(pg, capfd):
+    """A tracking URI naming the database itself: MLflow has no retries there; polyprune's client does."""
+    from orchestrator import tracking
+
+    uri = pg.database("mlflow_direct")
+    cl = tracking.client(uri, create=True)
+    run = cl.create_run(tracking.experiment_id(cl, "direct", uri, create=True))
+    capfd.readouterr()
+    pg.stop()
+    threading.Timer(5, pg.start).start()
+    cl.log_param(run.info.run_id, "a", "1")  # while the database is stopped: waits, then lands once
+    cl.set_terminated(run.info.run_id, "FINISHED")
+    got = cl.get_run(run.info.run_id)
+    assert got.info.status == "FINISHED" and got.data.params == {"a": "1"}
+    err = capfd.readouterr().err
+    assert "does not answer" in err and "answers again after" in err and "Traceback" not in err, err[-3000:]
+    assert SECRET not in err
+
+
 def test_an_mlflow_server_away_past_the_limit_is_one_line_and_later_calls_fail_at_once(monkeypatch):
     from mlflow import MlflowClient
 
