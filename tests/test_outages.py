@@ -315,3 +315,34 @@ def test_a_bad_retry_limit_is_one_line_exit_2_before_anything(run_dir, capsys, m
     assert err == ["polyprune search: POLYPRUNE_STORE_RETRY_S: seconds a store call is retried while its server is away: "
                    "a number >= 0; got 'soon'"], err
     assert not (run_dir / "mlflow.db").exists()
+
+
+def test_a_result_recorded_in_mlflow_but_never_told_is_told_on_resume(tmp_path):
+    """A tell that met the storage away past the limit after the trial's run FINISHED: the rerun's take-over
+    tells the study that run's values (and constraints) instead of re-running the trial; a trial whose run
+    did not finish is lost and re-enqueued as before."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from orchestrator import tracking
+    from orchestrator.search.study import recorded_result, take_over
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cl = tracking.client(uri, create=True)
+    exp = tracking.experiment_id(cl, "told", uri, create=True)
+    study = optuna.create_study(study_name="told", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    cfg = SimpleNamespace(objectives=[SimpleNamespace(metric="ppl.sw")],
+                          constraints=[SimpleNamespace(metric="ppl.mean", max=100.0, min=None)])
+    for status in ("FINISHED", "KILLED"):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        run = cl.create_run(exp).info.run_id
+        trial.set_user_attr("mlflow_run_id", run)
+        tracking.log_metrics(cl, run, {"ppl.sw": 12.5, "ppl.mean": 120.0})
+        cl.set_terminated(run, status)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert take_over(study, storage, 2, recorded_result(cl, cfg)) == 1
+    got = {t.number: t for t in study.get_trials()}
+    assert got[0].state.name == "COMPLETE" and got[0].values == [12.5] and got[0].constraints == {"ppl.mean": 20.0}
+    assert got[1].state.name == "FAIL" and "polyprune.lost" in got[1].user_attrs
+    assert got[2].state.name == "WAITING" and got[2].user_attrs["polyprune.retry_of"] == 1  # re-enqueued
