@@ -2,11 +2,15 @@
 
 One home, so a reader (status, report, register, the UI's search box) and a
 writer can never disagree on a spelling. docs/record.md explains what each holds.
+
+Two levels of MLflow tags live here: a run's (every name below, read as `run.data.tags`)
+and an experiment's (only the `EXPERIMENT_*` names, read as `experiment.tags` or by
+`search_experiments`). A reader that mixes them finds nothing (tests/test_tag_levels.py).
 """
 
 # MLflow run tags: what a run is and where it belongs.
 ROLE = "polyprune.role"  # "parent" on a sweep's or search's parent run
-KIND = "polyprune.kind"  # a cell run's kind: cell, trial, baseline, confirm
+RUN_KIND = "polyprune.kind"  # a cell run's kind: cell, trial, baseline, confirm
 SWEEP = "polyprune.sweep"  # the sweep's (or search's) name, on every run of it
 CELL = "polyprune.cell_id"  # the cell key: a resumed driver skips finished cells by it
 TRIAL = "polyprune.trial"  # an Optuna trial number; present only on a search's trial runs
@@ -51,7 +55,11 @@ RETRY_OF = "polyprune.retry_of"
 OBJECTIVES = "polyprune.objectives"
 STORAGE = "polyprune.storage"
 
-# MLflow's own tags that polyprune sets.
+# MLflow's own run tag that polyprune sets.
 PARENT = "mlflow.parentRunId"
+
+# MLflow experiment tags (on the experiment, never on a run).
 # MLflow 3 opens an experiment on its GenAI traces unless it is marked as model development.
-EXPERIMENT_KIND, MODEL_DEVELOPMENT, NOTE = "mlflow.experimentKind", "custom_model_development", "mlflow.note.content"
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+EXPERIMENT_NOTE = "mlflow.note.content"  # the experiment's description: polyprune's starts "polyprune sweep|search"
+EXPERIMENT_TAGS = (EXPERIMENT_KIND, EXPERIMENT_NOTE)

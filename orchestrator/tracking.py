@@ -19,10 +19,10 @@ from typing import Any
 
 from tasks.errors import UserError
 
-from .stores import check_uri, creating
+from .stores import check_uri, creating, riding
 from .models import check_model_files, end_model, log_model_params
-from .names import (CELL, DRIVER, ERROR, EXPERIMENT_KIND, KIND, MODEL_DEVELOPMENT, MODEL_HASH, MODEL_ID, NOTE, PARENT, ROLE,
-                    SWEEP)
+from .names import (CELL, DRIVER, ERROR, EXPERIMENT_KIND, EXPERIMENT_NOTE, MODEL_DEVELOPMENT, MODEL_HASH, MODEL_ID, PARENT,
+                    ROLE, RUN_KIND, SWEEP)
 from .schema import seed
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -46,7 +46,7 @@ def client(uri: str, create: bool):
     with creating(path if create else None):  # MLflow creates (or migrates) the schema here: one process at a time
         if create and path is not None and not path.exists():
             seed(path)  # a copy of a migrated empty store, not MLflow's ~4 s of migrations (orchestrator/schema.py)
-        return MlflowClient(tracking_uri=uri)
+        return riding(MlflowClient(tracking_uri=uri), uri)  # a database server away for a while: retried
 
 
 def experiment_id(cl, name: str, uri: str, create: bool) -> str | None:
@@ -145,7 +145,7 @@ def start_cell(cl, exp_id: str, parent_id: str, sweep: str, cell, tags: dict[str
                params: dict[str, Any] | None = None) -> str:
     """A cell's child run (a search trial's adds its own tags, name and params)."""
     run = cl.create_run(exp_id, run_name=run_name or f"{cell.cell_id[:8]} {cell.label()}",
-                        tags={PARENT: parent_id, SWEEP: sweep, CELL: cell.cell_id, KIND: cell.kind,
+                        tags={PARENT: parent_id, SWEEP: sweep, CELL: cell.cell_id, RUN_KIND: cell.kind,
                               **model_tags(cell.model), **tags})
     log_params(cl, run.info.run_id, {**cell_params(cell), **(params or {})})
     return run.info.run_id
@@ -256,8 +256,8 @@ def describe_experiment(cl, exp_id: str, name: str, role: str, file: str, uri: s
             f"- resume (runs only what is not FINISHED): `{again}`\n"
             f"- progress: `polyprune status {name} --tracking-uri '{uri}'`\n"
             f"- tables and figures: `polyprune report {name} --out {safe_name(name)}-report --tracking-uri '{uri}'`\n")
-    for key, value in ((EXPERIMENT_KIND, MODEL_DEVELOPMENT), (NOTE, text)):
-        cl.set_experiment_tag(exp_id, key, value)
+    cl.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
+    cl.set_experiment_tag(exp_id, EXPERIMENT_NOTE, text)
 
 
 def model_tags(model: str) -> dict[str, str]:

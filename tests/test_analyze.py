@@ -83,6 +83,22 @@ def test_scalars_land_on_the_runs_and_match_the_tasks_api(swept, analysed, capfd
     assert all(math.isclose(logged[k], direct[k], rel_tol=1e-9, abs_tol=1e-12) for k in direct)
 
 
+def test_findings_are_the_few_lines_the_demo_prints():
+    from orchestrator.report.analysis import findings
+
+    def row(calib, cka_en, cka_sw, kept_sw):
+        return {"model": "tiny", "variant": "wanda", "sparsity": "0.5", "calib": calib, "analysis.cka.en": cka_en,
+                "analysis.cka.sw": cka_sw, "analysis.lape_kept.sw": kept_sw, "analysis.lape_kept.all": 0.5}
+
+    # en has no specific neurons (no lape_kept.en); sw=1 ran with two seeds: their means
+    rows = [row("en=1", 0.9, 0.7, 0.2), row("sw=1", 0.8, 0.8, 0.4), row("sw=1", 0.8, 0.9, 0.2)]
+    assert findings(rows, ["en", "sw"]) == [
+        "  tiny wanda 0.5 calibrated in en=1: specific neurons kept sw 0.200 (all neurons 0.500); CKA en 0.900 sw 0.700",
+        "  tiny wanda 0.5 calibrated in sw=1: specific neurons kept sw 0.300 (all neurons 0.500); CKA en 0.800 sw 0.850",
+        "  calibrating in a language kept its own specific neurons best for 1 of 1 (sw)",
+        "  calibrating in a language gave the highest CKA for 2 of 2 (en, sw)"]
+
+
 def test_figures_and_csvs_in_out_and_on_the_parent(swept, analysed):
     from mlflow import MlflowClient
 

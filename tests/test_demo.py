@@ -52,6 +52,11 @@ def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
         assert f" vs {name}: test ppl.mean" in verdict
     assert (out / "report" / "report.html").exists() and (out / "mlflow.db").exists() and (out / "optuna.db").exists()
     assert "Inside the pruned model" in (out / "report" / "report.html").read_text()  # the demo runs `analyze`
+    inside = printed[printed.index("inside the pruned models (polyprune analyze"):].splitlines()[1:5]
+    assert all(" wanda 0.65 calibrated in " in l and "; CKA en " in l for l in inside[:2]), inside  # findings, not nothing
+    assert any(l.startswith("  calibrating in a language ") for l in inside), inside
+    # the last line runs as printed (tests/test_ui.py opens it in Chromium): the store, no name
+    assert printed.splitlines()[-2] == f"all runs: polyprune ui --tracking-uri sqlite:///{out / 'mlflow.db'}"
     # a second run resumes: nothing new is pruned
     assert main(args) == 0
     assert "(0 now, 3 before)" in capsys.readouterr().out

@@ -71,7 +71,8 @@ def drawn(monkeypatch):
     def save(fig, path):
         cut = figures.outside(fig)
         cells = [(t.get_text(), t.get_color(), t.axes.images[0]) for ax in fig.axes for t in ax.texts if ax.images]
-        seen.append({"path": path, "cut": cut, "cells": cells, "size": tuple(fig.get_size_inches())})
+        grid = [ax for ax in fig.axes if any(line.get_visible() for line in ax.get_xgridlines() + ax.get_ygridlines())]
+        seen.append({"path": path, "cut": cut, "cells": cells, "size": tuple(fig.get_size_inches()), "grid": grid})
         return real(fig, path)
 
     monkeypatch.setattr(figures, "save", save)
@@ -105,6 +106,15 @@ def test_heatmap_values_contrast_with_their_cells(tmp_path, drawn):
     # viridis runs from dark purple (low) to yellow (high): white on the low cells, black on the high ones
     assert max(colours[(1.0, 1.0, 1.0)]) < min(colours[(0.0, 0.0, 0.0)])
     assert min(colours[(1.0, 1.0, 1.0)]) == 0.0 and max(colours[(0.0, 0.0, 0.0)]) == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(CASES) if n.startswith("heatmap")])
+def test_heatmaps_draw_no_grid_through_their_cells(name, tmp_path, drawn):
+    """Even where a library switched on a style with grids (Optuna's plots use ggplot): ticks sit at the
+    cells' centres, so a grid would cross every value (docs/report.png did)."""
+    with plt.style.context("ggplot"):
+        CASES[name](tmp_path / "f.png")
+    assert drawn[0]["grid"] == []
 
 
 def test_text_colour_picks_the_higher_contrast():

@@ -126,10 +126,11 @@ def test_every_run_has_calibration_and_evaluation_inputs_matching_the_fingerprin
 # ---------------------------------------------------------------- servers
 
 
-def start(args: list[str]) -> tuple[subprocess.Popen, str]:
+def start(args: list[str], stderr=None) -> tuple[subprocess.Popen, str]:
     """`polyprune ARGS` in a subprocess, and the URL it prints once its server answers."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], stdout=subprocess.PIPE, text=True, env=env,
+                            stderr=stderr)
     deadline = time.monotonic() + STARTUP_S
     for line in proc.stdout:  # mlflow writes a notice of its own on stdout too
         if line.startswith("http://"):
@@ -219,6 +220,60 @@ def test_ui_models_view_lists_every_logged_model_with_its_ppl_columns(record, tm
         assert f"{ppl_en:.3f}"[:5] in text, (ppl_en, text[:3000])  # a value, not only a column header
     finally:
         stop_and_check_nothing_survives(proc)
+
+
+def test_ui_run_as_the_demo_prints_it_opens_the_newest_experiments_runs(record, tmp_path):
+    """`polyprune demo` ends with `all runs: polyprune ui --tracking-uri URI`: a store, no name. Run so
+    (plus a free port: 5000 may be taken here), it opens the newest polyprune experiment's runs table,
+    here the search's (made after the sweep, as in the demo), not MLflow's front page (issue 31)."""
+    import shlex
+
+    from mlflow import MlflowClient
+
+    from orchestrator.cli.demo import ui_line
+
+    printed = shlex.split(ui_line(f"sqlite:///{record / 'mlflow.db'}"))
+    assert printed[:2] == ["polyprune", "ui"] and "--port" not in printed
+    proc, url = start(printed[1:] + ["--port", str(free_port())])
+    try:
+        exp = MlflowClient(f"sqlite:///{record / 'mlflow.db'}").get_experiment_by_name("tiny-local-search").experiment_id
+        assert re.search(rf"/#/experiments/{exp}/runs\?viewStateShareKey=polyprune&workflowType=machine_learning$", url), url
+        if CHROMIUM is not None:
+            text = dom_text(url, tmp_path / "profile")
+            runs = child_runs(record / "mlflow.db", "tiny-local-search")
+            assert len(runs) == 2
+            for r in runs:
+                assert r.info.run_name in text, (r.info.run_name, text[:3000])
+            assert "ppl.sw" in text and "ppl.mean" in text and "ppl.en" in text, text[:3000]
+            assert f"{min(r.data.metrics['ppl.sw'] for r in runs):.3f}"[:5] in text  # a value, not only a header
+    finally:
+        stop_and_check_nothing_survives(proc)
+
+
+def test_ui_on_a_store_without_polyprune_experiments_says_so_and_opens_the_front_page(tmp_path):
+    from orchestrator import tracking
+    from orchestrator.names import EXPERIMENT_KIND, MODEL_DEVELOPMENT
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cl = tracking.client(uri, create=True)
+    cl.create_experiment("someone-elses", tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})  # not described by polyprune
+    port = free_port()
+    with open(tmp_path / "err.txt", "w") as err:
+        proc, url = start(["ui", "--tracking-uri", uri, "--port", str(port)], stderr=err)
+    try:
+        assert url == f"http://127.0.0.1:{port}/", url
+    finally:
+        stop_and_check_nothing_survives(proc)
+    lines = (tmp_path / "err.txt").read_text().splitlines()
+    assert f"polyprune ui: {uri} holds no polyprune sweep or search: opening MLflow's front page" in lines, lines
+
+
+def test_newest_experiment_reads_experiment_tags(record):
+    from orchestrator import tracking
+    from orchestrator.cli.ui import newest_experiment
+
+    cl = tracking.client(f"sqlite:///{record / 'mlflow.db'}", create=False)
+    assert newest_experiment(cl) == cl.get_experiment_by_name("tiny-local-search").experiment_id
 
 
 def test_ui_on_a_taken_port_is_one_line_and_nonzero(record, capsys):

@@ -34,4 +34,5 @@ def run(args) -> int:
     where = [f"{res['out']}" if res["out"] else "", f"parent run {res['parent']} under analysis/" if res["parent"] else ""]
     print(f"analysis of {name}: {len(res['runs'])} runs ({len(res['skipped'])} skipped); "
           f"figures and CSVs in {' and '.join(w for w in where if w)}")
+    print("\n".join(res["findings"]))
     return 0

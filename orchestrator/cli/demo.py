@@ -108,11 +108,18 @@ def run(args) -> int:
     if code == 0:  # what each calibration language kept inside the model: a section of the report
         from ..report.analysis import analyze_sweep
 
-        print("\ninside the pruned models (polyprune analyze):")
-        analyze_sweep(cfg.name, cfg.tracking_uri, evals, out / "analysis", seqlen=args.seqlen)
+        found = analyze_sweep(cfg.name, cfg.tracking_uri, evals, out / "analysis", seqlen=args.seqlen)["findings"]
+        if found:
+            print("\ninside the pruned models (polyprune analyze; a smoke check on one seed, docs/analyses.md):")
+            print("\n".join(found))
     code = code or _report(out, cfg)
-    print(f"\nall runs: polyprune ui --tracking-uri {cfg.tracking_uri}\nreport:   {out / 'report' / 'report.html'}")
+    print(f"\nall runs: {ui_line(cfg.tracking_uri)}\nreport:   {out / 'report' / 'report.html'}")
     return code
+
+
+def ui_line(uri: str) -> str:
+    """The command the demo's last lines give for browsing every run: `ui` opens the newest experiment."""
+    return f"polyprune ui --tracking-uri {uri}"
 
 
 def _print_table(cfg, evals: list[str], downstream: bool) -> None:

@@ -28,8 +28,10 @@ def run(args) -> int:
 
 
 def print_summary(s: dict[str, Any]) -> None:
+    from ..stores import shown
+
     print(f"search {s['study']}: {s['status']}; {s['n_complete']} trials complete, {s['n_failed']} failed"
-          f"{', %d pruned' % s['n_pruned'] if s.get('n_pruned') else ''} (storage {s['storage']})")
+          f"{', %d pruned' % s['n_pruned'] if s.get('n_pruned') else ''} (storage {shown(s['storage'])})")
     objs = s["objectives"]
     print("  values on valid (what the search chose by), test in brackets (what it never saw)")
 

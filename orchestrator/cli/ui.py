@@ -181,8 +181,8 @@ def file_target(target: str) -> dict | None:
 
 def run(args) -> int:
     from .. import tracking
-
     from ..config import default_tracking_uri
+    from ..stores import shown
 
     if args.view not in VIEWS:
         raise UserError("view", f"allowed: {', '.join(VIEWS)}; got {args.view!r}")
@@ -198,16 +198,27 @@ def run(args) -> int:
         cl, exp = tracking.open_experiment(name, uri)
     else:  # the newest experiment polyprune made, else the server's front page
         cl = tracking.client(uri, create=False)
-        made = cl.search_experiments(filter_string=f"tags.`{tracking.KIND}` = '{tracking.MODEL_DEVELOPMENT}'",
-                                     order_by=["creation_time DESC"], max_results=1)
-        exp = made[0].experiment_id if made else None
+        exp = newest_experiment(cl)
+        if exp is None:
+            sys.stderr.write(f"polyprune ui: {shown(uri)} holds no polyprune sweep or search: opening MLflow's front page\n")
     base = f"http://{browse_host(args.host)}:{args.port}"
     if exp is None:
         url = base + "/"
     else:
         url = models_url(base, exp) if args.view == "models" else runs_url(base, exp, runs_view(cl, exp))
-    sys.stderr.write(f"starting the MLflow UI for {uri} on {args.host}:{args.port} ...\n")
+    sys.stderr.write(f"starting the MLflow UI for {shown(uri)} on {args.host}:{args.port} ...\n")
     return serve(cmd, f"{base}/health", "MLflow UI", lambda: url, args.open)
+
+
+def newest_experiment(cl) -> str | None:
+    """The id of the newest experiment a polyprune sweep or search made (experiment tags, not run
+    tags: marked model development and described by polyprune), None when there is none."""
+    from ..names import EXPERIMENT_KIND, EXPERIMENT_NOTE, MODEL_DEVELOPMENT
+
+    made = cl.search_experiments(filter_string=f"tags.`{EXPERIMENT_KIND}` = '{MODEL_DEVELOPMENT}' AND "
+                                               f"tags.`{EXPERIMENT_NOTE}` LIKE 'polyprune %'",
+                                 order_by=["creation_time DESC"], max_results=1)
+    return made[0].experiment_id if made else None
 
 
 VIEWS = ("runs", "models")

@@ -13,6 +13,7 @@ through `scheduler.run_cells` -> `job.end` and the parent's final status.
 One interrupt path for every kind and stage:
 - Ctrl-C / SIGTERM: `job.stop("KILLED", why)` ends the records in flight, status KILLED, exit 130;
 - the driver itself fails: `job.stop("FAILED", why)`, status FAILED, the error re-raised;
+- a store stays away past its retry limit (`stores.StoreDown`): as Ctrl-C, then its one line, exit 2;
 - some cells failed (`job.has_failures()`): status FAILED, exit 1; else FINISHED, exit 0.
 
 A kind is a `Job`: a source of cells and a sink of events per stage, plus small hooks.
@@ -34,6 +35,7 @@ from tasks.errors import UserError
 from .. import tracking
 from ..lease import hold
 from ..provenance import provenance
+from ..stores import StoreDown
 from .record import log
 from .scheduler import Events, Source, run_cells
 from .session import RaySession
@@ -141,6 +143,10 @@ def run_parent(job: Job, rec: Record, session: RaySession) -> Outcome:
     except KeyboardInterrupt:
         status, code = "KILLED", 130
         job.stop("KILLED", "interrupted (Ctrl-C / SIGTERM)")
+    except StoreDown as e:  # a store away past its retry limit: stopped as on Ctrl-C, then told in one line
+        status = "KILLED"
+        job.stop("KILLED", f"{e}")
+        raise
     except BaseException as e:
         status = "FAILED"
         job.stop("FAILED", f"the driver failed: {type(e).__name__}: {e}")

@@ -138,8 +138,39 @@ def analyze_sweep(name: str, tracking_uri: str, languages=None, out: str | Path 
         files = write_outputs(folder, rows, langs)
         if log_mlflow and parent is not None:
             cl.log_artifacts(parent.info.run_id, str(folder), artifact_path=ARTIFACT_PATH)
-    return {"out": out_path, "runs": results, "skipped": skipped, "files": files,
+    return {"out": out_path, "runs": results, "skipped": skipped, "files": files, "findings": findings(rows["runs"], langs),
             "parent": parent.info.run_id if parent is not None and log_mlflow else None}
+
+
+def findings(rows: list[dict], langs: list[str]) -> list[str]:
+    """What `polyprune demo` and `analyze` print: per pruned variant and calibration (means over seeds), the
+    kept share of each language's specific neurons' down-projection columns against all neurons, and the
+    mean CKA to the dense model per language; then, per variant, for how many languages calibrating in
+    that language kept its specific neurons best and gave the highest CKA. Languages without specific
+    neurons are left out of the first."""
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups[(r["model"], r["variant"], r["sparsity"])][r["calib"]].append(r)
+    out = []
+    for (model, variant, sparsity), by_calib in groups.items():
+        def mean(calib, key):
+            got = [r[key] for r in by_calib[calib] if r.get(key) is not None]
+            return sum(got) / len(got) if got else None
+
+        for calib in by_calib:
+            kept = " ".join(f"{l} {v:.3f}" for l in langs if (v := mean(calib, f"analysis.lape_kept.{l}")) is not None)
+            every = mean(calib, "analysis.lape_kept.all")
+            cka = " ".join(f"{l} {v:.3f}" for l in langs if (v := mean(calib, f"analysis.cka.{l}")) is not None)
+            out.append(f"  {model} {variant} {sparsity} calibrated in {calib}: specific neurons kept {kept or '-'}"
+                       + (f" (all neurons {every:.3f})" if every is not None else "") + f"; CKA {cka or '-'}")
+        own = {l: c for l in langs for c in by_calib if c in (l, f"{l}=1")}  # calibrated in the language alone
+        for key, what in (("lape_kept", "kept its own specific neurons best"), ("cka", "gave the highest CKA")):
+            scored = [l for l, c in own.items() if len(by_calib) > 1 and mean(c, f"analysis.{key}.{l}") is not None]
+            wins = [l for l in scored if all(mean(own[l], f"analysis.{key}.{l}") >= (mean(c, f"analysis.{key}.{l}") or -1)
+                                             for c in by_calib)]
+            if scored:
+                out.append(f"  calibrating in a language {what} for {len(wins)} of {len(scored)} ({', '.join(wins) or 'none'})")
+    return out
 
 
 def collect_rows(rows: dict, res: dict, by_id: dict[str, Run], model: str) -> None:

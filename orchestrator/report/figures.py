@@ -97,7 +97,10 @@ def heatmap(path, values, rows, cols, *, title, cbar, fmt="{:.3g}", cmap="RdYlGn
         kw = {"vmin": center - span, "vmax": center + span}
     im = ax.imshow(np.ma.masked_invalid(v), cmap=cmap, aspect="auto", **kw)
     # The bar is about as long as the axes are high: wrap its label to that.
-    fig.colorbar(im, ax=ax, label=wrap(cbar, 0.45 * height), shrink=0.9)
+    bar = fig.colorbar(im, ax=ax, label=wrap(cbar, 0.45 * height), shrink=0.9)
+    # Ticks sit at the cells' centres: a grid (a style a library in this process set, e.g. ggplot) would cross every value.
+    ax.grid(False)
+    bar.ax.grid(False)
     ax.set_xticks(range(len(cols)), cols, rotation=30 if max(map(len, cols), default=0) > 4 else 0, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel(xlabel)

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from .. import tracking
-from ..names import CELL, CONFIRM, CONFIRM_SEED, CONFIRMED, KIND, OVERRIDE, STUDY, SWEEP
+from ..names import CELL, CONFIRM, CONFIRM_SEED, CONFIRMED, OVERRIDE, RUN_KIND, STUDY, SWEEP
 from ..engine.cells import Cell
 from ..engine.record import Recorder, attach_model, log
 from ..engine.scheduler import FixedCells
@@ -92,7 +92,7 @@ class Confirmed(Search):
 
     def finished(self, cl, exp) -> dict[str, Any]:
         """cell_id -> the FINISHED confirmation run of it."""
-        return {k: r for k, r in tracking.finished_cells(cl, exp, self.name).items() if r.data.tags.get(KIND) == "confirm"}
+        return {k: r for k, r in tracking.finished_cells(cl, exp, self.name).items() if r.data.tags.get(RUN_KIND) == "confirm"}
 
     def todo_cells(self, cl, exp) -> list[tuple[str, int, Cell]]:
         """The confirmation cells without a FINISHED run, one per cell id."""
@@ -154,7 +154,7 @@ class ConfirmRecorder(Recorder):
     def start(self, cell) -> None:
         if cell.cell_id not in self.runs:  # a retried cell keeps its run and model
             t = self.confirm_tags[cell.cell_id]
-            tags = {**self.tags, **t, STUDY: self.sweep, KIND: "confirm"}
+            tags = {**self.tags, **t, STUDY: self.sweep, RUN_KIND: "confirm"}
             run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.sweep, cell, tags,
                                          run_name=f"confirm {t[CONFIRM]} seed {t[CONFIRM_SEED]}")
             self.runs[cell.cell_id] = run_id

@@ -29,9 +29,10 @@ from .. import models, tracking
 from ..engine.lifecycle import Job, drive
 from ..engine.record import log, retry_tags
 from ..names import BASELINE, BASELINES_DONE, BEAT, DRIVER, ERROR, OVERRIDE, STUDY
+from ..stores import shown
 from .record import SearchRecord, finite, trial_dict
 from . import baselines, fidelity
-from .study import DEFAULTS, check_storage, counted, lose, open_study, take_over
+from .study import DEFAULTS, check_storage, counted, lose, open_study, recorded_result, take_over
 
 
 def run_search(config, n_trials: int | None = None, storage: str | None = None, ray_address: str | None = None,
@@ -120,13 +121,13 @@ class Search(Job):
 
         cfg = self.cfg
         self.study, self.storage = open_study(cfg)
-        lost = take_over(self.study, self.storage, cfg.resources.max_retries)
+        lost = take_over(self.study, self.storage, cfg.resources.max_retries, recorded_result(rec.cl, cfg))
         baselines.enqueue(self.study, cfg, self.space, baselines.resolve(cfg, target_language(cfg)),
                           BASELINES_DONE, BASELINE, OVERRIDE)
         before = counted(self.study)
         budget = cfg.n_trials if self.n_trials is None else before + self.n_trials
         self.todo = max(0, budget - before)
-        log(f"search {cfg.name}: study in {cfg.storage}: {before} trials counted"
+        log(f"search {cfg.name}: study in {shown(cfg.storage)}: {before} trials counted"
             + (f", {lost} left RUNNING by a stopped driver re-enqueued" if lost else "")
             + f"; running until {budget} (space {self.space.name}, {cfg.parallel} in flight)")
         return self.todo > 0

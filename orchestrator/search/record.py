@@ -21,7 +21,7 @@ from typing import Any
 from .. import models, tracking
 from ..engine.record import attach_model
 
-from ..names import BASELINE, BEST_TRIALS, KIND, METRIC, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
+from ..names import BASELINE, BEST_TRIALS, METRIC, RUN_KIND, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
 
 
 class SearchRecord:
@@ -31,7 +31,7 @@ class SearchRecord:
         self.cl, self.exp, self.parent, self.name, self.tags = cl, exp, parent, name, tags
 
     def start_trial(self, number: int, cell, optuna_params: dict[str, Any], baseline: str | None) -> str:
-        tags = {**self.tags, STUDY: self.name, TRIAL: str(number), KIND: "trial"}
+        tags = {**self.tags, STUDY: self.name, TRIAL: str(number), RUN_KIND: "trial"}
         if baseline:
             tags[BASELINE] = baseline
         run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags,

@@ -18,7 +18,7 @@ from typing import Any
 from tasks.errors import UserError
 
 from ..names import ATTEMPT, BASELINE, BEAT, DRIVER, LOST, OVERRIDE, RETRY_OF
-from ..stores import DB_PORTS, check_database, check_durable, creating, scheme_of
+from ..stores import DB_PORTS, StoreDown, check_database, check_durable, creating, scheme_of
 from ..lease import DEFAULTS as LEASE_DEFAULTS
 from .sampling import build_pruner, build_sampler, metric_names
 
@@ -60,8 +60,10 @@ def open_study(cfg):
     sqlite = Path(cfg.storage[len("sqlite:///"):]) if cfg.storage.startswith("sqlite:///") else None
     try:
         with creating(sqlite):  # the schema and the study: one creator at a time
-            if isinstance(storage, str):
-                storage = optuna.storages.RDBStorage(storage)  # one engine for both opens below
+            if isinstance(storage, str):  # one engine for both opens below; a server's outage ridden out
+                from .storage import open_storage
+
+                storage = open_storage(storage)
             study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
                                         sampler=optuna.samplers.RandomSampler(), load_if_exists=True)
     except (ImportError, ModuleNotFoundError) as e:
@@ -85,22 +87,61 @@ def open_study(cfg):
 def tag_trial(study, storage, number: int, key: str, value: Any) -> None:
     """A user attribute on trial `number` of `study`: Optuna's `Study` has no public way to
     reach a trial it did not just ask (one a dead driver left RUNNING), its storage has."""
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
-    storage.set_trial_user_attr(trial_id, key, value)
+    storage.set_trial_user_attr(trial_id(study, storage, number), key, value)
 
 
-def take_over(study, storage, max_retries: int) -> int:
+def trial_id(study, storage, number: int) -> int:
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+def take_over(study, storage, max_retries: int, recorded=None) -> int:
     """Become the study's driver (the caller holds the search's lease, `orchestrator.lease`, so
     any earlier driver is gone): fail the trials it left RUNNING (marked lost, re-enqueued).
-    Returns how many."""
-    from optuna.trial import TrialState
+    A trial whose result reached its MLflow run though not the study (`recorded(trial)`: its
+    values and constraints, see `recorded_result`) is told that result instead. Returns how many were lost."""
+    from optuna.trial import Trial, TrialState
 
     study.set_user_attr(DRIVER, f"{socket.gethostname()}:{os.getpid()}")
     study.set_user_attr(BEAT, time.time())
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    lost = 0
     for t in stale:
-        lose(study, storage, t, "the driver stopped while this trial ran (found RUNNING on resume)", max_retries)
-    return len(stale)
+        got = recorded(t) if recorded is not None else None
+        if got is None:
+            lose(study, storage, t, "the driver stopped while this trial ran (found RUNNING on resume)", max_retries)
+            lost += 1
+            continue
+        values, constraints = got
+        trial = Trial(study, trial_id(study, storage, t.number))
+        for key, value in constraints.items():
+            if key not in t.constraints:  # set before the tell that did not arrive
+                trial.set_constraint(key, value)
+        study.tell(t.number, values)
+    return lost
+
+
+def recorded_result(cl, cfg):
+    """For `take_over`: (values, constraints) of a trial whose MLflow run FINISHED with its objectives
+    while the study never heard it (its tell met the storage away past POLYPRUNE_STORE_RETRY_S, after
+    the run was recorded); None for any other trial. So a rerun tells that result, not runs it again."""
+    import math
+
+    from ..names import PRUNED
+
+    def read(trial):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        run = cl.get_run(run_id) if run_id else None
+        if run is None or run.info.status != "FINISHED" or PRUNED in run.data.tags:
+            return None
+        m = run.data.metrics
+        if any(k not in m for k in [o.metric for o in cfg.objectives] + [c.metric for c in cfg.constraints]):
+            return None
+        # as the driver sets them when the result arrives (search/driver.py): feasible when <= 0
+        constraints = {c.metric: max((m[c.metric] - c.max) if c.max is not None else -math.inf,
+                                     (c.min - m[c.metric]) if c.min is not None else -math.inf) for c in cfg.constraints}
+        return [float(m[o.metric]) for o in cfg.objectives], constraints
+
+    return read
 
 
 def lose(study, storage, trial, reason: str, max_retries: int) -> None:
@@ -108,7 +149,10 @@ def lose(study, storage, trial, reason: str, max_retries: int) -> None:
     re-enqueue its parameters, so no trial is lost, at most `max_retries` times."""
     from optuna.trial import TrialState
 
-    tag_trial(study, storage, trial.number, LOST, reason)
+    try:
+        tag_trial(study, storage, trial.number, LOST, reason)
+    except StoreDown:  # the storage is away past its limit (the driver stops saying so): the rerun loses the trial
+        return
     study.tell(trial.number, state=TrialState.FAIL)
     attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
     if attempt <= max_retries:
