@@ -58,6 +58,19 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Linear]:
     return {f"{prefix}.{i}.{name}.weight": lin for i, b in enumerate(blocks) for name, lin in block_linears(b).items()}
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every tensor of the state dict (name, dtype, shape, bytes): what keys caches computed
+    from these weights (the dense model's statistics). A full read of the weights: seconds for 8B."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # bytes: bfloat16 has no numpy dtype
+    return h.hexdigest()[:24]
+
+
 def max_positions(model: nn.Module) -> int | None:
     cfg = getattr(model.config, "get_text_config", lambda: model.config)()
     for key in ("max_position_embeddings", "n_positions", "seq_length"):
