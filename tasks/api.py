@@ -14,6 +14,7 @@ import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,6 @@ class PruneSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
 
 
 def _schedule(spec: PruneSpec, hp: dict):
@@ -180,10 +180,14 @@ def prune(model, tokenizer, spec: PruneSpec, progress: bool = True) -> PruneResu
     finally:
         model.to(home)
     t_prune = time.perf_counter() - t0 - t_calib
-    zeros = sum(int((~m).sum()) for m in masks.values())
-    total = sum(m.numel() for m in masks.values())
-    counts = {l: int((lang == i).sum()) for i, l in enumerate(calib.languages)}
-    result = {
+    return PruneResult(masks, calib, summarize(spec, sparsity, masks, blocks, calib, t_calib, t_prune, device))
+
+
+def summarize(spec: PruneSpec, sparsity, masks, blocks, calib: Calibration, t_calib: float, t_prune: float, device) -> dict:
+    """A prune's `result` (result.json): what ran, the sparsity reached per block, the calibration, times, memory."""
+    zeros, total = sum(int((~m).sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
+    counts = {l: int((calib.language == i).sum()) for i, l in enumerate(calib.languages)}
+    return {
         "config": spec.to_dict(),
         "sparsity_target": sparsity.fraction,
         "sparsity_actual": zeros / total,
@@ -200,7 +204,6 @@ def prune(model, tokenizer, spec: PruneSpec, progress: bool = True) -> PruneResu
         },
         "versions": versions(),
     }
-    return PruneResult(masks, calib, result)
 
 
 def save_outputs(out: str | os.PathLike, model, tokenizer, res: PruneResult, save_model: bool = True) -> Path:
@@ -297,3 +300,9 @@ def ppl_metrics(ppl: dict[str, float]) -> dict[str, float]:
     if ppl:
         out["ppl.mean"] = math.exp(sum(math.log(v) for v in ppl.values()) / len(ppl))
     return out
+
+
+def __getattr__(name):  # the screening API (tasks/screening.py) imports this module: re-exported on first use
+    if name in ("DenseStats", "prune_from_cache", "stats_cache"):
+        return getattr(import_module(".screening", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -80,6 +80,19 @@ def config_positions(config) -> int | None:
     return text_setting(config, ("max_position_embeddings", "n_positions", "seq_length"))
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every tensor of the state dict (name, dtype, shape, bytes): what keys caches computed
+    from these weights (the dense model's statistics). A full read of the weights: seconds for 8B."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # bytes: bfloat16 has no numpy dtype
+    return h.hexdigest()[:24]
+
+
 def max_positions(model: nn.Module) -> int | None:
     return config_positions(model.config)
 

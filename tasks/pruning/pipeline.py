@@ -170,7 +170,7 @@ def _sequential_groups(block, linears: dict, inp, call) -> list[list[str]]:
     return groups + [[n] for n in linears if n not in seen]
 
 
-def _collect(block, linears: dict, make_stats, inps, calls, lang_batches):
+def collect(block, linears: dict, make_stats, inps, calls, lang_batches):
     """Run the block over all batches with hooks filling one statistic per linear.
 
     Each forward stops as soon as every linear has seen its input: what the block would compute
@@ -219,7 +219,7 @@ def schedule_targets(model, schedule: Schedule, target: float, input_ids, lang, 
         home = next(block.parameters()).device
         block.to(device)
         linears = block_linears(block)
-        stats = _collect(block, linears, lambda n, lin: ActStats(lin.weight, language_weights(n_lang)), inps, calls[i],
+        stats = collect(block, linears, lambda n, lin: ActStats(lin.weight, language_weights(n_lang)), inps, calls[i],
                          lang_batches)
         scores.append(schedule.block_score(linears, stats))
         del stats
@@ -255,7 +255,7 @@ def prune_blocks(model, method, targets: list[float], nm, input_ids, lang, n_lan
         for group in groups:
             members = {n: linears[n] for n in group}
             stats = (
-                _collect(block, members, lambda n, lin: method.new_stats(n, lin, languages), inps, calls[i], lang_batches)
+                collect(block, members, lambda n, lin: method.new_stats(n, lin, languages), inps, calls[i], lang_batches)
                 if method.needs_calibration else dict.fromkeys(members)
             )
             for name, lin in members.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 
-def _stat_dtype(weight: torch.Tensor) -> torch.dtype:
+def stat_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
@@ -25,11 +25,19 @@ def language_weights(n_lang: int, weights=None) -> torch.Tensor:
     return w / w.sum()
 
 
+def window_sums(x: torch.Tensor, n: int, dt: torch.dtype, positive: bool):
+    """Each of `n` samples' sums over its tokens of x_j^2 (in `dt`) and counts of x_j > 0 (None unless
+    `positive`), [n, C] each, and the tokens per sample. One formula for `ActStats` and the per-window
+    statistics the screening cache stores (tasks/pruning/screen.py), so both hold the same numbers."""
+    x = x.reshape(n, -1, x.shape[-1]).to(dt)  # [B, L, C]
+    return (x * x).sum(1), (x > 0).sum(1) if positive else None, x.shape[1]
+
+
 class ActStats:
     """Per-language sums of x_j^2, token counts and (optionally) counts of x_j > 0, and the languages' weights."""
 
     def __init__(self, weight: torch.Tensor, languages: torch.Tensor, positive: bool = False):
-        cols, dev, dt = weight.shape[1], weight.device, _stat_dtype(weight)
+        cols, dev, dt = weight.shape[1], weight.device, stat_dtype(weight)
         n_lang = len(languages)
         self.weights = languages.to(dev, torch.float64)
         # float64 sums: one language may hold millions of tokens
@@ -39,11 +47,11 @@ class ActStats:
         self._dt = dt
 
     def add(self, x: torch.Tensor, lang: torch.Tensor) -> None:
-        x = x.reshape(lang.numel(), -1, x.shape[-1]).to(self._dt)  # [B, L, C]
-        self.sumsq.index_add_(0, lang, (x * x).sum(1).double())
-        self.tokens.index_add_(0, lang, torch.full((lang.numel(),), float(x.shape[1]), dtype=torch.float64, device=x.device))
-        if self.pos is not None:
-            self.pos.index_add_(0, lang, (x > 0).sum(1).double())
+        sq, pos, tokens = window_sums(x, lang.numel(), self._dt, self.pos is not None)
+        self.sumsq.index_add_(0, lang, sq.double())
+        self.tokens.index_add_(0, lang, torch.full((lang.numel(),), float(tokens), dtype=torch.float64, device=x.device))
+        if pos is not None:
+            self.pos.index_add_(0, lang, pos.double())
 
     def norm_sq(self) -> torch.Tensor:
         """||X_j||_2^2 over all calibration tokens (Wanda's statistic)."""
@@ -63,7 +71,7 @@ class Hessian:
 
     def __init__(self, weight: torch.Tensor):
         cols = weight.shape[1]
-        self.H = torch.zeros(cols, cols, dtype=_stat_dtype(weight), device=weight.device)
+        self.H = torch.zeros(cols, cols, dtype=stat_dtype(weight), device=weight.device)
         self.nsamples = 0
 
     def add(self, x: torch.Tensor, lang: torch.Tensor) -> None:
