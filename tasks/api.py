@@ -8,10 +8,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import import_module
@@ -26,11 +24,10 @@ from .data.sources import get_source
 from .errors import UserError
 from .evaluation import perplexity as _ppl
 from .models import block_linears, find_blocks, load_model, max_positions, restore, snapshot  # noqa: F401 (API)
-from .outdir import check_out_dir, remove_stale_temps  # noqa: F401 (API)
+from .outdir import check_out_dir, remove_stale_temps, save_outputs  # noqa: F401 (API)
 from .pruning import METHODS, SCHEDULES
 from .versions import versions  # noqa: F401 (API)
 from .pruning.base import convert, hp_names, parse_hp
-from .pruning.masks import save_masks
 from .pruning.pipeline import prune_blocks, schedule_targets
 from .pruning.schedules import FileSchedule, ListSchedule
 from .pruning.sparsity import parse_sparsity
@@ -204,36 +201,6 @@ def summarize(spec: PruneSpec, sparsity, masks, blocks, calib: Calibration, t_ca
         },
         "versions": versions(),
     }
-
-
-def save_outputs(out: str | os.PathLike, model, tokenizer, res: PruneResult, save_model: bool = True) -> Path:
-    """Write model + tokenizer, masks.safetensors, calibration.safetensors and result.json.
-
-    Everything goes to a hidden sibling folder first and is renamed into place at the
-    end, so a killed run never leaves a folder that looks complete."""
-    from safetensors.torch import save_file
-
-    out = check_out_dir(out)
-    remove_stale_temps(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        if save_model:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        save_masks(tmp / "masks.safetensors", res.masks, {"base_model": res.result["config"]["model"]})
-        save_file({"input_ids": res.calibration.input_ids.contiguous(), "language": res.calibration.language.contiguous()},
-                  str(tmp / "calibration.safetensors"), metadata={"languages": ",".join(res.calibration.languages),
-                                                                      "weights": ",".join(map(repr, res.calibration.weights))})
-        (tmp / "result.json").write_text(json.dumps(res.result, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def eval_seqlen(model, seqlen: int | None) -> int:

@@ -1,8 +1,9 @@
 """Output folders of `prune` runs: checked before any work, written through a hidden
-sibling folder (`api.save_outputs`) whose leftovers of killed runs are removed."""
+sibling folder (`save_outputs`, re-exported by tasks.api) whose leftovers of killed runs are removed."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -36,3 +37,35 @@ def remove_stale_temps(out: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         except PermissionError:  # alive, someone else's
             pass
+
+
+def save_outputs(out: str | os.PathLike, model, tokenizer, res, save_model: bool = True) -> Path:
+    """Write model + tokenizer, masks.safetensors, calibration.safetensors and result.json.
+
+    Everything goes to a hidden sibling folder first and is renamed into place at the
+    end, so a killed run never leaves a folder that looks complete."""
+    from safetensors.torch import save_file
+
+    from .pruning.masks import save_masks
+
+    out = check_out_dir(out)
+    remove_stale_temps(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if save_model:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        save_masks(tmp / "masks.safetensors", res.masks, {"base_model": res.result["config"]["model"]})
+        save_file({"input_ids": res.calibration.input_ids.contiguous(), "language": res.calibration.language.contiguous()},
+                  str(tmp / "calibration.safetensors"), metadata={"languages": ",".join(res.calibration.languages),
+                                                                      "weights": ",".join(map(repr, res.calibration.weights))})
+        (tmp / "result.json").write_text(json.dumps(res.result, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
