@@ -33,6 +33,9 @@ class CalibrationConfig(Strict):
     nsamples: StrictInt = Field(128, gt=0)  # strict: a YAML `true` is not 1
     seqlen: StrictInt | None = Field(None, gt=0)  # None: min(2048, the model's positions)
     batch_size: StrictInt = Field(8, gt=0)  # forward batch; does not change the result, so not in the cell id
+    # windows per language of a mix (tasks.data.langs.allocate; docs/mwanda.md#allocation); methods that pool
+    # the languages' statistics (wanda, ...) always take proportional: for them the mix IS the token share
+    allocation: Literal["proportional", "equal"] = "proportional"
 
 
 class PplConfig(Strict):
@@ -270,7 +273,7 @@ def check_fit(cfg: Any, models: list[str], mixes: list[str], ev: dict[str, Any],
     cells read it (the engine's functions): nsamples x seqlen tokens per language, as many samples as any of `mixes`
     draws there (a search passes each language alone: the most a mix can put on one), and a ppl window per split."""
     from tasks.data.calibration import calibration_docs, eval_windows
-    from tasks.data.langs import parse_mix, split_counts
+    from tasks.data.langs import allocate, parse_mix
     from tasks.data.sources import get_source
     from tasks.models import DTYPES, config_positions, read_config
     from transformers import AutoTokenizer
@@ -285,7 +288,8 @@ def check_fit(cfg: Any, models: list[str], mixes: list[str], ev: dict[str, Any],
         seqlens["evaluation.ppl.seqlen" if cfg.evaluation and cfg.evaluation.ppl.seqlen else "calibration.seqlen"] = ev["ppl"]["seqlen"]
     need: dict[str, int] = {}  # language -> the most samples any mix draws in it
     for mix in [] if calib.data in streamed else mixes:
-        for lang, n in split_counts(parse_mix(mix), calib.nsamples).items():
+        counts = [allocate(parse_mix(mix), calib.nsamples, a) for a in {"proportional", calib.allocation}]
+        for lang, n in {lang: max(c[lang] for c in counts) for lang in counts[0]}.items():
             if n:  # a language a mix leaves out is not sampled (tasks.data.calibration.sample_calibration)
                 need[lang] = max(n, need.get(lang, 0))
     for model in [m for m in models if os.path.isabs(m)]:

@@ -86,6 +86,7 @@ BAD = [
     (["--nsamples", "5000"], "nsamples"),
     (["--schedule", "owl", "--sparsity", "2:4"], "schedule"),
     (["--schedule", "cwl", "--calib", "en"], "schedule"),
+    (["--allocation", "equal"], "allocation"),  # Wanda pools the languages: the mix is the token share
 ]
 
 

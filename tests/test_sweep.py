@@ -90,6 +90,22 @@ def test_the_evaluated_split_is_part_of_the_cell(run_dir):
     assert not {c.cell_id for c in test} & {c.cell_id for c in valid}
 
 
+def test_allocation_reaches_the_cells_of_methods_that_weight_languages(run_dir):
+    """`calibration.allocation: equal` changes M-Wanda's cells (their key and spec); Wanda pools the languages,
+    so its mix stays the token share (proportional) and its cells keep the ids they always had."""
+    from orchestrator.engine.cells import spec_of
+
+    calib = {**SWEEP["calibration"], "allocation": "equal"}
+    equal = cells_of(write_sweep(run_dir, methods=["wanda", "mwanda"], sparsities=[0.5], calibration=calib))
+    plain = cells_of(write_sweep(run_dir, methods=["wanda", "mwanda"], sparsities=[0.5]))
+    by = lambda cells: {(c.key.get("method"), c.key.get("calib")): c for c in cells if c.kind == "prune"}  # noqa: E731
+    e, p = by(equal), by(plain)
+    assert {spec_of(c.key).allocation for k, c in e.items() if k[0] == "mwanda"} == {"equal"}
+    assert {spec_of(c.key).allocation for k, c in e.items() if k[0] == "wanda"} == {"proportional"}
+    assert all(e[k].cell_id == p[k].cell_id for k in e if k[0] == "wanda")
+    assert all(e[k].cell_id != p[k].cell_id for k in e if k[0] == "mwanda" and "," in k[1])
+
+
 def test_unreadable_file_and_bad_yaml(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
     (tmp_path / "bad.yaml").write_text("name: [unclosed\n")

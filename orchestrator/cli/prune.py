@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 | float64")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--allocation", default="proportional", choices=["proportional", "equal"],
+                   help="calibration windows per language of a mix (equal: mwanda / mria only; docs/mwanda.md#allocation)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
 
 
@@ -61,7 +63,7 @@ def run(args) -> int:
     spec = api.PruneSpec(model=args.model, method=args.method, sparsity=args.sparsity, calib=args.calib, data=args.data,
                          nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, schedule=args.schedule,
                          hp=parse_hp(args.hp), batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                         trust_remote_code=args.trust_remote_code)
+                         trust_remote_code=args.trust_remote_code, allocation=args.allocation)
     spec = api.check_spec(spec)
     api.check_out_dir(args.out)
     model, tok = api.load_model(spec.model, spec.dtype, "cpu", spec.trust_remote_code)

@@ -55,17 +55,21 @@ def prune_spec(cfg, model: str, method: str, sparsity: str, calib: str, seed: in
     """THE `tasks.api.PruneSpec` of a sweep's or search's file (unchecked): the file's calibration
     (data, nsamples, seqlen) plus what this cell varies."""
     from tasks.api import PruneSpec
+    from tasks.pruning import METHODS
 
     c = cfg.calibration
+    # the file's allocation is for methods that weight languages by the mix; pooled ones keep proportional
+    weighted = method in METHODS and METHODS.get(method).weights_languages
     return PruneSpec(model=model, method=method, sparsity=sparsity, calib=calib, data=c.data, nsamples=c.nsamples,
-                     seqlen=c.seqlen, seed=seed, schedule=schedule, hp=dict(hp))
+                     seqlen=c.seqlen, seed=seed, schedule=schedule, hp=dict(hp),
+                     allocation=c.allocation if weighted else "proportional")
 
 
 def spec_of(key: dict[str, Any], **how):
     """The `PruneSpec` a worker runs for a prune cell's key; `how`: batch_size, device, trust_remote_code."""
     from tasks.api import PruneSpec
 
-    return PruneSpec(**{k: key[k] for k in SPEC_KEYS}, hp=dict(key["hp"]), **how)
+    return PruneSpec(**{k: key[k] for k in SPEC_KEYS}, hp=dict(key["hp"]), allocation=key.get("allocation", "proportional"), **how)
 
 
 def prune_cell(model: str, spec, dtype: str, ev: dict[str, Any], run: dict[str, Any], where: dict | None = None) -> Cell:
@@ -73,6 +77,8 @@ def prune_cell(model: str, spec, dtype: str, ev: dict[str, Any], run: dict[str, 
     key = {"kind": "prune", "model": model, "method": spec.method, "sparsity": spec.sparsity, "calib": spec.calib,
            "data": spec.data, "nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": spec.seed,
            "schedule": spec.schedule, "hp": spec.hp, "dtype": dtype, "eval": ev}
+    if spec.allocation != "proportional":  # in the key only when not the default: earlier records keep their ids
+        key["allocation"] = spec.allocation
     return Cell("prune", key, run, where or {})
 
 
