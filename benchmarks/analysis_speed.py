@@ -77,7 +77,8 @@ def main():
     X = torch.tensor([[L, L * R] for L, R in med], dtype=torch.float64)
     y = torch.tensor(list(med.values()), dtype=torch.float64)
     a, b = torch.linalg.lstsq(X, y[:, None]).solution.flatten().tolist()
-    print(f"{'demo model' if args.model is None else args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params), {args.nsamples} windows x "
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"{'demo model' if args.model is None else args.model} ({params:.1f}M params), {args.nsamples} windows x "
           f"{args.seqlen} tokens per language, device {args.device}, torch threads {torch.get_num_threads()}")
     print(f"pruning {max(n_runs)} runs: {t_prune:.1f} s; dense statistics for {max(n_langs)} languages: {t_dense:.2f} s "
           f"({t_dense / max(n_langs):.2f} s per language, once per model and text: cached)")

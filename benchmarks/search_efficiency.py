@@ -176,7 +176,9 @@ def main() -> None:
              "per seed | median compute of the run (fraction) | median best test ppl.mean | pruned trials (per seed) |",
              "|---|---|---|---|---|---|"]
     for row in table:
-        f = lambda x: "never" if x is None or x == float("inf") else f"{x:.2f}"
+        def f(x):
+            return "never" if x is None or x == float("inf") else f"{x:.2f}"
+
         lines.append(f"| {row['setting']} | {f(row['median_reach_fraction'])} | "
                      f"{', '.join(f(s['reach_fraction']) for s in row['seeds'])} | {row['median_compute_fraction']:.2f} | "
                      f"{row['median_best_test']:.4f} | {', '.join(str(s['pruned']) for s in row['seeds'])} |")

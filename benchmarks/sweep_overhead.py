@@ -225,7 +225,8 @@ def search_startup(a, env: dict) -> int:
             (folder / "model").symlink_to(tmp / "model")
             search = {"name": "overhead-search", "model": "./model", "method": "mwanda", "sparsity": 0.5,
                       "calibration": {"languages": ["en", "sw"], "data": "builtin", "nsamples": a.nsamples, "seqlen": a.seqlen},
-                      "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": a.ppl_nsamples}}, "space": "mwanda_mix", "objectives": [{"metric": "ppl.mean"}],
+                      "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": a.ppl_nsamples}}, "space": "mwanda_mix",
+                      "objectives": [{"metric": "ppl.mean"}],
                       "baselines": False, "confirm": False, "n_trials": 1, "parallel": 1, "sampler_seed": 0}
             (folder / "search.yaml").write_text(yaml.safe_dump(search, sort_keys=False))
             load_before, t0 = os.getloadavg()[0], time.time()

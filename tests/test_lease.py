@@ -128,7 +128,8 @@ def wait_for_lock(url: str, name: str, proc: subprocess.Popen, timeout: float = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         lock, cl = lock_of(url, name)
-        if lock is not None and not lock.tags.get("released") and any(r.info.status == "RUNNING" and "polyprune.cell_id" in r.data.tags for r in runs_of(url, name)):
+        running = any(r.info.status == "RUNNING" and "polyprune.cell_id" in r.data.tags for r in runs_of(url, name))
+        if lock is not None and not lock.tags.get("released") and running:
             return lock, cl
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.5)

@@ -267,7 +267,7 @@ def test_row_mask_equals_the_stable_sort_selection(levels, fraction):
     assert (~got).sum(1).eq(k).all()
 
 
-def hand_stats(a: torch.Tensor, fire: torch.Tensor | None, weights) -> "ActStats":
+def hand_stats(a: torch.Tensor, fire: torch.Tensor | None, weights):
     """ActStats holding the given per-language RMS a [n_lang, C] (and fire rates) over 10 tokens each."""
     from tasks.pruning.stats import ActStats, language_weights
 

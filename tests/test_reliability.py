@@ -178,7 +178,8 @@ def test_a_store_inside_a_ray_job_copy_is_refused(tmp_path, run_dir, capsys):
     outside = [f"--tracking-uri=sqlite:///{tmp_path / 'keep.db'}", f"--storage=sqlite:///{tmp_path / 'keep-optuna.db'}"]
     for argv, expected in (([], f"tracking_uri: 'sqlite:///{copy}/mlflow.db' {refused}"),
                            (outside[:1], f"storage: '{copy}/optuna.db' {refused}, which is deleted with the job; give --storage with a database"),
-                           (outside[1:], f"tracking_uri: 'sqlite:///{copy}/mlflow.db' {refused}, which is deleted with the job; give --tracking-uri with a tracking server"),
+                           (outside[1:], f"tracking_uri: 'sqlite:///{copy}/mlflow.db' {refused}, which is deleted with the job; "
+                                        "give --tracking-uri with a tracking server"),
                            ([f"--tracking-uri={url}", outside[1]], f"no MLflow server answers at {url}")):
         assert_one_line(capsys, main(["search", str(search), *argv]), "search", expected, copy)
     assert not list(tmp_path.glob("*.db"))
@@ -246,7 +247,8 @@ DRY = {  # sweep-file change -> the one line `sweep --dry-run` (and `sweep`) mus
     "truncated weights": ({"models": ["./broken"]}, "model.safetensors' is not a complete safetensors weights file"),
     "too little text": ({"calibration": {**SWEEP["calibration"], "nsamples": 100000}}, "calibration.nsamples: 100000 samples of 16 tokens need"),
     "model is a file": ({"models": ["./tiny/config.json"]}, "is a file; expected a model folder"),
-    "a thousand workers on a GPU": ({"resources": {"gpus_per_cell": 0.001}}, "resources.gpus_per_cell: input should be greater than or equal to 0.01"),
+    "a thousand workers on a GPU": ({"resources": {"gpus_per_cell": 0.001}},
+                                    "resources.gpus_per_cell: input should be greater than or equal to 0.01"),
     "dtype": ({"dtype": "float77"}, "dtype: 'float77' is not one of auto, float32"),
     "endless retries": ({"resources": {"max_retries": 10**9}}, "resources.max_retries: input should be less than or equal to 100"),
 }

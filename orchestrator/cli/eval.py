@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="hub id, local folder (a pruned output folder works), or models:/<model_id>, "
                    "models:/<name>@<alias>, models:/<name>/<version> (base model + masks, or the saved weights)")
     p.add_argument("--masks", default=None, help="masks.safetensors (or runs:/<run_id>/masks.safetensors) to apply to --model (the base model) first")
-    p.add_argument("--tracking-uri", default=None, help="where models:/ and runs:/ resolve; default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    p.add_argument("--tracking-uri", default=None, help="where models:/ and runs:/ resolve; default: MLFLOW_TRACKING_URI, "
+                                                              "else sqlite:///mlflow.db here")
     p.add_argument("--ppl", default=None, help="languages for perplexity: en,de")
     p.add_argument("--data", default="builtin", help="source of the held-out text")
     p.add_argument("--split", default="test", help="held-out split for perplexity: valid (what tuning looks at) or test (default)")

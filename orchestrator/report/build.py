@@ -36,7 +36,8 @@ def runs_table(runs: list[Run], out: Path) -> tuple[list, list]:
     metrics = [k for k in sorted({k for r in runs for k in r.metrics})
                if k.startswith(("ppl.", "sparsity.", "time.prune", "time.eval")) or (k.startswith("lmeval.") and "stderr" not in k)]
     header = ["run_id", "model_id", "trial", "model", "method", "sparsity", "calib", "seed", "schedule"] + metrics
-    rows = [[r.id, r.tags.get(MODEL_ID, ""), "" if r.trial is None else r.trial, r.model, r.variant or r.params.get("method", ""), r.params.get("sparsity", ""),
+    rows = [[r.id, r.tags.get(MODEL_ID, ""), "" if r.trial is None else r.trial, r.model, r.variant or r.params.get("method", ""),
+             r.params.get("sparsity", ""),
              r.calib if not r.dense else "", "" if r.dense else r.seed, r.params.get("schedule", "")] +
             [r.metrics.get(k, "") for k in metrics] for r in runs]
     write_csv(out / "runs.csv", header, rows)

@@ -62,7 +62,8 @@ def estimate(cfg, cells, done) -> str:
         key = (c.model, "dense" if c.kind == "baseline" else c.key["method"])
         ts = times.get(key, every)
         total += sum(ts) / len(ts)
-    return "estimate: " + "; ".join(parts) + f"; about {total / 3600:.2f} worker-hours (divide by the number of workers), from {len(every)} finished cells"
+    return ("estimate: " + "; ".join(parts)
+            + f"; about {total / 3600:.2f} worker-hours (divide by the number of workers), from {len(every)} finished cells")
 
 
 # ---------------------------------------------------------------- the run
