@@ -55,3 +55,8 @@ STORAGE = "polyprune.storage"
 PARENT = "mlflow.parentRunId"
 # MLflow 3 opens an experiment on its GenAI traces unless it is marked as model development.
 EXPERIMENT_KIND, MODEL_DEVELOPMENT, NOTE = "mlflow.experimentKind", "custom_model_development", "mlflow.note.content"
+
+# A search's stages (docs/search.md): the phase of a confirmation run (selection or test), and the
+# file of per-window losses every cell run logs (the verdict's bootstrap reads it).
+CONFIRM_PHASE = "polyprune.confirm_phase"
+LOSSES_FILE = "losses.json"

@@ -152,11 +152,13 @@ def death_errors():
 def run_cells(source: Source, resources, events: Events, log: Callable[[str], None] = print, delay_s: float = CELL_DELAY_S,
               pool: WorkerPool | None = None) -> None:
     """Run every cell `source` gives once (plus retries after worker deaths). KeyboardInterrupt
-    propagates after the actors are killed; the caller ends its in-flight records. `pool`: actors
-    already starting (`Starting`), else they are started here."""
+    propagates after the actors are killed; the caller ends its in-flight records. `pool`: the
+    caller's actors (started ahead, or serving several stages: the caller shuts them down), else
+    they are started here and shut down on the way out."""
     import ray
 
     death = death_errors()
+    owned = pool is None
     pool = pool or WorkerPool(resources, log)
     again: deque = deque()  # cells back from a dead worker: sent before new ones
     inflight: dict[Any, tuple[Any, Worker]] = {}
@@ -253,7 +255,8 @@ def run_cells(source: Source, resources, events: Events, log: Callable[[str], No
             deliver(events, cell, out)
     finally:
         LOOPING.clear()
-        pool.shutdown()
+        if owned:
+            pool.shutdown()
 
 
 def deliver(events: Events, cell, out: dict[str, Any]) -> None:

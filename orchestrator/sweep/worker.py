@@ -193,7 +193,7 @@ class Pruned(Exception):
 
 class Reporter:
     """`on_language` for `tasks.api.perplexity`: posts each language's value to the search's
-    mailbox (`{"box": actor, "trial": number}`, search.fidelity), which answers with the driver's
+    mailbox (`{"box": actor, "trial": number}`, search.early_stop), which answers with the driver's
     verdict on it: pruned, the cell stops there (Pruned)."""
 
     def __init__(self, report: dict[str, Any]):
