@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from tasks.models import block_linears, find_blocks
 from tasks.pruning import METHODS
 from tasks.pruning.pipeline import capture, propagate, prune_blocks
-from tasks.pruning.stats import ActStats
+from tasks.pruning.stats import ActStats, language_weights
 from tasks.pruning.wanda import wanda_score
 
 
@@ -45,7 +45,7 @@ def reference_loop(model, ids, device, sparsity=0.5):
     for i, block in enumerate(blocks):
         block.to(device)
         linears = block_linears(block)
-        stats = {n: ActStats(lin.weight, 1) for n, lin in linears.items()}
+        stats = {n: ActStats(lin.weight, language_weights(1)) for n, lin in linears.items()}
         hooks = [lin.register_forward_hook(lambda m, x, y, n=n: stats[n].add(x[0], lang)) for n, lin in linears.items()]
         for inp, (args, kw) in zip(inps, calls[i]):
             block(inp, *args, **kw)

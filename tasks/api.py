@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .data.calibration import HELD_OUT, Calibration, eval_key, eval_windows, fingerprint, sample_calibration
-from .data.langs import canonical_mix, parse_mix
+from .data.langs import ALLOCATIONS, allocate, canonical_mix, parse_mix
 from .data.sources import get_source
 from .errors import UserError
 from .evaluation import perplexity as _ppl
@@ -43,6 +43,9 @@ class PruneSpec:
     method: str
     sparsity: str  # "0.5" (unstructured fraction in [0, 1)) or "N:M"
     calib: str = "en"  # "en" | "en,de" | "en=0.7,de=0.3"
+    # windows per language: proportional to the mix with a floor of one, or equal (mwanda/mria only,
+    # whose scores weight the languages by the mix); docs/mwanda.md#allocation
+    allocation: str = "proportional"
     data: str = "builtin"  # local folder, "builtin", or a hub corpus name (mc4, culturax, wikipedia, flores)
     nsamples: int = 128
     seqlen: int | None = None  # None: min(2048, the model's max positions)
@@ -88,6 +91,13 @@ def _resolve(spec: PruneSpec):
     if spec.seqlen is not None and convert(spec.seqlen, int, None, "seqlen") <= 0:
         raise UserError("seqlen", f"must be a positive integer, got {spec.seqlen!r}")
     seed = convert(spec.seed, int, None, "seed")
+    if spec.allocation not in ALLOCATIONS:
+        raise UserError("allocation", f"must be one of {', '.join(ALLOCATIONS)}, got {spec.allocation!r}")
+    if spec.allocation != "proportional" and not method_cls.weights_languages:
+        raise UserError("allocation", f"{spec.allocation} needs a method that weights per-language statistics by the mix "
+                                      f"({', '.join(n for n in METHODS.names() if METHODS.get(n).weights_languages)}); "
+                                      f"{spec.method} pools them, so its mix is the share of windows: use proportional")
+    allocate(mix, int(spec.nsamples), spec.allocation)  # enough windows for every language with weight
     method_keys = set(hp_names(method_cls.Params))
     method = method_cls(parse_hp(method_cls.Params, {k: v for k, v in spec.hp.items() if k in method_keys}, f"method {spec.method}"))
     schedule_hp = {k: v for k, v in spec.hp.items() if k not in method_keys}
@@ -168,7 +178,7 @@ def prune(model, tokenizer, spec: PruneSpec, progress: bool = True) -> PruneResu
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    calib = sample_calibration(source, tokenizer, mix, spec.nsamples, seqlen, spec.seed)
+    calib = sample_calibration(source, tokenizer, mix, spec.nsamples, seqlen, spec.seed, spec.allocation)
     t_calib = time.perf_counter() - t0
     lang, n_lang = calib.language, len(calib.languages)
     n_blocks = len(find_blocks(model)[1])
@@ -177,7 +187,8 @@ def prune(model, tokenizer, spec: PruneSpec, progress: bool = True) -> PruneResu
             targets = [sparsity.fraction] * n_blocks
         else:
             targets = schedule_targets(model, schedule, sparsity.fraction, calib.input_ids, lang, n_lang, spec.batch_size, device, progress)
-        masks, blocks = prune_blocks(model, method, targets, sparsity.nm, calib.input_ids, lang, n_lang, spec.batch_size, device, progress)
+        masks, blocks = prune_blocks(model, method, targets, sparsity.nm, calib.input_ids, lang, n_lang, spec.batch_size, device,
+                                     progress, weights=calib.weights)
     finally:
         model.to(home)
     t_prune = time.perf_counter() - t0 - t_calib
@@ -190,8 +201,8 @@ def prune(model, tokenizer, spec: PruneSpec, progress: bool = True) -> PruneResu
         "sparsity_actual": zeros / total,
         "sparsity_per_block": {"target": [b["target"] for b in blocks], "actual": [b["actual"] for b in blocks]},
         "blocks": blocks,
-        "calibration": {"languages": calib.languages, "samples": counts, "tokens": int(calib.input_ids.numel()),
-                        "fingerprint": calib.fingerprint},
+        "calibration": {"languages": calib.languages, "samples": counts, "weights": dict(zip(calib.languages, calib.weights)),
+                        "allocation": spec.allocation, "tokens": int(calib.input_ids.numel()), "fingerprint": calib.fingerprint},
         "time_calib_s": t_calib,
         "time_prune_s": t_prune,
         "peak_memory_mb": {
@@ -222,7 +233,8 @@ def save_outputs(out: str | os.PathLike, model, tokenizer, res: PruneResult, sav
             tokenizer.save_pretrained(tmp)
         save_masks(tmp / "masks.safetensors", res.masks, {"base_model": res.result["config"]["model"]})
         save_file({"input_ids": res.calibration.input_ids.contiguous(), "language": res.calibration.language.contiguous()},
-                  str(tmp / "calibration.safetensors"), metadata={"languages": ",".join(res.calibration.languages)})
+                  str(tmp / "calibration.safetensors"), metadata={"languages": ",".join(res.calibration.languages),
+                                                                      "weights": ",".join(map(repr, res.calibration.weights))})
         (tmp / "result.json").write_text(json.dumps(res.result, indent=2) + "\n")
         if out.exists():
             out.rmdir()
@@ -244,12 +256,13 @@ def eval_seqlen(model, seqlen: int | None) -> int:
 
 def perplexity(model, tokenizer, languages: list[str], data: str = "builtin", seqlen: int | None = None,
                nsamples: int | None = None, batch_size: int = 8, split: str = "test", device: str | None = None,
-               blockwise: bool | None = None, on_language=None) -> dict[str, float]:
+               blockwise: bool | None = None, on_language=None, losses: bool = False):
     """{lang: perplexity} on the source's held-out text (never the calibration text): split "test"
     (what results quote) or "valid" (what searches and any tuning look at). `device`: where to
     compute (default: where the model is); `blockwise`: one decoder block at a time on it, the model
     staying where it is (None: when the model does not fit the device). `on_language(index, lang,
-    ppl)`: called as each language finishes (a search reports it to its pruner; raising stops here)."""
+    ppl)`: called as each language finishes (a search reports it to its pruner; raising stops here).
+    `losses`: return ({lang: ppl}, {lang: (summed NLL per window, tokens per window)}), from the same pass."""
     dev = None if device is None else _device(device)
     if split not in HELD_OUT:
         raise UserError("split", f"perplexity reads held-out text; allowed: {', '.join(HELD_OUT)}, got {split!r}")
@@ -257,7 +270,7 @@ def perplexity(model, tokenizer, languages: list[str], data: str = "builtin", se
     for lang in languages:
         source.check_language(lang, "ppl")
     return _ppl.perplexity(model, tokenizer, source, languages, eval_seqlen(model, seqlen), nsamples, batch_size, split,
-                           dev, blockwise, on_language)
+                           dev, blockwise, on_language, losses)
 
 
 def calibration_dataset(res: PruneResult) -> dict[str, Any]:

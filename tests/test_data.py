@@ -13,7 +13,7 @@ from transformers import ByT5Tokenizer
 from tasks.data import sources
 from tasks.data.builtin import cache_root
 from tasks.data.calibration import eval_windows, sample_calibration
-from tasks.data.langs import canonical_mix, parse_mix, split_counts
+from tasks.data.langs import allocate, canonical_mix, parse_mix, split_counts
 from tasks.data.sources import get_source
 from tasks.errors import UserError
 
@@ -31,6 +31,37 @@ def test_mix_parsing_and_largest_remainder():
         with pytest.raises(UserError) as e:
             parse_mix(bad)
         assert e.value.field == "calib"
+
+
+def test_allocation_rules():
+    mbs = {"en": 0.85, "sw": 0.02, "zh": 0.13}
+    # proportional is largest remainder wherever that gives every language with weight a window ...
+    for mix, n in ((mbs, 64), ({"en": 0.7, "de": 0.3}, 10), ({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, 4)):
+        assert allocate(mix, n) == split_counts(mix, n)
+    # ... and otherwise floors them at one, splitting the rest over the others again
+    assert split_counts(mbs, 16) == {"en": 14, "sw": 0, "zh": 2} and allocate(mbs, 16) == {"en": 13, "sw": 1, "zh": 2}
+    assert allocate({"a": 0.96, "b": 0.02, "c": 0.02}, 5) == {"a": 3, "b": 1, "c": 1}
+    # equal: the same count for every language with weight, largest remainder for the rest; none for weight 0
+    assert allocate(mbs, 64, "equal") == {"en": 22, "sw": 21, "zh": 21}
+    assert allocate({"en": 0.9, "de": 0.1, "sw": 0.0}, 7, "equal") == {"de": 4, "en": 3, "sw": 0}  # ties: sort order
+    assert allocate({"en": 0.9, "de": 0.1, "sw": 0.0}, 7) == {"de": 1, "en": 6, "sw": 0}
+    for allocation in ("proportional", "equal"):
+        with pytest.raises(UserError) as e:
+            allocate(mbs, 2, allocation)
+        assert e.value.field == "nsamples" and "nsamples >= 3" in e.value.message
+    with pytest.raises(UserError) as e:
+        allocate(mbs, 64, "tokens")
+    assert e.value.field == "allocation"
+
+
+def test_calibration_carries_the_mix_weights_and_its_allocation(text_dir):
+    src = get_source(str(text_dir))
+    prop = sample_calibration(src, TOK, {"en": 0.8, "sw": 0.2, "de": 0.0}, 5, 32, seed=0)
+    equal = sample_calibration(src, TOK, {"en": 0.8, "sw": 0.2, "de": 0.0}, 5, 32, seed=0, allocation="equal")
+    assert prop.languages == equal.languages == ["en", "sw"] and prop.weights == pytest.approx([0.8, 0.2])
+    assert prop.language.tolist() == [0, 0, 0, 0, 1] and equal.language.tolist() == [0, 0, 0, 1, 1]
+    assert prop.fingerprint != equal.fingerprint  # the key holds the counts: no shared cached set
+    assert torch.equal(prop.input_ids[:3], equal.input_ids[:3]) and torch.equal(prop.input_ids[4], equal.input_ids[3])
 
 
 def test_same_seed_same_calibration_and_shared_prefix(text_dir):
@@ -176,6 +207,21 @@ def test_perplexity_reads_the_split_it_is_asked_for(tiny_llama, text_dir):
         assert ppl == pytest.approx(math.exp(total / count), rel=1e-9)
     assert got["valid"] != got["test"]
     assert perplexity(model, tok, ["de"], data=str(text_dir), seqlen=32)["de"] == got["test"]  # the default
+    # per-window losses come from the same pass: the perplexities are bit for bit the same, and the
+    # windows' sums are the totals
+    ppl, per_window = perplexity(model, tok, ["de", "en"], data=str(text_dir), seqlen=32, losses=True)
+    assert ppl == perplexity(model, tok, ["de", "en"], data=str(text_dir), seqlen=32)
+    for lang, (nll, tokens) in per_window.items():
+        windows = eval_windows(src, tok, lang, 32)
+        total, count = window_nll(model, windows)
+        assert nll.dtype == torch.float64 and nll.shape == tokens.shape == (len(windows),) and (tokens == 31).all()
+        assert int(tokens.sum()) == count and nll.sum().item() == pytest.approx(total, rel=1e-6)
+        assert ppl[lang] == math.exp(total / count)
+        with torch.no_grad():  # the total as it was computed before per-window losses existed
+            logits = [model(input_ids=w, use_cache=False).logits[:, :-1].float() for w in windows.split(8)]
+        before = sum(torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), w[:, 1:].reshape(-1), reduction="sum").item()
+                     for lg, w in zip(logits, windows.split(8)))
+        assert total == before
     with pytest.raises(UserError) as e:
         perplexity(model, tok, ["de"], data=str(text_dir), seqlen=32, split="calib")
     assert e.value.field == "split"

@@ -265,3 +265,105 @@ def test_row_mask_equals_the_stable_sort_selection(levels, fraction):
     got = row_mask(score, fraction)
     assert torch.equal(got, ref)
     assert (~got).sum(1).eq(k).all()
+
+
+def hand_stats(a: torch.Tensor, fire: torch.Tensor | None, weights) -> "ActStats":
+    """ActStats holding the given per-language RMS a [n_lang, C] (and fire rates) over 10 tokens each."""
+    from tasks.pruning.stats import ActStats, language_weights
+
+    stats = ActStats(torch.zeros(2, a.shape[1], dtype=torch.float64), language_weights(a.shape[0], weights),
+                     positive=fire is not None)
+    stats.tokens[:] = 10
+    stats.sumsq[:] = a.double() ** 2 * 10
+    if fire is not None:
+        stats.pos[:] = fire.double() * 10
+    return stats
+
+
+@pytest.mark.parametrize("lambda_var", [0.0, 0.7, 2.0])
+def test_mwanda_equal_weights_give_the_unweighted_mean_and_std(lambda_var):
+    from tasks.pruning.mwanda import language_activation
+
+    g = torch.Generator().manual_seed(0)
+    for n_lang in (1, 2, 3, 7):
+        a = torch.rand(n_lang, 50, generator=g, dtype=torch.float64) * 3
+        got = language_activation(hand_stats(a, None, None), lambda_var)
+        before = a.mean(0) + lambda_var * a.std(0, unbiased=False)  # the formula before mixes weighted it
+        torch.testing.assert_close(got, before, rtol=1e-14, atol=0)
+        torch.testing.assert_close(language_activation(hand_stats(a, None, [5.0] * n_lang), lambda_var), got, rtol=1e-15, atol=0)
+
+
+def test_mwanda_unequal_weights_change_the_score_as_defined():
+    from tasks.pruning.mwanda import mwanda_score
+
+    # three languages; the third has weight 0: it counts nowhere, not even in p's max
+    a = torch.tensor([[1.0, 2.0], [3.0, 6.0], [50.0, 50.0]], dtype=torch.float64)
+    fire = torch.tensor([[0.2, 0.9], [0.6, 0.1], [1.0, 1.0]], dtype=torch.float64)
+    stats = hand_stats(a, fire, [0.25, 0.75, 0.0])
+    W = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    # by hand: mu = (0.25*1 + 0.75*3, 0.25*2 + 0.75*6) = (2.5, 5); sigma^2 = (0.25*1.5^2 + 0.75*0.5^2, 0.25*3^2 + 0.75*1^2)
+    # = (0.75, 3); p = (max(0.2, 0.6), max(0.9, 0.1)) = (0.6, 0.9); lambda_var 2, lambda_prob 0.5
+    act = torch.tensor([(2.5 + 2 * 0.75**0.5) * (1 + 0.5 * 0.6), (5 + 2 * 3**0.5) * (1 + 0.5 * 0.9)], dtype=torch.float64)
+    torch.testing.assert_close(mwanda_score(W, stats, 2.0, 0.5), W.abs() * act, rtol=1e-14, atol=0)
+    equal = mwanda_score(W, hand_stats(a[:2], fire[:2], None), 2.0, 0.5)
+    assert not torch.allclose(equal, W.abs() * act)  # (2, 4) +- std (1, 2): another score
+
+
+def test_mwanda_equal_weights_give_the_masks_of_the_unweighted_formula():
+    from tasks.pruning.mwanda import MWanda, probability_factor
+
+    class Unweighted(MWanda):  # M-Wanda as it was before mixes weighted it
+        def prune(self, linear, stats, fraction, nm):
+            from tasks.pruning.sparsity import select
+
+            a = stats.rms()
+            act = (a.mean(0) + self.params.lambda_var * a.std(0, unbiased=False)) * probability_factor(stats, self.params.lambda_prob)
+            return select(linear.weight.detach().abs() * act.to(linear.weight.dtype), fraction, nm)
+
+    ids, lang = calib(n=9, n_lang=3)
+    params = MWanda.Params(lambda_var=1.0, lambda_prob=0.25)
+    before, _ = prune_blocks(tiny(), Unweighted(params), [0.5] * 3, None, ids, lang, 3, 4, "cpu")
+    for weights in (None, [1 / 3] * 3, [2.0, 2.0, 2.0]):
+        now, _ = prune_blocks(tiny(), MWanda(params), [0.5] * 3, None, ids, lang, 3, 4, "cpu", weights=weights)
+        assert all(torch.equal(before[k], now[k]) for k in before)
+    skewed, _ = prune_blocks(tiny(), MWanda(params), [0.5] * 3, None, ids, lang, 3, 4, "cpu", weights=[0.8, 0.1, 0.1])
+    assert any(not torch.equal(before[k], skewed[k]) for k in before)
+    wanda_a, _ = prune_blocks(tiny(), make("wanda"), [0.5] * 3, None, ids, lang, 3, 4, "cpu")
+    wanda_b, _ = prune_blocks(tiny(), make("wanda"), [0.5] * 3, None, ids, lang, 3, 4, "cpu", weights=[0.8, 0.1, 0.1])
+    assert all(torch.equal(wanda_a[k], wanda_b[k]) for k in wanda_a)  # pooled: the weights are not its business
+
+
+def test_the_mix_weights_travel_from_the_spec_to_the_score(tiny_llama, text_dir):
+    """Under allocation `equal` two mixes draw the very same windows: only the weights differ, and
+    M-Wanda's masks follow them (Wanda's could not)."""
+    from tasks.api import PruneSpec, load_model, prune
+
+    out = {}
+    for calib_spec in ("en=0.5,sw=0.5", "en=0.9,sw=0.1"):
+        model, tok = load_model(str(tiny_llama), "float64")
+        spec = PruneSpec(model=str(tiny_llama), method="mwanda", sparsity="0.5", calib=calib_spec, data=str(text_dir),
+                         nsamples=4, seqlen=32, allocation="equal", hp={"lambda_var": 1.0})
+        out[calib_spec] = prune(model, tok, spec, progress=False)
+    a, b = out.values()
+    assert a.result["calibration"]["fingerprint"] == b.result["calibration"]["fingerprint"]
+    assert a.result["calibration"]["samples"] == {"en": 2, "sw": 2} and b.result["calibration"]["weights"] == pytest.approx({"en": 0.9, "sw": 0.1})
+    assert any(not torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+@pytest.mark.parametrize(("method", "allocation", "says"), [
+    ("mwanda", "by-token", "allocation: must be one of proportional, equal, got 'by-token'"),
+    ("wanda", "equal", "allocation: equal needs a method that weights per-language statistics by the mix (mria, mwanda)"),
+    ("sparsegpt", "equal", "allocation: equal needs"),
+])
+def test_allocation_is_checked_before_any_work(method, allocation, says):
+    from tasks.api import PruneSpec, check_spec
+    from tasks.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        check_spec(PruneSpec(model="m", method=method, sparsity="0.5", calib="en,sw", allocation=allocation))
+    assert str(e.value).startswith(says) and "\n" not in str(e.value)
+    for ok in ("mwanda", "mria"):
+        assert check_spec(PruneSpec(model="m", method=ok, sparsity="0.5", calib="en,sw", allocation="equal")).allocation == "equal"
+    with pytest.raises(UserError) as e:
+        check_spec(PruneSpec(model="m", method="mwanda", sparsity="0.5", calib="en,sw,de", nsamples=2))
+    assert e.value.field == "nsamples"

@@ -23,10 +23,11 @@ from tasks.pruning.pipeline import prune_blocks
 from tasks.pruning.sparsity import parse_sparsity
 
 
-def run(model, method, sparsity, ids, lang, n_lang):
+def run(model, method, sparsity, ids, lang, n_lang, weights=None):
     sp = parse_sparsity(sparsity)
     n_blocks = len(find_blocks(model)[1])
-    masks, _ = prune_blocks(model, method, [sp.fraction] * n_blocks, sp.nm, ids, lang, n_lang, batch_size=4, device="cpu")
+    masks, _ = prune_blocks(model, method, [sp.fraction] * n_blocks, sp.nm, ids, lang, n_lang, batch_size=4, device="cpu",
+                            weights=weights)
     return masks
 
 
@@ -107,6 +108,19 @@ def test_mria_uses_languages():
     ria = run(tiny(), make("ria"), "0.5", ids, lang, 3)
     mria = run(tiny(), make("mria"), "0.5", ids, lang, 3)
     assert any(not torch.equal(ria[k], mria[k]) for k in ria)
+
+
+def test_mria_weights_languages_by_the_mix():
+    """Equal weights are the unweighted statistics; unequal ones change mria's masks, never ria's (pooled)."""
+    ids, lang = calibration(n=9, n_lang=3)
+    hp = {"lambda_var": 1.0}
+    equal = run(tiny(), make("mria", **hp), "0.5", ids, lang, 3)
+    explicit = run(tiny(), make("mria", **hp), "0.5", ids, lang, 3, [4.0] * 3)
+    assert all(torch.equal(equal[k], explicit[k]) for k in equal)
+    skewed = run(tiny(), make("mria", **hp), "0.5", ids, lang, 3, [0.8, 0.1, 0.1])
+    assert any(not torch.equal(equal[k], skewed[k]) for k in equal)
+    ria, ria_skewed = run(tiny(), make("ria"), "0.5", ids, lang, 3), run(tiny(), make("ria"), "0.5", ids, lang, 3, [0.8, 0.1, 0.1])
+    assert all(torch.equal(ria[k], ria_skewed[k]) for k in ria)
 
 
 @pytest.mark.parametrize("method", ["ria", "mria"])

@@ -3,9 +3,10 @@ held-out evaluation windows, with tokenised sets cached on disk.
 
 Per language: with a seeded generator pick a random document with more than
 `seqlen` tokens and a random window of `seqlen` tokens in it; repeat. A mixture
-draws each language's share (largest-remainder counts) the same way, each with
-its own generator seeded by (seed, language), so "en" and "en=0.5,de=0.5" share
-their first English samples.
+draws each language's windows (counts from `langs.allocate`: proportional to the
+weights with a floor of one, or equal) the same way, each with its own generator
+seeded by (seed, language), so "en" and "en=0.5,de=0.5" share their first
+English samples.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from .builtin import cache_root
-from .langs import split_counts
+from .langs import allocate
 from .sources import Source
 
 HELD_OUT = ("valid", "test")  # the splits evaluation may read; "test" is what results quote
@@ -58,6 +59,7 @@ class Calibration:
     input_ids: torch.Tensor  # int64 [nsamples, seqlen]
     language: torch.Tensor  # int64 [nsamples], index into `languages`
     languages: list[str]
+    weights: list[float]  # the mix's weights of `languages`, normalised over them (what weights M-Wanda's statistics)
     fingerprint: str = ""  # of the sampling key: source text, tokenizer, counts, seqlen, seed
 
 
@@ -81,8 +83,10 @@ def calibration_docs(source: Source, tokenizer, lang: str, nsamples: int, seqlen
     return docs
 
 
-def sample_calibration(source: Source, tokenizer, mix: dict[str, float], nsamples: int, seqlen: int, seed: int) -> Calibration:
-    counts = split_counts(mix, nsamples)
+def sample_calibration(source: Source, tokenizer, mix: dict[str, float], nsamples: int, seqlen: int, seed: int,
+                       allocation: str = "proportional") -> Calibration:
+    # the key holds the counts, so two allocations share a cached set only where they draw the same windows
+    counts = allocate(mix, nsamples, allocation)
     languages = sorted(l for l in mix if counts[l] > 0)
     for lang in languages:
         source.check_language(lang, "calib")
@@ -101,7 +105,8 @@ def sample_calibration(source: Source, tokenizer, mix: dict[str, float], nsample
         return {"input_ids": torch.tensor(ids, dtype=torch.int64), "language": torch.tensor(lang_idx, dtype=torch.int64)}
 
     t = _cached("calib", key, build)
-    return Calibration(t["input_ids"], t["language"], languages, fingerprint(key))
+    total = sum(mix[l] for l in languages)
+    return Calibration(t["input_ids"], t["language"], languages, [mix[l] / total for l in languages], fingerprint(key))
 
 
 def eval_key(source: Source, tokenizer, lang: str, seqlen: int, split: str) -> dict:

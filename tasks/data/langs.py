@@ -61,6 +61,37 @@ def split_counts(weights: dict[str, float], n: int) -> dict[str, int]:
     return counts
 
 
+ALLOCATIONS = ("proportional", "equal")
+
+
+def allocate(weights: dict[str, float], n: int, allocation: str = "proportional") -> dict[str, int]:
+    """Calibration windows per language of a mix (zero-weight languages get none).
+
+    - proportional: `split_counts` of the weights, but every language with weight > 0 gets at least
+      one window (a language with weight and no window would have no statistic): languages short of
+      one get one each and the rest is split again over the others, until none is short;
+    - equal: the same count for every language with weight > 0 (largest remainder for the leftover).
+    """
+    if allocation not in ALLOCATIONS:
+        raise UserError("allocation", f"must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    positive = sorted(l for l, w in weights.items() if w > 0)
+    if n < len(positive):
+        raise UserError("nsamples", f"{n} windows cannot give each of the {len(positive)} languages with weight > 0 "
+                                    f"({', '.join(positive)}) one; use nsamples >= {len(positive)}")
+    if allocation == "equal":
+        got = split_counts(dict.fromkeys(positive, 1 / len(positive)), n)
+        return {l: got.get(l, 0) for l in sorted(weights)}
+    floored: set[str] = set()
+    while True:
+        rest = [l for l in positive if l not in floored]
+        total = sum(weights[l] for l in rest) if floored else 1.0  # first pass: exactly today's split_counts
+        split = split_counts({l: weights[l] / total for l in rest}, n - len(floored)) if rest else {}
+        short = {l for l in rest if split[l] == 0}
+        if not short:
+            return {l: 1 if l in floored else split.get(l, 0) for l in sorted(weights)}
+        floored |= short
+
+
 def mix_from_distribution(shares, languages, field: str = "calib") -> str:
     """The MBS mix (Zeng et al., "Multilingual Brain Surgeon"): the model's training-language shares
     restricted to the calibration `languages` and renormalised, as a canonical mix string.

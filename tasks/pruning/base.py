@@ -2,7 +2,11 @@
 
 A method is a class registered with `@METHODS.register(name)` with
 - `Params`: a dataclass of its hyperparameters (names as docs/methods.md gives them);
-- `new_stats(name, linear, n_lang)`: the statistic its hooks accumulate, or None;
+- `new_stats(name, linear, languages)`: the statistic its hooks accumulate, or None;
+  `languages` is the calibration languages' mix weights (float64 [n_lang], sum 1);
+- `weights_languages`: True when its score weights per-language statistics by those
+  weights (mwanda, mria); methods that pool all calibration tokens (wanda, ria,
+  sparsegpt) take the mix as the share of windows only, so `allocation: equal` is refused;
 - `prune(linear, stats, fraction, nm)`: a keep-mask; it may also update the
   kept weights (SparseGPT). The pipeline zeroes the pruned weights.
 """
@@ -28,6 +32,7 @@ class Method:
         pass
 
     needs_calibration = True
+    weights_languages = False
     # The masks alone rebuild the pruned model from the dense one unless the method also changes the
     # kept weights (SparseGPT's reconstruction): then analyses and `compare` need the saved model.
     updates_weights = False
@@ -35,7 +40,7 @@ class Method:
     def __init__(self, params: "Method.Params"):
         self.params = params
 
-    def new_stats(self, name: str, linear: nn.Linear, n_lang: int):
+    def new_stats(self, name: str, linear: nn.Linear, languages: torch.Tensor):
         return None
 
     def prune(self, linear: nn.Linear, stats, fraction: float, nm: tuple[int, int] | None) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
     S_ij = RI_ij * (mu_j + lambda_var * sigma_j) ** a * (1 + lambda_prob * p_j)
 
-with RI from ria.py and mu, sigma, p as in mwanda.py: the per-language statistics take the
-place of ||X_j||, the activation-probability factor multiplies as in M-Wanda. With one
+with RI from ria.py and mu, sigma, p as in mwanda.py (weighted by the calibration mix): the
+per-language statistics take the place of ||X_j||, the activation-probability factor multiplies
+as in M-Wanda. With one
 language and lambda_prob = 0 the masks are RIA's (sigma = 0, mu_j is ||X_j|| over a constant).
 """
 
@@ -25,8 +26,10 @@ class MRIA(Method):
         lambda_var: float = MWanda.Params.lambda_var
         lambda_prob: float = MWanda.Params.lambda_prob
 
-    def new_stats(self, name, linear, n_lang):
-        return ActStats(linear.weight, n_lang, positive=name.rsplit(".", 1)[-1] in DOWN_PROJ)
+    weights_languages = True
+
+    def new_stats(self, name, linear, languages):
+        return ActStats(linear.weight, languages, positive=name.rsplit(".", 1)[-1] in DOWN_PROJ)
 
     def prune(self, linear, stats, fraction, nm):
         p = self.params

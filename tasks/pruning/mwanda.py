@@ -1,12 +1,15 @@
 """M-Wanda as polyprune defines it (docs/mwanda.md; the paper's exact formulas were not available):
 
-    a_lj = sqrt(mean over language-l tokens of x_j^2)      per-language RMS activation
-    mu_j = mean_l a_lj,  sigma_j = std_l a_lj               (population std: 0 for one language)
-    p_j  = max_l share of language-l tokens with x_j > 0    FFN down-projection inputs; 1 elsewhere
-    S_ij = |W_ij| * (mu_j + lambda_var * sigma_j) * (1 + lambda_prob * p_j), compared per row as in Wanda
+    a_lj    = sqrt(mean over language-l tokens of x_j^2)    per-language RMS activation
+    mu_j    = sum_l w_l a_lj                                 w: the calibration mix's weights, sum 1
+    sigma_j = sqrt(sum_l w_l (a_lj - mu_j)^2)                w-weighted population std: 0 for one language
+    p_j     = max over l with w_l > 0 of the share of language-l tokens with x_j > 0
+              (FFN down-projection inputs; 1 elsewhere; the weights do not scale it)
+    S_ij    = |W_ij| * (mu_j + lambda_var * sigma_j) * (1 + lambda_prob * p_j), compared per row as in Wanda
 
-Each language weighs the same whatever its token count. One calibration pass
-accumulates all languages' statistics (ActStats indexes them by language).
+A language counts by its mix weight, whatever its token count (its window count is the
+allocation's business: tasks.data.langs.allocate); equal weights give the paper's mean and
+std. One calibration pass accumulates all languages' statistics (ActStats indexes them by language).
 """
 
 from dataclasses import dataclass
@@ -20,16 +23,17 @@ from .stats import ActStats
 
 
 def language_activation(stats: ActStats, lambda_var: float) -> torch.Tensor:
-    """mu_j + lambda_var * sigma_j over the per-language RMS activations: [C], float64."""
-    a = stats.rms()
-    return a.mean(0) + lambda_var * a.std(0, unbiased=False)
+    """mu_j + lambda_var * sigma_j over the per-language RMS activations, weighted by the mix: [C], float64."""
+    a, w = stats.rms(), stats.weights[:, None]
+    mu = (w * a).sum(0)
+    return mu + lambda_var * (w * (a - mu) ** 2).sum(0).sqrt()
 
 
 def probability_factor(stats: ActStats, lambda_prob: float) -> torch.Tensor | float:
     """1 + lambda_prob * p_j for FFN down-projection inputs; 1 for other linears."""
     if stats.pos is None:
         return 1.0
-    return 1 + lambda_prob * stats.fire_rate().max(0).values
+    return 1 + lambda_prob * stats.fire_rate()[stats.weights > 0].max(0).values
 
 
 def mwanda_score(weight, stats: ActStats, lambda_var: float, lambda_prob: float):
@@ -48,8 +52,10 @@ class MWanda(Method):
         lambda_var: float = 0.0
         lambda_prob: float = 0.25
 
-    def new_stats(self, name, linear, n_lang):
-        return ActStats(linear.weight, n_lang, positive=name.rsplit(".", 1)[-1] in DOWN_PROJ)
+    weights_languages = True
+
+    def new_stats(self, name, linear, languages):
+        return ActStats(linear.weight, languages, positive=name.rsplit(".", 1)[-1] in DOWN_PROJ)
 
     def prune(self, linear, stats, fraction, nm):
         return select(mwanda_score(linear.weight, stats, self.params.lambda_var, self.params.lambda_prob), fraction, nm)

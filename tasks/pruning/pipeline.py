@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..models import block_linears, find_blocks
 from .schedules import Schedule, check_targets
+from .stats import language_weights
 
 
 class _Stop(Exception):
@@ -204,7 +205,8 @@ def _collect(block, linears: dict, make_stats, inps, calls, lang_batches):
 
 @torch.no_grad()
 def schedule_targets(model, schedule: Schedule, target: float, input_ids, lang, n_lang, batch_size, device, progress=False):
-    """Per-block sparsities; schedules that need statistics get one dense pass first."""
+    """Per-block sparsities; schedules that need statistics get one dense pass first (owl pools the
+    languages, cwl correlates them unweighted: neither reads the mix's weights)."""
     prefix, blocks = find_blocks(model)
     if not schedule.needs_stats:
         return check_targets(schedule.allocate([], target, len(blocks)))
@@ -217,7 +219,8 @@ def schedule_targets(model, schedule: Schedule, target: float, input_ids, lang, 
         home = next(block.parameters()).device
         block.to(device)
         linears = block_linears(block)
-        stats = _collect(block, linears, lambda n, lin: ActStats(lin.weight, n_lang), inps, calls[i], lang_batches)
+        stats = _collect(block, linears, lambda n, lin: ActStats(lin.weight, language_weights(n_lang)), inps, calls[i],
+                         lang_batches)
         scores.append(schedule.block_score(linears, stats))
         del stats
         propagate(block, inps, calls[i])
@@ -226,9 +229,14 @@ def schedule_targets(model, schedule: Schedule, target: float, input_ids, lang, 
 
 
 @torch.no_grad()
-def prune_blocks(model, method, targets: list[float], nm, input_ids, lang, n_lang, batch_size, device, progress=False):
-    """Prune every block in place. Returns ({weight name: keep-mask (cpu)}, per-block report)."""
+def prune_blocks(model, method, targets: list[float], nm, input_ids, lang, n_lang, batch_size, device, progress=False,
+                 weights=None):
+    """Prune every block in place. Returns ({weight name: keep-mask (cpu)}, per-block report).
+
+    `weights`: the calibration languages' mix weights ([n_lang]; None: equal), which methods that
+    weight per-language statistics (mwanda, mria) read."""
     prefix, blocks = find_blocks(model)
+    languages = language_weights(n_lang, weights)
     masks, report = {}, []
     sequential = getattr(method.params, "true_sequential", False)
     if method.needs_calibration:
@@ -247,7 +255,7 @@ def prune_blocks(model, method, targets: list[float], nm, input_ids, lang, n_lan
         for group in groups:
             members = {n: linears[n] for n in group}
             stats = (
-                _collect(block, members, lambda n, lin: method.new_stats(n, lin, n_lang), inps, calls[i], lang_batches)
+                _collect(block, members, lambda n, lin: method.new_stats(n, lin, languages), inps, calls[i], lang_batches)
                 if method.needs_calibration else dict.fromkeys(members)
             )
             for name, lin in members.items():

@@ -38,8 +38,8 @@ class RIA(Method):
         a: float = 0.5  # exponent of the activation norm
         scope: str = field(default="matrix", metadata={"choices": ("matrix", "row")})
 
-    def new_stats(self, name, linear, n_lang):
-        return ActStats(linear.weight, n_lang)
+    def new_stats(self, name, linear, languages):
+        return ActStats(linear.weight, languages)
 
     def prune(self, linear, stats, fraction, nm):
         ri = relative_importance(linear.weight)

@@ -19,7 +19,7 @@ class SparseGPT(Method):
         percdamp: float = 0.01
         true_sequential: bool = False  # prune q/k/v, then o, then up/gate, then down, re-collecting H in between
 
-    def new_stats(self, name, linear, n_lang):
+    def new_stats(self, name, linear, languages):
         return Hessian(linear.weight)
 
     @torch.no_grad()

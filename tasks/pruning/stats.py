@@ -2,6 +2,8 @@
 
 Accumulators use float64 for float64 weights and float32 otherwise; `add` takes
 a batch of the linear's inputs ([B, L, C] or [B*L, C]) and each sample's language.
+`languages` is the calibration languages' mix weights, float64 [n_lang] summing to 1
+(`language_weights`): methods that weight per-language statistics read them.
 """
 
 from __future__ import annotations
@@ -13,11 +15,23 @@ def _stat_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
-class ActStats:
-    """Per-language sums of x_j^2, token counts and (optionally) counts of x_j > 0."""
+def language_weights(n_lang: int, weights=None) -> torch.Tensor:
+    """The calibration languages' weights as float64 [n_lang] summing to 1; None: equal weights."""
+    if weights is None:
+        return torch.full((n_lang,), 1 / n_lang, dtype=torch.float64)
+    w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+    if w.numel() != n_lang or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"language weights must be {n_lang} finite numbers >= 0 with a positive sum, got {weights!r}")
+    return w / w.sum()
 
-    def __init__(self, weight: torch.Tensor, n_lang: int, positive: bool = False):
+
+class ActStats:
+    """Per-language sums of x_j^2, token counts and (optionally) counts of x_j > 0, and the languages' weights."""
+
+    def __init__(self, weight: torch.Tensor, languages: torch.Tensor, positive: bool = False):
         cols, dev, dt = weight.shape[1], weight.device, _stat_dtype(weight)
+        n_lang = len(languages)
+        self.weights = languages.to(dev, torch.float64)
         # float64 sums: one language may hold millions of tokens
         self.sumsq = torch.zeros(n_lang, cols, dtype=torch.float64, device=dev)
         self.tokens = torch.zeros(n_lang, dtype=torch.float64, device=dev)
@@ -47,7 +61,7 @@ class ActStats:
 class Hessian:
     """H = (2/N) sum x x^T over N calibration samples, kept as a running mean as in SparseGPT."""
 
-    def __init__(self, weight: torch.Tensor, n_lang: int = 1):
+    def __init__(self, weight: torch.Tensor):
         cols = weight.shape[1]
         self.H = torch.zeros(cols, cols, dtype=_stat_dtype(weight), device=weight.device)
         self.nsamples = 0

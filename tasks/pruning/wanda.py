@@ -21,8 +21,8 @@ class Wanda(Method):
     class Params:
         pass
 
-    def new_stats(self, name, linear, n_lang):
-        return ActStats(linear.weight, n_lang)
+    def new_stats(self, name, linear, languages):
+        return ActStats(linear.weight, languages)
 
     def prune(self, linear, stats, fraction, nm):
         return select(wanda_score(linear.weight, stats.norm_sq()), fraction, nm)
