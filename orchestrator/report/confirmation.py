@@ -15,22 +15,15 @@ from .record import slug, write_csv
 
 def read(cl, run_id: str | None) -> dict | None:
     """A search parent run's confirmation.json, or None (no confirmation, or an older record)."""
-    import os
+    from ..models import no_progress_bars
 
     if run_id is None:
         return None
-    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no progress bar in a status view
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with no_progress_bars(), tempfile.TemporaryDirectory() as tmp:  # one small file: no bar in a status view
             return json.loads(Path(cl.download_artifacts(run_id, "confirmation.json", tmp)).read_text())
     except Exception:  # no such artifact: the search ran without a confirmation
         return None
-    finally:
-        if bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def confirmation_sections(cl, parent, out: Path) -> list:

@@ -32,7 +32,7 @@ FORM = "true, false, or {top: K, selection_seeds: N | [S, ...], test_seeds: N | 
 class ConfirmConfig(Strict):
     top: StrictInt = Field(DEFAULTS["top"], gt=0)  # the K best trials on valid, re-run on the selection seeds
     selection_seeds: list[StrictInt] | StrictInt = DEFAULTS["selection_seeds"]  # N: the next N free seeds after `seed`
-    test_seeds: list[StrictInt] | StrictInt = DEFAULTS["test_seeds"]  # N: the next N free seeds after those
+    test_seeds: list[StrictInt] | StrictInt = DEFAULTS["test_seeds"]  # N: the next N free seeds after the selection's
     level: float = Field(DEFAULTS["level"], gt=0, lt=0.5)  # the tests' level; the interval covers 1 - level
 
 
@@ -58,7 +58,7 @@ def resolve(cfg) -> None:
         if isinstance(v, int):
             if v < least:
                 raise UserError(f"confirm.{key}", f"at least {least} seed{'s' if least > 1 else ''}; got {v}")
-            v = next_free(cfg.seed, v, taken)
+            v = next_free(max([cfg.seed, *(c.selection_seeds if key == "test_seeds" else [])]), v, taken)
             taken |= set(v)
         elif len(v) < least or len(set(v)) != len(v):
             raise UserError(f"confirm.{key}", f"at least {least} distinct seed{'s' if least > 1 else ''}; got {v}")
@@ -210,7 +210,8 @@ def lines(c: dict[str, Any]) -> list[str]:
         u = v["unit"]
         per = ", ".join(f"{x:+.2f}{u}" for x in v["per_seed"])
         ci = (f" [{100 * (1 - c['level']):g}% interval {v['low']:+.2f}{u} to {v['high']:+.2f}{u}, width {v['high'] - v['low']:.2f}{u}]"
-              if "low" in v else " [no interval over the text: not a perplexity]")
+              if "low" in v else " [no interval over the text: " + ("the runs' per-window losses are missing]" if m.startswith("ppl.")
+                                                                     else "not a perplexity]"))
         out.append(f"  {c['winner']} vs {v['baseline']}: test {m} {v['diff']:+.2f}{u}{ci} (per seed {per}), "
                    f"p = {v['p']:.3g}, Holm p = {v['p_holm']:.3g}: {v['verdict'].upper()}")
     if c.get("vs"):

@@ -23,6 +23,7 @@ from ..sweep.record import attach_model
 
 from ..names import BASELINE, BEST_TRIALS, CONFIRMED, KIND, METRIC, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
 from .baselines import metric_key
+from .confirm import metrics as confirmation_metrics
 
 
 class SearchRecord:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..models import no_progress_bars
 from ..names import LOSSES_FILE
 from ..sweep.record import log
 from .confirm import verdict
@@ -79,10 +80,10 @@ class TestSeeds:
         cl = self.ctx.rec.cl
         langs = None if metric == "ppl.mean" else [metric[len("ppl."):]]
         out = {}
-        with tempfile.TemporaryDirectory(prefix="polyprune-losses-") as tmp:
-            for label, _, _ in self.entries:
+        with no_progress_bars(), tempfile.TemporaryDirectory(prefix="polyprune-losses-") as tmp:
+            for i, (label, _, _) in enumerate(self.entries):
                 runs = self.reruns.of(label)
-                got = [window_losses(cl, runs[s].get("model_id"), Path(tmp) / f"{label}-{s}", langs) if s in runs else None
+                got = [window_losses(cl, runs[s].get("model_id"), Path(tmp) / f"{i}-{s}", langs) if s in runs else None
                        for s in self.seeds]
                 if all(g for g in got):
                     out[label] = got
@@ -95,6 +96,7 @@ def window_losses(cl, model_id: str | None, dest: Path, langs: list[str] | None)
 
     if not model_id:
         return None
+    dest.mkdir(parents=True)
     try:
         location = cl.get_logged_model(model_id).artifact_location
         path = artifact_repo(location, cl.tracking_uri).download_artifacts(LOSSES_FILE, str(dest))
