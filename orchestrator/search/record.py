@@ -5,7 +5,9 @@ experiment = search name; one parent run per study (tags `polyprune.role=search`
 trial (tags `polyprune.trial`, `polyprune.study`, `polyprune.sweep`,
 `polyprune.cell_id`). Params, metrics and artifacts of a trial are a sweep cell's
 (tracking.cell_params / finish_cell), plus the trial's raw Optuna parameters as
-`optuna.<name>`; each trial's pruned model is a LoggedModel like a cell's. At the end the parent gets the best trial(s), the baselines and
+`optuna.<name>`; each trial's pruned model is a LoggedModel like a cell's (the baselines' and the
+confirmation's runs are recorded by their stages, `context.SearchContext.recorder`). At the end the
+parent gets the summary the stages made: the best trial(s), the baselines, the confirmation and
 Optuna's figures.
 """
 

@@ -2,7 +2,7 @@
 (`worker.CellRunner`), in completion order.
 
 The scheduler is fed by a `Source` of cells (a fixed list for sweeps, `FixedCells`;
-the study's ask side for searches, `search.driver.Search`) and knows Ray and nothing
+the study's ask side for searches, `search.trials.Trials`) and knows Ray and nothing
 of MLflow or Optuna: the caller gets `start`, `done`, `failed` and `retry` events
 and owns the record. Rules:
 - one actor per `gpus_per_cell` GPUs when the cluster has GPUs (Ray gives each its
