@@ -8,7 +8,7 @@ ppl.mean on valid, would run (no baselines: the samplers are compared, not the e
 for each sampler:pruner setting and search seed: the trials run one after another in this process,
 with the same pieces the search uses (the file's parsing, `search_spaces.space.sample`,
 `search.sampling`'s sampler and pruner, `tasks.api.prune` and per-language `perplexity` with
-`on_language` reporting each language to the pruner as `sweep.worker.Reporter` does). Compute = the
+`on_language` reporting each language to the pruner as `engine.worker.Reporter` does). Compute = the
 sum of the trials' cell seconds (prune + valid pass + test pass; a pruned trial only what it ran).
 No Ray or MLflow: their overhead is the same for every setting and would only blur the comparison.
 
@@ -61,7 +61,7 @@ class Bench:
 
         from orchestrator.search.cells import trial_cell
         from orchestrator.search.sampling import build_pruner, build_sampler
-        from orchestrator.sweep.cells import spec_of
+        from orchestrator.engine.cells import spec_of
         from tasks.api import perplexity, ppl_metrics, prune, restore
 
         cfg, space = search_config(seed, sampler, pruner, nsamples, eval_windows)

@@ -12,6 +12,7 @@ Targets (issue 4): (1) within 10% of (2) once cells are not trivially short, and
 
     python benchmarks/sweep_overhead.py                 # defaults below, ~5 min on 2 cores
     python benchmarks/sweep_overhead.py --seeds 0 1 2   # more cells: overhead amortises further
+    python benchmarks/sweep_overhead.py --startup 5     # fixed start-up cost: early Ray start on / off, Ray's floor
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def write_sweep(folder: Path, a) -> Path:
 
 def one_cell(task_json: str) -> None:
     """The naive baseline's unit: a fresh process runs one cell and exits."""
-    from orchestrator.sweep.worker import CellRunner
+    from orchestrator.engine.worker import CellRunner
 
     out = CellRunner().run(json.loads(task_json))
     if not out["ok"]:
@@ -74,11 +75,12 @@ def main() -> int:
                        nargs="+" if isinstance(v, list) else None, default=v)
     p.add_argument("--startup", type=int, metavar="REPEATS", default=0,
                    help="measure only the fixed start-up cost: a 2-cell sweep, REPEATS times (after one untimed "
-                        "warm-up), wall minus the cells' time.cell_s (issue 13's definition); prints each repeat "
-                        "(with the 1-minute load average before and after) and the median")
+                        "warm-up), wall minus the cells' time.cell_s (issue 13's definition), with Ray's early start "
+                        "on and off, alternating, and Ray's own floor each repeat; prints each repeat (with the "
+                        "1-minute load average before and after), the medians and their differences")
     p.add_argument("--before", type=Path, metavar="CHECKOUT",
-                   help="with --startup: also time this checkout (e.g. a `git worktree` of an older commit), "
-                        "alternating with this one, so both see the same machine load")
+                   help="with --startup: also time this checkout (e.g. a `git worktree` of an older commit, its "
+                        "defaults), alternating with this one, so all see the same machine load")
     p.add_argument("--search-startup", type=int, metavar="REPEATS", default=0,
                    help="time a new search's start: the command to its first trial's run starting, REPEATS times")
     p.add_argument("--schema", type=int, metavar="REPEATS", default=0,
@@ -140,52 +142,65 @@ def main() -> int:
 def startup(a, env: dict) -> int:
     """Fixed cost of a sweep: a fresh 2-cell sweep (wanda 50% in en and sw, plus its dense baseline),
     its wall time from CLI start to exit minus the sum of its cells' `time.cell_s` (load + calibrate +
-    prune + evaluate), REPEATS times; with --before, that checkout and this one alternate. Each repeat
-    also times a rerun of the finished file (nothing to run: no Ray) and `ray_floor`."""
+    prune + evaluate), REPEATS times, for each contender in turn (alternating, so all see the same
+    machine load): this checkout with Ray's early start (`RaySession`, POLYPRUNE_EARLY_RAY=1) and
+    without it (=0), and with --before that checkout; each also times a rerun of the finished file
+    (nothing to run: no Ray). Each repeat also times `ray_floor`, Ray's own part of any such sweep.
+    Prints every repeat, then medians, what the early start saves and the fixed cost over the floor."""
     import statistics
 
     a.methods, a.sparsities, a.languages, a.seeds, a.workers = ["wanda"], ["0.5"], ["en", "sw"], [0], 1
-    codes = {"before": a.before.resolve(), "this": ROOT} if a.before else {"this": ROOT}
-    rows: dict[str, list[dict]] = {k: [] for k in codes}
+    contenders = {"early": (ROOT, {"POLYPRUNE_EARLY_RAY": "1"}), "late": (ROOT, {"POLYPRUNE_EARLY_RAY": "0"})}
+    if a.before:
+        contenders = {"before": (a.before.resolve(), {}), **contenders}
+    rows: dict[str, list[dict]] = {k: [] for k in [*contenders, "ray_floor"]}
+
+    def timed(args: list[str], cwd: Path, extra: dict) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, *args], cwd=cwd, env={**env, **extra}, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - t0
+
     with tempfile.TemporaryDirectory(prefix="polyprune-bench-") as tmp:
         tmp = Path(tmp)
         make_model(tmp / "model", a)
-        # One untimed sweep per checkout first: the token caches (shared by both) and what a checkout
+        # One untimed sweep per contender first: the token caches (shared by all) and what a checkout
         # caches once per machine (the MLflow schema template) are built, so no repeat pays for them.
         for i in ["warm", *range(a.startup)]:
-            for label, code in codes.items():
+            for label, (code, extra) in contenders.items():
                 folder = tmp / f"{label}{i}"
                 folder.mkdir()
                 (folder / "model").symlink_to(tmp / "model")
                 path = write_sweep(folder, a)
+                extra = {**extra, "PYTHONPATH": str(code)}
                 load_before = os.getloadavg()[0]
-                t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(path)], cwd=code,
-                               env={**env, "PYTHONPATH": str(code)}, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                wall = time.perf_counter() - t0
+                wall = timed(["-m", "orchestrator.cli", "sweep", str(path)], code, extra)
                 _, cell_s = _own_times(folder / "mlflow.db")
-                t0 = time.perf_counter()  # the same file again: every cell is done, so no Ray at all
-                subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(path)], cwd=code,
-                               env={**env, "PYTHONPATH": str(code)}, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                rerun = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                subprocess.run([sys.executable, __file__, "--ray-floor"], cwd=ROOT, env=env, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                floor = time.perf_counter() - t0
+                rerun = timed(["-m", "orchestrator.cli", "sweep", str(path)], code, extra)  # every cell done: no Ray
                 row = {"wall_s": round(wall, 2), "cells_time_cell_s": round(cell_s, 2), "fixed_s": round(wall - cell_s, 2),
-                       "rerun_s": round(rerun, 2), "ray_floor_s": round(floor, 2),
-                       "load_avg_1min": [load_before, os.getloadavg()[0]]}
+                       "rerun_s": round(rerun, 2), "load_avg_1min": [load_before, os.getloadavg()[0]]}
                 print(label, i, json.dumps(row), flush=True)
                 if i != "warm":
                     rows[label].append(row)
-    out = {label: {"repeats": len(r), **{f"{k}_median": statistics.median(x[k] for x in r) for k in ("fixed_s", "rerun_s", "ray_floor_s")},
-                   "fixed_s": [x["fixed_s"] for x in r], "rerun_s": [x["rerun_s"] for x in r]}
-           for label, r in rows.items()}
+            load_before = os.getloadavg()[0]
+            row = {"ray_floor_s": round(timed([__file__, "--ray-floor"], ROOT, {}), 2), "load_avg_1min": [load_before, os.getloadavg()[0]]}
+            print("ray_floor", i, json.dumps(row), flush=True)
+            if i != "warm":
+                rows["ray_floor"].append(row)
+    med = statistics.median
+    out: dict = {label: {"repeats": len(r), "fixed_s_median": med(x["fixed_s"] for x in r), "rerun_s_median": med(x["rerun_s"] for x in r),
+                         "fixed_s": [x["fixed_s"] for x in r], "rerun_s": [x["rerun_s"] for x in r]}
+                 for label, r in rows.items() if label != "ray_floor"}
+    floor = [x["ray_floor_s"] for x in rows["ray_floor"]]
+    out["ray_floor"] = {"median_s": med(floor), "s": floor}
+    early, late = out["early"]["fixed_s"], out["late"]["fixed_s"]
+    out["early_start_saves_s"] = {"of_medians": round(med(late) - med(early), 2),
+                                  "median_of_paired": round(med(b - e for e, b in zip(early, late)), 2), "keep_if_at_least": 0.5}
+    out["fixed_over_ray_floor_s"] = {label: round(out[label]["fixed_s_median"] - med(floor), 2) for label in contenders}
+    out["fixed_over_ray_floor_target_s"] = 1.5
     if a.before:
-        out["this_over_before"] = round(out["this"]["fixed_s_median"] / out["before"]["fixed_s_median"], 3)
-    out["target_s"] = 6.0
+        out["early_over_before"] = round(out["early"]["fixed_s_median"] / out["before"]["fixed_s_median"], 3)
+    out["load_avg_1min_max"] = max(max(x["load_avg_1min"]) for r in rows.values() for x in r)
     print(json.dumps(out, indent=1))
     return 0
 

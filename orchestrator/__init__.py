@@ -1,10 +1,12 @@
 """polyprune's driver side: the CLI, sweeps and searches on Ray, the MLflow record, reports.
 
-Packages by concern, imports pointing one way (cli -> sweep / search / report ->
+Packages by concern, imports pointing one way (cli -> sweep / search / report -> engine ->
 tracking / config -> tasks):
 - `cli`: the parser and one module per command;
-- `sweep`: sweep files, cells, THE scheduler (Ray actors) and worker, the sweep's record;
-- `search`: search files, spaces, the Optuna study, the ask-and-tell driver on the scheduler;
+- `engine`: what runs cells for sweeps and searches: cells, THE scheduler (Ray actors) and worker,
+  the record of a cell, the Ray session, the driver lifecycle;
+- `sweep`: sweep files and their cells, the sweep driver;
+- `search`: search files, spaces, the Optuna study, the ask-and-tell driver on the engine;
 - `report`: report assembly, sections, figures, compare;
 - `tracking`: MLflow helpers; `config`: what sweep and search files share.
 """

@@ -234,7 +234,7 @@ def run_options(cfg: Any) -> dict[str, Any]:
 
 
 def resolve_evaluation(ev: EvaluationConfig | None, calibration: CalibrationConfig, default_langs: list[str]) -> dict[str, Any]:
-    """An evaluation section in the plain form cells carry (sweep.worker.CellRunner reads it)."""
+    """An evaluation section in the plain form cells carry (engine.worker.CellRunner reads it)."""
     ev = ev or EvaluationConfig(ppl=PplConfig(languages=list(default_langs)))
     if ev.ppl is None and ev.lm_eval is None:
         raise UserError("evaluation", "give ppl and/or lm_eval (or leave evaluation out for ppl in the calibration languages)")

@@ -16,7 +16,7 @@ Two layers, both taken by `hold(kind, name, cl, exp_id, uri)` and its `Lease`:
   (the lifecycle stops as on Ctrl-C) and ends with one line naming the new holder. A
   local folder store (`file:`) has no unique create, so there the check-and-create runs
   under a lock on its folder (one host); a Databricks store is refused.
-- the cluster: once Ray is connected (`sweep.session.driving` calls `claim_ray`), a named
+- the cluster: once Ray is connected (`RaySession.driving` calls `Lease.claim_ray`), a named
   actor `polyprune/<kind>:<name>`. Ray registers a name atomically and ends a
   non-detached actor with the job that owns it, so a driver killed with -9 frees it.
 
@@ -49,7 +49,6 @@ DEFAULTS = {
 # A test hook: seconds between reading the lease and claiming it, to make two drivers race on purpose.
 CLAIM_DELAY = "POLYPRUNE_LEASE_CLAIM_DELAY_S"
 NAMESPACE = "polyprune"
-HELD: list["Lease"] = []  # leases this process holds, for `claim_ray` once Ray is up
 
 
 def me() -> str:
@@ -165,7 +164,6 @@ class Lease:
                 pass
         self.thread = threading.Thread(target=self.beat, name="polyprune-lease", daemon=True)
         self.thread.start()
-        HELD.append(self)
         return self
 
     def still_mine(self) -> bool:
@@ -232,8 +230,6 @@ class Lease:
         self.stop.set()
         if self.thread is not None:
             self.thread.join(timeout=30)
-        if self in HELD:
-            HELD.remove(self)
         if self.actor is not None:
             import ray
 
@@ -262,9 +258,3 @@ def hold(kind: str, name: str, cl, exp_id: str, uri: str = "", on_lost=None) -> 
     finally:
         lease.release()
 
-
-def claim_ray() -> None:
-    """Take the cluster layer of every lease this process holds (called once Ray is connected)."""
-    for lease in HELD:
-        if lease.actor is None:
-            lease.claim_ray()

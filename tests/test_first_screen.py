@@ -89,7 +89,8 @@ def test_a_searchs_first_screen_is_polyprunes_lines_only(folder):
 
 def test_verbose_shows_the_libraries_lines(folder, swept):
     path = write_yaml(folder / "verbose.yaml", SWEEP, name="first-verbose", tracking_uri="sqlite:///verbose.db")
-    done = polyprune(["sweep", str(path), "--verbose"], folder, user_env(folder.parent / "home"))
+    # Ray begun only once the driver needs it (the other sweeps here begin it early): both start paths run
+    done = polyprune(["sweep", str(path), "--verbose"], folder, user_env(folder.parent / "home", POLYPRUNE_EARLY_RAY="0"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert RAY_NOTICE in done.stderr, done.stderr  # Ray's notice on the local cluster it started
     # the same through the environment, and before the command's name; a bad value is one line
@@ -97,6 +98,25 @@ def test_verbose_shows_the_libraries_lines(folder, swept):
     bad = polyprune(["sweep", str(path), "--dry-run"], folder, user_env(folder.parent / "home", POLYPRUNE_LOG_LEVEL="loud"))
     assert bad.returncode == 2 and bad.stderr.strip().endswith("POLYPRUNE_LOG_LEVEL: allowed: DEBUG, INFO, WARNING; got 'loud'")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_refused_while_ray_starts_ahead_is_one_line_and_leaves_no_ray(folder):
+    """A first run's Ray begins while its file is validated (`RaySession.ahead`); a file refused after
+    that (a cell's check imports torch: seconds) still ends in its one line, exit 2, no Ray left running."""
+    import psutil
+
+    path = write_yaml(folder / "late.yaml", SWEEP, name="late", tracking_uri="sqlite:///late.db",
+                      calibration={**SWEEP["calibration"], "seqlen": 100000})
+    with short_home("late-") as home:
+        done = polyprune(["sweep", str(path)], folder, user_env(home))
+        began = list((home / "ray").rglob("session_*"))  # Ray's temp folder of its own (user_env)
+        left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])]
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert "calibration.seqlen: 100000 is beyond" in done.stderr, done.stderr
+    assert began, "Ray did not begin while the file was validated"
+    assert not left, left
+    assert not (folder / "late.db").exists()
 
 
 def ui_stderr(folder: Path, *extra: str) -> tuple[str, str]:

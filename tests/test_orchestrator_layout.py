@@ -1,5 +1,5 @@
 """The driver side's house rules (issue 12), read from the source: imports point one way
-(cli -> sweep / search / report -> tracking / config -> tasks), no private name is
+(cli -> sweep / search / report -> engine -> tracking / config -> tasks), no private name is
 imported from another module, no Optuna private attribute is touched, modules stay small."""
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ ALLOWED = {
     "models": {"names"},
     "schema": set(),
     "tracking": {"names", "stores", "lease", "models", "schema"},
-    "sweep": {"names", "stores", "config", "tracking", "lease", "models"},
-    "search": {"names", "stores", "config", "tracking", "sweep", "lease", "models"},
+    "engine": {"names", "stores", "config", "tracking", "lease", "models"},
+    "sweep": {"names", "stores", "config", "tracking", "lease", "models", "engine"},
+    "search": {"names", "stores", "config", "tracking", "lease", "models", "engine"},  # never sweep: both sit on engine
     "report": {"names", "config", "tracking", "models"},
-    "cli": {"names", "stores", "config", "tracking", "models", "sweep", "search", "report", "lease"},
+    "cli": {"names", "stores", "config", "tracking", "models", "engine", "sweep", "search", "report", "lease"},
 }
 
 
@@ -72,15 +73,91 @@ def test_no_private_names_across_modules_and_no_optuna_privates():
     assert not bad, bad
 
 
+def test_sweep_and_search_never_import_each_other():
+    """Both are kinds of run on the engine (orchestrator/engine/): what one needs of the other belongs there."""
+    bad = [f"{path.relative_to(PKG.parent)} imports orchestrator.{dep}" for path, part, tree in modules()
+           for dep, _ in imported(path, tree) if {part, dep} == {"sweep", "search"}]
+    assert not bad, bad
+
+
+def module_of(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(sources: dict[str, tuple[bool, str]]) -> dict[str, set[str]]:
+    """{module: orchestrator modules it imports}, from `sources` ({module: (is_package, code)}),
+    function-level imports included (a circle hidden inside a function is still a circle)."""
+    graph: dict[str, set[str]] = {}
+    for mod, (is_package, code) in sources.items():
+        package = mod.split(".") if is_package else mod.split(".")[:-1]
+        out = graph.setdefault(mod, set())
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                base = ".".join(base + (node.module.split(".") if node.module else []))
+                # `from pkg import name`: the submodule pkg.name when there is one, else pkg itself
+                out |= {f"{base}.{a.name}" if f"{base}.{a.name}" in sources else base for a in node.names}
+            elif isinstance(node, ast.Import):
+                out |= {a.name for a in node.names}
+        out &= set(sources) - {mod}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected set of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def orchestrator_sources() -> dict[str, tuple[bool, str]]:
+    return {module_of(p): (p.name == "__init__.py", p.read_text(encoding="utf-8")) for p in sorted(PKG.rglob("*.py"))}
+
+
+def test_no_import_circle_in_the_orchestrator():
+    assert cycles(import_graph(orchestrator_sources())) == []
+
+
+def test_the_circle_check_catches_a_circle_hidden_in_a_function():
+    sources = orchestrator_sources()
+    code = sources["orchestrator.engine.cells"][1] + "\n\ndef f():\n    from .lifecycle import drive\n"
+    graph = import_graph({**sources, "orchestrator.engine.cells": (False, code)})
+    # cells -> lifecycle -> scheduler -> worker -> cells
+    assert any({"orchestrator.engine.cells", "orchestrator.engine.lifecycle"} <= set(c) for c in cycles(graph))
+
+
 def test_modules_stay_small():
     files = [*PKG.rglob("*.py"), *(PKG.parent / "tasks").rglob("*.py")]
     sizes = {str(p.relative_to(PKG.parent)): len(p.read_text().splitlines()) for p in files}
     assert not {p: n for p, n in sizes.items() if n > 320}, sizes
 
 
-# What only `sweep.lifecycle.drive` does: start Ray (session), open or create the MLflow store and experiment,
+# What only `engine.lifecycle.drive` does: start Ray (session), open or create the MLflow store and experiment,
 # take the lease, begin the parent run, run the loop. A kind's driver is a source of cells and a sink of events.
-LIFECYCLE = {"hold", "claim_ray", "starting", "driving", "connect", "client", "experiment_id", "begin_parent",
+LIFECYCLE = {"hold", "claim_ray", "RaySession", "starting", "driving", "connect", "client", "experiment_id", "begin_parent",
              "run_cells", "init", "MlflowClient", "create_run", "set_terminated"}
 
 

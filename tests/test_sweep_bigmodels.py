@@ -1,4 +1,4 @@
-"""Models bigger than the device or the host on the sweep's worker (orchestrator/sweep/worker.py):
+"""Models bigger than the device or the host on the sweep's worker (orchestrator/engine/worker.py):
 the lm-eval device map under simulated GPU budgets, the host path (block-by-block pruning and
 perplexity, offloaded lm-eval) against the fast path on the CPU, the host-memory check, and a
 sweep on a real local Ray in which one model is too large for the host."""
@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, ByT5Tokenizer, LlamaConfig
 from conftest import tiny_llama_config
 from helpers import child_runs, write_yaml
 from orchestrator.cli import main
-from orchestrator.sweep.worker import CellRunner
+from orchestrator.engine.worker import CellRunner
 from tasks.evaluation.lmeval import run_lmeval
 from tasks.evaluation.offload import dispatched, offload_map
 from tasks.models import HOST_MEMORY_ENV, check_host_memory, linear_bytes

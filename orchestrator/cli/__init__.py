@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .noise import settled
 
-    # Ray may be started ahead (`sweep.session.speculate`) only where polyprune is the program: a caller
+    # Ray may be started ahead (`RaySession.ahead`) only where polyprune is the program: a caller
     # of main([...]) (tests, a notebook) manages its own Ray.
     args.own_process = argv is None
     try:
@@ -115,22 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"polyprune {args.command}: {e}\n")
         return 2
     finally:
-        while AFTER:
-            AFTER.pop()()
         if args.own_process:
             # The interpreter's exit then skips collecting the millions of objects torch, transformers,
             # MLflow and Ray leave (~1 s on 2 cores, benchmarks/sweep_overhead.py); nothing of ours waits on it.
             import gc
 
             gc.freeze()
-
-
-AFTER: list = []  # what a command left to undo once its outcome is printed (`later`)
-
-
-def later(undo) -> None:
-    """Call `undo()` when the command has ended, after its outcome is printed: a refused file's one
-    line shows at once, before a speculative Ray start (`sweep.session.speculate`) is undone."""
-    AFTER.append(undo)
-
 

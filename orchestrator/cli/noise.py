@@ -3,7 +3,7 @@ when they ask something of the user (its warnings and errors). `--verbose` (leve
 POLYPRUNE_LOG_LEVEL=INFO|DEBUG shows every library's lines as the library prints them (docs/cli.md).
 
 `settled` wraps a command, before it imports Ray or MLflow, and leaves the level it settled in
-POLYPRUNE_LOG_LEVEL for what starts later: Ray's own level (`sweep.session.connect` reads it), the
+POLYPRUNE_LOG_LEVEL for what starts later: Ray's own level (`engine.session.connect` reads it), the
 UI's server (`server_env`, `server_lines`), Ray's worker processes.
 """
 

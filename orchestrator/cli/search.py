@@ -16,11 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ..engine.session import RaySession
     from ..search.driver import run_search
     from .sweep import start_ahead
 
-    start_ahead(args)  # a local Ray starting while the file is validated, as for a sweep
-    summary = run_search(args.file, args.n_trials, args.storage, args.ray_address, args.tracking_uri)
+    with RaySession(args.ray_address) as ray:
+        start_ahead(args, ray)  # a local Ray starting while the file is validated, as for a sweep
+        summary = run_search(args.file, args.n_trials, args.storage, ray, args.tracking_uri)
     print_summary(summary)
     return 0 if summary["status"] == "FINISHED" else (130 if summary["status"] == "KILLED" else 1)
 

@@ -16,35 +16,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from .. import tracking
     from ..config import resolve_tracking_uri
+    from ..engine.session import RaySession
     from ..sweep.driver import dry_run, execute
     from ..sweep.file import expand, load_sweep
 
-    if not args.dry_run:
-        start_ahead(args)
-    cfg = load_sweep(args.file)
-    if args.tracking_uri:
-        cfg.tracking_uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
-    # The final store, probed before the cells are checked (seconds) and before `execute` starts Ray
-    # alongside its creation: a refused store (a missing folder, Ray's per-job copy, a server that
-    # is down) is one line at once, and launches nothing.
-    tracking.client(cfg.tracking_uri, create=False)
-    cells = expand(cfg)
-    if args.dry_run:
-        return dry_run(cfg, cells)
-    return execute(cfg, cells, args.ray_address, Path(args.file))
+    with RaySession(args.ray_address) as ray:
+        if not args.dry_run:
+            start_ahead(args, ray)
+        cfg = load_sweep(args.file)
+        if args.tracking_uri:
+            cfg.tracking_uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+        # The final store, probed before the cells are checked (seconds) and before `execute` starts Ray
+        # alongside its creation: a refused store (a missing folder, Ray's per-job copy, a server that
+        # is down) is one line at once, and launches nothing.
+        tracking.client(cfg.tracking_uri, create=False)
+        cells = expand(cfg)
+        if args.dry_run:
+            return dry_run(cfg, cells)
+        return execute(cfg, cells, ray, Path(args.file))
 
 
-def start_ahead(args) -> None:
+def start_ahead(args, ray) -> None:
     """A first run of FILE on a local Ray: Ray starts while the file is validated (seconds each), for
-    the driver to take over; undone after the outcome is printed when the file is refused."""
-    if not (getattr(args, "own_process", False) and new_store(args.file, args.tracking_uri)):
-        return
-    from . import later
-    from ..sweep.session import speculate
-
-    early = speculate(args.ray_address)
-    if early is not None:
-        later(early.abandon)  # a no-op once the driver took it over
+    the driver to join (`RaySession.ahead`); undone when the file is refused. Only where polyprune is
+    the program (`own_process`): a caller of `main([...])` (tests, a notebook) manages its own Ray."""
+    if getattr(args, "own_process", False) and new_store(args.file, args.tracking_uri):
+        ray.ahead()
 
 
 def new_store(file: str, tracking_uri: str | None) -> bool:

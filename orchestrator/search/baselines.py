@@ -31,8 +31,8 @@ from tasks.errors import UserError
 
 from ..config import Strict, local_path
 from ..names import BASELINE
-from ..sweep.record import log
-from ..sweep.scheduler import FixedCells
+from ..engine.record import log
+from ..engine.scheduler import FixedCells
 
 WORDS = ("uniform", "target")
 # The method the literature ran where the search runs a multilingual variant of it.

@@ -3,7 +3,7 @@ the confirmation rebuilds its candidates with it, benchmarks/search_efficiency.p
 a baseline's cell, a cell on another calibration seed, and what every one of them evaluates (valid,
 then test) and fixes (the file's hyperparameters).
 
-A trial's cell is a sweep cell's key (`sweep.cells.prune_cell`), so the worker runs it unchanged and
+A trial's cell is a sweep cell's key (`engine.cells.prune_cell`), so the worker runs it unchanged and
 its id says whether it already ran.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from tasks.errors import UserError
 
-from ..sweep.cells import Cell, prune_cell, prune_spec
+from ..engine.cells import Cell, prune_cell, prune_spec
 
 
 def trial_cell(cfg, space, trial, n_blocks: int | None = None, ev: dict[str, Any] | None = None) -> Cell:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import tracking
 from ..names import KIND, MODEL_ID, STUDY
-from ..sweep.record import Recorder, log
+from ..engine.record import Recorder, log
 from .cells import n_blocks, trial_evaluation
 from .study import lose, open_study, take_over
 

@@ -1,7 +1,7 @@
 """A search's run: THE list of its stages (`stages`), driven by the engine's lifecycle.
 
 Order of work: validate the file, its space, one representative trial and every baseline (nothing is
-created on a bad file) -> `sweep.lifecycle.drive` (start-up, store, lease, parent run, interrupt,
+created on a bad file) -> `engine.lifecycle.drive` (start-up, store, lease, parent run, interrupt,
 final status) with `SearchJob` as its job: under the lease, the study opened and taken over and the
 finished runs listed (`context.SearchContext`), then each stage in order, each one pass of the
 scheduler:
@@ -29,8 +29,8 @@ from tasks.errors import UserError
 
 from .. import models, tracking
 from ..names import DRIVER, STUDY
-from ..sweep.lifecycle import Job, drive
-from ..sweep.record import log
+from ..engine.lifecycle import Job, drive
+from ..engine.record import log
 from .baselines import Baselines
 from .context import SearchContext, quiet
 from .record import SearchRecord

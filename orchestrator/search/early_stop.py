@@ -2,7 +2,7 @@
 themselves are built in `sampling`).
 
 Step i of a trial is the valid perplexity of its i-th evaluation language, posted by the worker
-as that language finishes (`sweep.worker.Reporter`) to a `Mailbox`, a small Ray actor a driver
+as that language finishes (`engine.worker.Reporter`) to a `Mailbox`, a small Ray actor a driver
 thread listens to: it reports each value to the trial (`trial.report`), asks the pruner
 (`trial.should_prune`) and rules; the worker waits for the verdict and, pruned, ends the cell
 there (no further language, no test pass). The trial is told PRUNED, its
@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import tracking
 from ..names import PRUNED
-from ..sweep.record import log
+from ..engine.record import log
 from .sampling import prunes
 
 

@@ -214,7 +214,7 @@ def check(cfg: SearchConfig, space) -> None:
 
 # ---------------------------------------------------------------- metrics
 
-# Metrics every cell reports besides its evaluation (sweep.worker.CellRunner).
+# Metrics every cell reports besides its evaluation (engine.worker.CellRunner).
 ALWAYS = ("sparsity.actual", "time.prune_s", "time.eval_s", "time.cell_s", "time.calib_s", "time.load_s")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import models, tracking
-from ..sweep.record import attach_model
+from ..engine.record import attach_model
 
 from ..names import BASELINE, BEST_TRIALS, CONFIRMED, KIND, METRIC, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
 from .baselines import metric_key
@@ -29,7 +29,7 @@ from .confirm import metrics as confirmation_metrics
 
 
 class SearchRecord:
-    """The trials' runs under the parent run `sweep.lifecycle.drive` opened (`tags`: provenance)."""
+    """The trials' runs under the parent run `engine.lifecycle.drive` opened (`tags`: provenance)."""
 
     def __init__(self, cl, exp: str, parent: str, name: str, tags: dict[str, str]):
         self.cl, self.exp, self.parent, self.name, self.tags = cl, exp, parent, name, tags

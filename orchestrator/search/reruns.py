@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..names import CONFIRM, CONFIRM_PHASE, CONFIRM_SEED
-from ..sweep.scheduler import FixedCells
+from ..engine.scheduler import FixedCells
 from .cells import reseeded
 
 KIND_CONFIRM = "confirm"  # the runs' polyprune.kind

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..sweep.record import log
+from ..engine.record import log
 from .cells import trial_cell
 from .confirm import choose, winner
 from .record import trial_dict

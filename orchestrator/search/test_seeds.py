@@ -18,7 +18,7 @@ from typing import Any
 
 from ..models import no_progress_bars
 from ..names import LOSSES_FILE
-from ..sweep.record import log
+from ..engine.record import log
 from .confirm import verdict
 from .context import quiet
 from .reruns import Reruns

@@ -20,7 +20,7 @@ from tasks.errors import UserError
 
 from .. import tracking
 from ..names import BEAT, ERROR
-from ..sweep.record import log, retry_tags
+from ..engine.record import log, retry_tags
 from . import early_stop
 from .cells import trial_cell
 from .context import quiet

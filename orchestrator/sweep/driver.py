@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from .. import tracking
-from .lifecycle import Job, drive
-from .record import Recorder, log
-from .scheduler import FixedCells
+from ..engine.lifecycle import Job, drive
+from ..engine.record import Recorder, log
+from ..engine.scheduler import FixedCells
 
 # ---------------------------------------------------------------- dry run
 
@@ -68,11 +68,12 @@ def estimate(cfg, cells, done) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def execute(cfg, cells, ray_address: str | None = None, file: Path | None = None) -> int:
-    """Run `cells` of `cfg` (from `sweep.file.expand`) and record them; the exit code.
-    Usable from Python (e.g. `polyprune demo` builds a SweepConfig in code: file=None)."""
+def execute(cfg, cells, ray=None, file: Path | None = None) -> int:
+    """Run `cells` of `cfg` (from `sweep.file.expand`) and record them; the exit code. `ray`: the
+    command's `RaySession`, or a Ray address (`lifecycle.drive`). Usable from Python (e.g.
+    `polyprune demo` builds a SweepConfig in code: file=None)."""
     job = SweepJob(cfg, cells, file)
-    out = drive(job, ray_address)
+    out = drive(job, ray)
     summary(cfg, job.rec, out.status)
     return out.code
 

@@ -20,7 +20,7 @@ from tasks.errors import UserError
 
 from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, check_evaluation, check_fit, check_model,
                       model_path, read_mapping, resolve_evaluation, resolve_paths, run_options, validate)
-from .cells import Cell, baseline_cell, prune_cell, prune_spec
+from ..engine.cells import Cell, baseline_cell, prune_cell, prune_spec
 
 
 class MethodEntry(Strict):

@@ -1,4 +1,5 @@
-"""The work side of a sweep: `CellRunner` runs cells; `WorkerPool` keeps them as Ray actors.
+"""The work side of sweeps and searches: `CellRunner` runs cells (kept as Ray actors by
+`scheduler.WorkerPool`).
 
 A runner is long-lived: it keeps the current base model in host memory and, between
 cells of the same model, restores the dense weights of the prunable linears from a

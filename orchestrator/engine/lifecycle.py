@@ -1,11 +1,12 @@
 """THE driver's lifecycle, shared by sweeps and searches: `drive(job)`.
 
-The caller has validated everything (nothing is created on a bad file). Then:
-start (`session.starting`: the Ray address probed; on a new sqlite store Ray and the
-workers start in the background while MLflow creates its schema) -> the MLflow client
+The caller has validated everything (nothing is created on a bad file) and passes the
+command's `session.RaySession` (or an address: drive then opens and closes its own). Then:
+start (`RaySession.check`: the Ray address probed; `prepare`: on a new sqlite store Ray and
+the workers start in the background while MLflow creates its schema) -> the MLflow client
 and experiment, opened once -> the lease (`orchestrator.lease`: one driver per sweep or
 study, else exit 2) -> `job.open` (what is done already; a search takes its study over)
--> Ray joined, SIGTERM taken as Ctrl-C (`session.driving`) -> the parent run (reused on
+-> Ray joined, SIGTERM taken as Ctrl-C (`RaySession.driving`) -> the parent run (reused on
 resume; children a dead driver left RUNNING end KILLED) -> each of `job.stages(...)`
 through `scheduler.run_cells` -> `job.end` and the parent's final status.
 
@@ -25,6 +26,7 @@ are started for the first stage and serve every later one (a model they hold sta
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -33,8 +35,8 @@ from tasks.errors import UserError
 from .. import tracking
 from ..lease import hold
 from .record import log
-from .scheduler import STOP, Events, Source, WorkerPool, run_cells
-from .session import driving, starting
+from .scheduler import Events, Source, WorkerPool, run_cells
+from .session import RaySession
 
 
 @dataclass
@@ -97,21 +99,26 @@ class Outcome:
     code: int  # the exit code: 0, 1 (cells failed) or 130 (interrupted)
 
 
-def drive(job: Job, ray_address: str | None = None) -> Outcome:
-    """Run `job` from start-up to its parent run's final status (see the module's docstring).
-    A driver error is re-raised after the records are ended."""
+def drive(job: Job, ray: RaySession | str | None = None) -> Outcome:
+    """Run `job` from start-up to its parent run's final status (see the module's docstring) on
+    `ray`: the command's RaySession, or a Ray address (None: RAY_ADDRESS or a local Ray) for a
+    session of this call's own. A driver error is re-raised after the records are ended."""
     t0 = time.time()
     uri = job.tracking_uri
     tracking.client(uri, create=False)  # a missing sqlite folder is a UserError before anything exists
-    with starting(uri, ray_address, job.resources, log) as started:
+    with nullcontext(ray) if isinstance(ray, RaySession) else RaySession(ray) as session:
+        session.check()
+        path = tracking.sqlite_path(uri)
+        session.prepare(job.resources, log, new_store=path is not None and not path.exists())
         cl = tracking.client(uri, create=True)
         exp = tracking.experiment_id(cl, job.name, uri, create=True)  # creates the schema here, once
-        with hold(job.kind, job.name, cl, exp, uri, on_lost=lost) as lease:
+        # the heartbeat found this driver's lease taken: stop like Ctrl-C (the loop's next turn)
+        with hold(job.kind, job.name, cl, exp, uri, on_lost=lambda why: session.interrupt.stop.set()) as lease:
             rec = Record(cl, exp, tracking.provenance(), t0, lease=lease)
             try:
                 needed = job.open(rec)
-                with driving(ray_address, needed=needed, started=started):
-                    outcome = run_parent(job, rec, started)
+                with session.driving(needed, lease):
+                    outcome = run_parent(job, rec, session)
             finally:
                 job.release()
             if lease.lost:  # stopped as on Ctrl-C, then told as a refusal: one line, exit 2
@@ -119,24 +126,19 @@ def drive(job: Job, ray_address: str | None = None) -> Outcome:
             return outcome
 
 
-def lost(why: str) -> None:
-    """The heartbeat found this driver's lease taken: stop like Ctrl-C (the loop's next turn)."""
-    STOP.set()
-
-
-def run_parent(job: Job, rec: Record, started) -> Outcome:
+def run_parent(job: Job, rec: Record, session: RaySession) -> Outcome:
     tags, params, files = job.parent()
     rec.parent = tracking.begin_parent(rec.cl, rec.exp, job.name, job.kind, {**rec.tags, **tags}, params)
     tracking.log_artifacts(rec.cl, rec.parent, files)
     status, code = "FINISHED", 0
-    pool = started.pool if started else None  # actors started during start-up serve the first stage
+    pool = session.take_pool()  # actors started during start-up serve the first stage
     try:
         try:
             for source, events in job.stages(rec):
                 if rec.lease is not None and rec.lease.lost:  # lost between stages: no stage starts
                     raise KeyboardInterrupt
                 pool = pool or WorkerPool(job.resources, log)  # one pool for every stage: actors start once
-                run_cells(source, job.resources, events, log, pool=pool)
+                run_cells(source, job.resources, events, log, pool=pool, interrupt=session.interrupt)
         finally:  # the actors go before the records in flight are ended
             if pool is not None:
                 pool.shutdown()

@@ -16,7 +16,7 @@ and owns the record. Rules:
 - an actor that cannot even start is replaced; after 2 x pool size such failures with
   no actor up, the run stops (RuntimeError);
 - when no actor can be placed for `WORKER_WAIT_S`, the cells still owed fail.
-Drivers run this loop only through `lifecycle.drive` (inside `session.driving`: Ray connected or
+Drivers run this loop only through `lifecycle.drive` (inside `RaySession.driving`: Ray connected or
 started, SIGTERM taken as Ctrl-C), once per stage.
 """
 
@@ -33,9 +33,16 @@ PER_WORKER = 2
 WORKER_WAIT_S = float(os.environ.get("POLYPRUNE_WORKER_WAIT_S", 600))  # give up when no actor can be placed this long
 CELL_DELAY_S = float(os.environ.get("POLYPRUNE_CELL_DELAY_S", 0))  # test hook: slow cells to kill them mid-flight
 RAY_LOGS = os.environ.get("POLYPRUNE_RAY_LOGS", "") == "1"  # forward worker stdout/stderr to the driver
-# Ctrl-C / SIGTERM while the loop runs (session.driving's handler): the loop stops at its next turn,
-# so the interrupt never lands inside an MLflow write and leaves the store locked mid-transaction.
-STOP, LOOPING = threading.Event(), threading.Event()
+
+
+@dataclass
+class Interrupt:
+    """Ctrl-C / SIGTERM while the loop runs (`RaySession.on_signal`), or a lost lease: `stop` is set and
+    the loop stops at its next turn, so the interrupt never lands inside an MLflow write and leaves the
+    store locked mid-transaction. `looping`: the loop is running (elsewhere a signal interrupts at once)."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    looping: threading.Event = field(default_factory=threading.Event)
 
 
 class Source(Protocol):
@@ -150,11 +157,12 @@ def death_errors():
 
 
 def run_cells(source: Source, resources, events: Events, log: Callable[[str], None] = print, delay_s: float = CELL_DELAY_S,
-              pool: WorkerPool | None = None) -> None:
+              pool: WorkerPool | None = None, interrupt: Interrupt | None = None) -> None:
     """Run every cell `source` gives once (plus retries after worker deaths). KeyboardInterrupt
     propagates after the actors are killed; the caller ends its in-flight records. `pool`: the
     caller's actors (started ahead, or serving several stages: the caller shuts them down), else
-    they are started here and shut down on the way out."""
+    they are started here and shut down on the way out; `interrupt`: the session's stop flag (the
+    loop raises KeyboardInterrupt at its next turn once it is set)."""
     import ray
 
     death = death_errors()
@@ -207,11 +215,12 @@ def run_cells(source: Source, resources, events: Events, log: Callable[[str], No
         if again or source.more():
             pool.spawn()
 
-    STOP.clear()
-    LOOPING.set()
+    interrupt = interrupt or Interrupt()
+    interrupt.stop.clear()
+    interrupt.looping.set()
     try:
         while source.more() or again or inflight:
-            if STOP.is_set():
+            if interrupt.stop.is_set():
                 raise KeyboardInterrupt
             dispatch()
             starting = pool.starting()
@@ -254,7 +263,7 @@ def run_cells(source: Source, resources, events: Events, log: Callable[[str], No
             w.queue.remove(ref)
             deliver(events, cell, out)
     finally:
-        LOOPING.clear()
+        interrupt.looping.clear()
         if owned:
             pool.shutdown()
 
