@@ -199,6 +199,8 @@ def lines(c: dict[str, Any]) -> list[str]:
         out.append(f"  {('winner ' if e['label'] == c['winner'] else '') + e['label']:24s} {ms(e.get('valid_mean_sd')):>18s}")
     if c["winner"] is None:
         out.append("  no candidate has every selection seed: no winner, no test phase")
+    elif not c.get("tested"):
+        out.append("  no test phase (no baselines to compare with, or the search stopped before it): no verdict")
     if c.get("tested"):
         out.append(f"  test phase {'valid ' + m:>14s} {'test ' + m:>18s}   (mean ± sd over {len(test)} test seeds)")
         for e in c["tested"]:

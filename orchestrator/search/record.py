@@ -65,7 +65,7 @@ class SearchRecord:
         if c:
             files["confirmation.json"] = (json.dumps(c, indent=2, default=str) + "\n").encode()
             m.update(confirmation_metrics(c))
-            if c.get("winner_number") is not None:
+            if c.get("winner_number") is not None and c.get("vs"):  # a verdict was reached
                 tracking.log_tags(self.cl, self.parent, {CONFIRMED: str(c["winner_number"])})
         tracking.log_artifacts(self.cl, self.parent, files)
         tracking.log_metrics(self.cl, self.parent, m)
