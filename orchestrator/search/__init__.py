@@ -1,5 +1,5 @@
 """Searches: Optuna's ask-and-tell over calibration mixes, M-Wanda coefficients and layerwise schedules,
-as a list of stages the engine's lifecycle drives (`driver.stages`; docs/extending.md, "A search stage").
+as a list of stages the engine's lifecycle drives (`driver.stage_list`; docs/extending.md, "A search stage").
 
 - `driver`: `run_search`, THE list of stages, `SearchJob` (the search as a lifecycle `Job`);
 - `context`: what every stage shares (file, space, study, record, finished runs);

@@ -1,4 +1,4 @@
-"""A search's run: THE list of its stages (`stages`), driven by the engine's lifecycle.
+"""A search's run: THE list of its stages (`stage_list`), driven by the engine's lifecycle.
 
 Order of work: validate the file, its space, one representative trial and every baseline (nothing is
 created on a bad file) -> `engine.lifecycle.drive` (start-up, store, lease, parent run, interrupt,
@@ -19,9 +19,6 @@ runs them, and adds its part to the summary; docs/extending.md says how to add o
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +37,7 @@ from .test_seeds import TestSeeds
 from .trials import Trials
 
 
-def stages(ctx, n_trials: int | None) -> list:
+def stage_list(ctx, n_trials: int | None) -> list:
     """THE search, in order. A new stage is a module of its own and one line here (docs/extending.md)."""
     baselines = Baselines(ctx)
     out = [baselines, Trials(ctx, n_trials)]
@@ -99,7 +96,7 @@ def trial_resources(cfg):
 
 
 class SearchJob(Job):
-    """A search for `lifecycle.drive`: its stages (`stages`) in order, each one pass of the scheduler,
+    """A search for `lifecycle.drive`: its stages (`stage_list`) in order, each one pass of the scheduler,
     all under one lease and parent run, ended by one interrupt path."""
 
     kind = "search"
@@ -108,7 +105,7 @@ class SearchJob(Job):
         self.cfg, self.space, self.source, self.file = cfg, space, source, file
         self.name, self.tracking_uri, self.resources = cfg.name, cfg.tracking_uri, trial_resources(cfg)
         self.ctx = SearchContext(cfg, space)
-        self.stages_ = stages(self.ctx, n_trials)
+        self.all_stages = stage_list(self.ctx, n_trials)
         self.result: dict[str, Any] = {}
 
     def open(self, rec) -> bool:
@@ -118,7 +115,7 @@ class SearchJob(Job):
         lost = self.ctx.open(rec)
         if lost:
             log(f"search {self.name}: {lost} trials left RUNNING by a stopped driver re-enqueued")
-        return any(s.pending() for s in self.stages_)
+        return any(s.pending() for s in self.all_stages)
 
     def parent(self):
         cfg = self.cfg
@@ -130,21 +127,21 @@ class SearchJob(Job):
 
     def stages(self, rec):
         self.ctx.rec = SearchRecord(rec.cl, rec.exp, rec.parent, self.name, rec.tags)
-        for stage in self.stages_:
+        for stage in self.all_stages:
             if stage.pending():
                 yield stage.run()
 
     def stop(self, status: str, why: str) -> None:
-        for stage in self.stages_:
+        for stage in self.all_stages:
             quiet(lambda stage=stage: stage.stop(status, why))
 
     def has_failures(self) -> bool:
-        return any(s.has_failures() for s in self.stages_)
+        return any(s.has_failures() for s in self.all_stages)
 
     def end(self, status: str) -> None:
         cfg = self.cfg
         self.result = {"study": cfg.name, "status": status, "storage": cfg.storage, "objectives": self.ctx.metrics}
-        for stage in self.stages_:
+        for stage in self.all_stages:
             quiet(lambda stage=stage: stage.finish(self.result))
         quiet(lambda: self.ctx.rec.end(self.ctx.study, self.result, self.ctx.metrics))
 

@@ -103,4 +103,4 @@ def window_losses(cl, model_id: str | None, dest: Path, langs: list[str] | None)
     except Exception:  # a run from before per-window losses were logged
         return None
     test = json.loads(Path(path).read_text()).get("test") or {}
-    return {l: (v["nll"], v["tokens"]) for l, v in test.items() if langs is None or l in langs} or None
+    return {lang: (v["nll"], v["tokens"]) for lang, v in test.items() if langs is None or lang in langs} or None
