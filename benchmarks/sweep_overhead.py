@@ -183,12 +183,14 @@ def startup(a, env: dict) -> int:
                 if i != "warm":
                     rows[label].append(row)
             load_before = os.getloadavg()[0]
-            row = {"ray_floor_s": round(timed([__file__, "--ray-floor"], ROOT, {}), 2), "load_avg_1min": [load_before, os.getloadavg()[0]]}
+            floor_s = timed([__file__, "--ray-floor"], ROOT, {})
+            row = {"ray_floor_s": round(floor_s, 2), "load_avg_1min": [load_before, os.getloadavg()[0]]}
             print("ray_floor", i, json.dumps(row), flush=True)
             if i != "warm":
                 rows["ray_floor"].append(row)
     med = statistics.median
-    out: dict = {label: {"repeats": len(r), "fixed_s_median": med(x["fixed_s"] for x in r), "rerun_s_median": med(x["rerun_s"] for x in r),
+    out: dict = {label: {"repeats": len(r), "fixed_s_median": med(x["fixed_s"] for x in r),
+                         "rerun_s_median": med(x["rerun_s"] for x in r),
                          "fixed_s": [x["fixed_s"] for x in r], "rerun_s": [x["rerun_s"] for x in r]}
                  for label, r in rows.items() if label != "ray_floor"}
     floor = [x["ray_floor_s"] for x in rows["ray_floor"]]

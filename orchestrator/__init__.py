@@ -8,5 +8,6 @@ tracking / config -> tasks):
 - `sweep`: sweep files and their cells, the sweep driver;
 - `search`: search files, spaces, the Optuna study, the ask-and-tell driver on the engine;
 - `report`: report assembly, sections, figures, compare;
-- `tracking`: MLflow helpers; `config`: what sweep and search files share.
+- `tracking`: MLflow helpers; `provenance`: the code's commit and the library versions every run carries;
+  `config`: what sweep and search files share.
 """

@@ -172,18 +172,6 @@ def check_model(model: str, field: str) -> None:
         raise UserError(field, e.message) from None
 
 
-def model_positions(model: str) -> int | None:
-    """The positions a local model takes, from its config.json alone (as tasks.models.max_positions)."""
-    import json
-
-    try:
-        conf = json.loads(Path(model, "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    conf = {**conf, **(conf.get("text_config") or {})}
-    return next((int(conf[k]) for k in ("max_position_embeddings", "n_positions", "seq_length") if isinstance(conf.get(k), int)), None)
-
-
 def resolve_paths(cfg: Any, base: Path) -> None:
     """THE resolver of the sections sweep and search files share: calibration data, evaluation
     data and lm-eval task folders, the schedule file, the MLflow store. A file's own path
@@ -284,7 +272,7 @@ def check_fit(cfg: Any, models: list[str], mixes: list[str], ev: dict[str, Any],
     from tasks.data.calibration import calibration_docs, eval_windows
     from tasks.data.langs import parse_mix, split_counts
     from tasks.data.sources import get_source
-    from tasks.models import DTYPES
+    from tasks.models import DTYPES, config_positions, read_config
     from transformers import AutoTokenizer
 
     if cfg.dtype not in DTYPES:  # as load_model checks it in each cell
@@ -301,7 +289,7 @@ def check_fit(cfg: Any, models: list[str], mixes: list[str], ev: dict[str, Any],
             if n:  # a language a mix leaves out is not sampled (tasks.data.calibration.sample_calibration)
                 need[lang] = max(n, need.get(lang, 0))
     for model in [m for m in models if os.path.isabs(m)]:
-        positions = model_positions(model)
+        positions = config_positions(read_config(model, cfg.trust_remote_code))
         for where, seqlen in seqlens.items():
             if seqlen is not None and positions and seqlen > positions:
                 raise UserError(where, f"{seqlen} is beyond the {positions} positions of model {model!r}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +21,8 @@ from tasks.errors import UserError
 
 from .stores import check_uri, creating
 from .models import check_model_files, end_model, log_model_params
-from .names import (CELL, DRIVER, ERROR, EXPERIMENT_KIND, GIT_DIRTY, KIND, MODEL_DEVELOPMENT, MODEL_HASH, MODEL_ID, NOTE,
-                    PARENT, ROLE, SWEEP, VERSIONS)
+from .names import (CELL, DRIVER, ERROR, EXPERIMENT_KIND, KIND, MODEL_DEVELOPMENT, MODEL_HASH, MODEL_ID, NOTE, PARENT, ROLE,
+                    SWEEP)
 from .schema import seed
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -282,37 +281,3 @@ def log_datasets(cl, run_id: str, datasets: dict[str, dict]) -> None:
                            [InputTag(MLFLOW_DATASET_CONTEXT, context)])
               for context, d in datasets.items()]
     cl.log_inputs(run_id, datasets=inputs)
-
-
-def provenance() -> dict[str, str]:
-    """Tags on every run: git commit of the code and library versions."""
-    from tasks.api import versions
-
-    vers = versions()
-    for pkg in ("ray", "mlflow"):
-        try:
-            from importlib.metadata import version
-
-            vers[pkg] = version(pkg)
-        except Exception:
-            pass
-    tags = {VERSIONS: json.dumps(vers, sort_keys=True)}
-    state = git_state()
-    if state is not None:
-        tags["mlflow.source.git.commit"], dirty = state
-        tags[GIT_DIRTY] = str(dirty).lower()
-    return tags
-
-
-def git_state() -> tuple[str, bool] | None:
-    """(commit, modified?) of the git checkout polyprune runs from; None when it is not one."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit.stdout.strip(), bool(dirty.stdout.strip())

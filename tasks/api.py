@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import shutil
 import time
@@ -28,6 +27,7 @@ from .evaluation import perplexity as _ppl
 from .models import block_linears, find_blocks, load_model, max_positions, restore, snapshot  # noqa: F401 (API)
 from .outdir import check_out_dir, remove_stale_temps  # noqa: F401 (API)
 from .pruning import METHODS, SCHEDULES
+from .versions import versions  # noqa: F401 (API)
 from .pruning.base import convert, hp_names, parse_hp
 from .pruning.masks import save_masks
 from .pruning.pipeline import prune_blocks, schedule_targets
@@ -144,18 +144,6 @@ class PruneResult:
     masks: dict[str, torch.Tensor]
     calibration: Calibration
     result: dict[str, Any]
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("polyprune", "torch", "transformers", "datasets", "lm_eval"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def _device(name: str) -> torch.device:

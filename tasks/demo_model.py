@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .data import builtin
+from .versions import versions as library_versions
 
 BUILD = 2  # bump when training changes in a way the config does not show, so caches are rebuilt
 
@@ -222,7 +223,8 @@ def demo_model_path(cfg: DemoConfig = DemoConfig(), progress: bool = True) -> Pa
 
 
 def versions() -> dict[str, str]:
-    return {p: version(p) for p in ("torch", "transformers", *builtin.PACKAGES)}
+    """The libraries every record names (tasks.versions), and the packages the corpus is read from."""
+    return {**library_versions(), **{p: version(p) for p in builtin.PACKAGES}}
 
 
 def file_sha256(path: Path) -> str:

@@ -58,12 +58,38 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Linear]:
     return {f"{prefix}.{i}.{name}.weight": lin for i, b in enumerate(blocks) for name, lin in block_linears(b).items()}
 
 
+def read_config(name: str, trust_remote_code: bool = False):
+    """THE reader of a model's config, nothing loaded (a local folder, the alias `demo` or a hub id):
+    transformers' config of it, or one line saying why it cannot be read."""
+    from transformers import AutoConfig
+
+    local = Path(resolve_alias(name)).expanduser()
+    try:
+        return AutoConfig.from_pretrained(str(local) if local.exists() else name, trust_remote_code=trust_remote_code)
+    except Exception as e:  # a missing or broken file, an unknown model type, remote code failing
+        raise UserError("model", f"cannot read the config of {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def text_setting(config, keys: tuple[str, ...]) -> int | None:
+    """The first of `keys` the config's language model sets (a multimodal config nests it)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return next((int(getattr(text, k)) for k in keys if getattr(text, k, None)), None)
+
+
+def config_positions(config) -> int | None:
+    return text_setting(config, ("max_position_embeddings", "n_positions", "seq_length"))
+
+
 def max_positions(model: nn.Module) -> int | None:
-    cfg = getattr(model.config, "get_text_config", lambda: model.config)()
-    for key in ("max_position_embeddings", "n_positions", "seq_length"):
-        if getattr(cfg, key, None):
-            return int(getattr(cfg, key))
-    return None
+    return config_positions(model.config)
+
+
+def n_blocks(name: str, trust_remote_code: bool = False) -> int:
+    """Decoder blocks of a model, from its config alone (`read_config`)."""
+    blocks = text_setting(read_config(name, trust_remote_code), ("num_hidden_layers", "n_layer", "num_layers"))
+    if blocks is None:
+        raise UserError("model", f"cannot tell the number of blocks of {name!r} from its config (needed for a per-block profile)")
+    return blocks
 
 
 def resolve_alias(name: str) -> str:
@@ -204,13 +230,7 @@ def check_host_memory(name: str, dtype: str = "auto", available: int | None = No
     small host with it). Returns the estimated need in bytes.
     """
     if config is None:
-        from transformers import AutoConfig
-
-        local = Path(resolve_alias(name)).expanduser()
-        try:
-            config = AutoConfig.from_pretrained(str(local) if local.exists() else name, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise UserError("model", f"cannot read the config of {name!r}: {str(e).splitlines()[0]}") from None
+        config = read_config(name, trust_remote_code)
     need = int(weight_bytes(config, dtype) * headroom)
     have = available_host_memory() if available is None else int(available)
     if need > have:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from conftest import save_tiny_model
 from orchestrator.cli import main
 from tasks.pruning.masks import load_masks
+from tasks.versions import versions
 
 BASE = ["--method", "wanda", "--sparsity", "0.5", "--calib", "en=0.7,de=0.3", "--nsamples", "8", "--seqlen", "48"]
 
@@ -30,7 +31,7 @@ def test_prune_writes_the_contract_and_masks_rebuild_the_model(tiny_llama, text_
     assert result["config"]["calib"] == "de=0.3,en=0.7" and result["config"]["seqlen"] == 48
     assert result["sparsity_actual"] == pytest.approx(0.5)
     assert result["sparsity_per_block"]["target"] == [0.5, 0.5]
-    assert result["versions"]["torch"] and result["time_prune_s"] > 0
+    assert result["versions"] == versions() and result["versions"]["optuna"] and result["time_prune_s"] > 0
     cal = load_file(out / "calibration.safetensors")
     assert cal["input_ids"].shape == (8, 48) and cal["input_ids"].dtype == torch.int64
     assert cal["language"].tolist() == [0, 0, 1, 1, 1, 1, 1, 1]  # de (index 0): 8 * 0.3 -> 2, en: 6

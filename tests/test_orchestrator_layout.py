@@ -17,12 +17,13 @@ ALLOWED = {
     "lease": {"names", "stores"},
     "models": {"names"},
     "schema": set(),
+    "provenance": {"names"},
     "tracking": {"names", "stores", "lease", "models", "schema"},
-    "engine": {"names", "stores", "config", "tracking", "lease", "models"},
+    "engine": {"names", "stores", "config", "tracking", "lease", "models", "provenance"},
     "sweep": {"names", "stores", "config", "tracking", "lease", "models", "engine"},
     "search": {"names", "stores", "config", "tracking", "lease", "models", "engine"},  # never sweep: both sit on engine
     "report": {"names", "config", "tracking", "models"},
-    "cli": {"names", "stores", "config", "tracking", "models", "engine", "sweep", "search", "report", "lease"},
+    "cli": {"names", "stores", "config", "tracking", "models", "engine", "sweep", "search", "report", "lease", "provenance"},
 }
 
 
@@ -149,10 +150,15 @@ def test_the_circle_check_catches_a_circle_hidden_in_a_function():
     assert any({"orchestrator.engine.cells", "orchestrator.engine.lifecycle"} <= set(c) for c in cycles(graph))
 
 
+MAX_LINES = 300
+# Modules still over MAX_LINES, each held at its size until it is split (a ratchet: shrink, never grow).
+OVER = {"orchestrator/config.py": 308, "tasks/demo_model.py": 319}
+
+
 def test_modules_stay_small():
     files = [*PKG.rglob("*.py"), *(PKG.parent / "tasks").rglob("*.py")]
     sizes = {str(p.relative_to(PKG.parent)): len(p.read_text().splitlines()) for p in files}
-    assert not {p: n for p, n in sizes.items() if n > 320}, sizes
+    assert not {p: n for p, n in sizes.items() if n > OVER.get(p, MAX_LINES)}, sizes
 
 
 # What only `engine.lifecycle.drive` does: start Ray (session), open or create the MLflow store and experiment,

@@ -31,7 +31,7 @@ def test_two_sweep_drivers_at_once_one_runs_one_is_refused(ray_local, run_dir):
     results = [finish(p) for p in procs]
     db = run_dir / "mlflow.db"
     for i, name in enumerate(names):
-        (c1, o1, e1), (c2, o2, e2) = results[2 * i], results[2 * i + 1]
+        (c1, _, e1), (c2, _, e2) = results[2 * i], results[2 * i + 1]
         assert sorted([c1, c2]) == [0, 2], (e1[-2000:], e2[-2000:])
         one_line_refusal(e1 if c1 == 2 else e2, "sweep", name)
         runs = child_runs(db, name)

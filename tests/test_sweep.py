@@ -6,6 +6,7 @@ test_sweep_cluster.py and runs in a subprocess."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import pytest
 from conftest import save_tiny_model, tiny_llama_config
 from helpers import ROOT, child_runs, kill_9_when, sqlite_rows, write_yaml
 from orchestrator.cli import main
+from tasks.versions import versions
 
 SWEEP = {
         "name": "t",
@@ -135,7 +137,8 @@ def test_sweep_one_finished_run_per_cell_then_resume_skips(ray_local, run_dir, t
     for r in got:
         assert {"ppl.en", "ppl.sw", "ppl.mean", "sparsity.actual", "time.eval_s"} <= set(r["metrics"])
         assert r["metrics"]["system.memory_usage_megabytes"] > 50  # a worker holding torch and a model
-        assert r["tags"]["polyprune.sweep"] == "t" and "polyprune.versions" in r["tags"]
+        assert r["tags"]["polyprune.sweep"] == "t"
+        assert json.loads(r["tags"]["polyprune.versions"]) == versions()  # the one list, optuna's version included
         if r["params"]["method"] == "dense":
             assert r["params"]["sparsity"] == "0" and r["metrics"]["sparsity.actual"] == 0
         else:

@@ -4,8 +4,8 @@ lazily so `polyprune prune` never pays for importing Ray or MLflow. A command
 parses and checks its arguments and calls into `orchestrator.sweep`, `.search` or
 `.report`, where the work is. A new command: a module here plus a COMMANDS line.
 
-Global flags: `--version` (polyprune's and the key libraries' versions, read from the installed
-packages' metadata: nothing imported) and `--verbose` (every library's messages: `noise`), which a
+Global flags: `--version` (polyprune's and the key libraries' versions, `tasks.versions`, read from
+the installed packages' metadata: nothing imported) and `--verbose` (every library's messages: `noise`), which a
 command also takes after its name.
 """
 
@@ -41,30 +41,20 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-# What the numbers depend on, in the order `--version` prints them (distribution names).
-LIBRARIES = ("torch", "transformers", "ray", "mlflow", "optuna", "lm-eval", "datasets")
 VERBOSE_HELP = "show every library's messages (Ray, MLflow, servers), not only polyprune's; = POLYPRUNE_LOG_LEVEL=INFO"
 
 
 def versions() -> list[str]:
-    """`polyprune X.Y.Z` (with the git commit of a checkout), then one `NAME VERSION` line per library."""
-    from importlib.metadata import PackageNotFoundError, version
+    """One `NAME VERSION` line per library that matters (tasks.versions.LIBRARIES: metadata only,
+    nothing imported), polyprune's with the git commit of a checkout."""
+    from tasks.versions import LIBRARIES, version_of
 
-    def of(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
-    lines = [f"polyprune {of('polyprune')}{checkout()}"]
-    lines += [f"{name} {of(name)}" for name in LIBRARIES]
-    lines.append(f"python {sys.version.split()[0]}")
-    return lines
+    return [f"{name} {version_of(name) or 'not installed'}{checkout() if name == 'polyprune' else ''}" for name in LIBRARIES]
 
 
 def checkout() -> str:
     """" (git 1a2b3c4d, modified)" when polyprune runs from a git checkout, else ""."""
-    from ..tracking import git_state  # no MLflow import: --version stays metadata only
+    from ..provenance import git_state  # no MLflow import: --version stays metadata only
 
     if not (Path(__file__).resolve().parents[2] / ".git").exists() or (state := git_state()) is None:
         return ""

@@ -34,6 +34,7 @@ from tasks.errors import UserError
 
 from .. import tracking
 from ..lease import hold
+from ..provenance import provenance
 from .record import log
 from .scheduler import Events, Source, WorkerPool, run_cells
 from .session import RaySession
@@ -114,7 +115,7 @@ def drive(job: Job, ray: RaySession | str | None = None) -> Outcome:
         exp = tracking.experiment_id(cl, job.name, uri, create=True)  # creates the schema here, once
         # the heartbeat found this driver's lease taken: stop like Ctrl-C (the loop's next turn)
         with hold(job.kind, job.name, cl, exp, uri, on_lost=lambda why: session.interrupt.stop.set()) as lease:
-            rec = Record(cl, exp, tracking.provenance(), t0, lease=lease)
+            rec = Record(cl, exp, provenance(), t0, lease=lease)
             try:
                 needed = job.open(rec)
                 with session.driving(needed, lease):
