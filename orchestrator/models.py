@@ -16,9 +16,7 @@ other orchestrator module), so both the record and the commands use it.
 
 from __future__ import annotations
 
-import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -297,18 +295,3 @@ def artifact_repo(location: str, tracking_uri: str):
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     return get_artifact_repository(location, tracking_uri=tracking_uri)
-
-
-@contextmanager
-def no_progress_bars():
-    """MLflow's download progress bars off inside (small files read back by the driver, status, report)."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before

@@ -15,7 +15,7 @@ from .record import slug, write_csv
 
 def read(cl, run_id: str | None) -> dict | None:
     """A search parent run's confirmation.json, or None (no confirmation, or an older record)."""
-    from ..models import no_progress_bars
+    from ..tracking import no_progress_bars
 
     if run_id is None:
         return None

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..models import no_progress_bars
+from ..tracking import no_progress_bars
 from ..names import LOSSES_FILE
 from ..engine.record import log
 from .confirm import verdict
