@@ -59,12 +59,10 @@ class Bench:
         import optuna
         from optuna.trial import TrialState
 
-        from orchestrator.search.file import fixed_hp, trial_spec
+        from orchestrator.search.cells import trial_cell
         from orchestrator.search.sampling import build_pruner, build_sampler
-        from search_spaces.space import sample
-        from tasks.api import check_spec, perplexity, ppl_metrics, prune, restore
-        from tasks.data.langs import canonical_mix
-        from tasks.pruning.sparsity import parse_sparsity
+        from orchestrator.engine.cells import spec_of
+        from tasks.api import perplexity, ppl_metrics, prune, restore
 
         cfg, space = search_config(seed, sampler, pruner, nsamples, eval_windows)
         cfg.model = self.path
@@ -73,10 +71,7 @@ class Bench:
         rows, spent, best = [], 0.0, None
         for _ in range(n_trials):
             trial = study.ask(space.distributions(langs))
-            point = sample(trial, space, langs, parse_sparsity(cfg.sparsity).fraction, None)
-            kind = point.schedule or cfg.schedule
-            hp = {**fixed_hp(cfg, space, kind), **point.hp}
-            spec = check_spec(trial_spec(cfg, canonical_mix(point.mix), kind, hp))
+            spec = spec_of(trial_cell(cfg, space, trial).key)  # the trial's cell, as a search's driver makes it
             restore(self.model, self.snap)
             t0 = time.process_time()
             prune(self.model, self.tok, spec, progress=False)

@@ -55,6 +55,11 @@ RETRY_OF = "polyprune.retry_of"
 OBJECTIVES = "polyprune.objectives"
 STORAGE = "polyprune.storage"
 
+# A search's stages (docs/search.md): the phase of a confirmation run (selection or test), and the
+# file of per-window losses every cell run logs (the verdict's bootstrap reads it).
+CONFIRM_PHASE = "polyprune.confirm_phase"
+LOSSES_FILE = "losses.json"
+
 # MLflow's own run tag that polyprune sets.
 PARENT = "mlflow.parentRunId"
 

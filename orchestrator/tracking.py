@@ -14,6 +14,7 @@ import os
 import socket
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +282,17 @@ def log_datasets(cl, run_id: str, datasets: dict[str, dict]) -> None:
                            [InputTag(MLFLOW_DATASET_CONTEXT, context)])
               for context, d in datasets.items()]
     cl.log_inputs(run_id, datasets=inputs)
+
+
+@contextmanager
+def no_progress_bars():
+    """MLflow's download progress bars off inside (small files read back: a verdict's losses, status, report)."""
+    key, before = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before

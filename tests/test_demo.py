@@ -1,5 +1,5 @@
-"""`polyprune demo` end to end, shortened: the shipped demo model, a 3-cell sweep, a search of 4
-baselines + 1 trial, its confirmation and the report — the same code path as the full demo. The first
+"""`polyprune demo` end to end, shortened: the shipped demo model, a 3-cell sweep, a search of 5
+baselines + 1 trial, its confirmation (1 selection seed, 2 test seeds) and the report — the same code path as the full demo. The first
 run as a user runs it (a process of its own, its own Ray): the dense model's perplexities are README's
 and its stderr holds no library's line; the resume runs on the session's Ray."""
 
@@ -28,7 +28,7 @@ def table_row(text: str, first: str) -> dict[str, str]:
 def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--calib", "en,sw", "--eval", "en,sw", "--nsamples", "4", "--limit", "2",
-            "--trials", "1", "--confirm-top", "1", "--confirm-seeds", "2", "--out", str(out)]
+            "--trials", "1", "--confirm-top", "1", "--selection-seeds", "1", "--test-seeds", "2", "--out", str(out)]
     # The first run as a user runs it (its own Ray, a user's environment): its whole stderr is polyprune's
     with short_home("demo-") as home:
         done = polyprune(args, tmp_path, user_env(home))
@@ -40,16 +40,18 @@ def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
     readme, here = table_row((ROOT / "README.md").read_text(), "dense"), table_row(printed, "dense")
     for col in ("ppl.en", "ppl.sw"):  # a newcomer's demo prints README's numbers
         assert float(here[col]) == pytest.approx(float(readme[col]), rel=README_TOLERANCE), (col, here, readme)
-    for name in ("uniform", "sw-only", "en-only", "mbs"):  # every baseline, valid and test, before the best
+    baselines = ("wanda·uniform", "wanda·sw-only", "wanda·en-only", "wanda·mbs", "mwanda·uniform")  # the label names the method
+    for name in baselines:  # every baseline, valid and test, before the best
         assert f"baseline {name}" in printed
-    assert "best: trial" in printed and "vs uniform" in printed and "test ppl.mean" in printed
-    assert "5 trials" in printed
-    # the confirmed verdict closes the search: every baseline, with seeds, spread, test and level named
+    assert "best: trial" in printed and "vs wanda·uniform" in printed and "test ppl.mean" in printed
+    assert "5 baselines" in printed and "then 1 searched trials" in printed
+    # the verdict closes the search: every baseline, with the seeds of each phase, interval, Holm and cost named
     verdict = printed[printed.index("confirmation:"):]
-    assert "calibration seeds 1, 2" in verdict and "paired t-test over 2 calibration seeds on log test ppl.mean" in verdict
-    assert "level 0.05" in verdict and "mean ± sd over 2 seeds" in verdict
-    for name in ("uniform", "sw-only", "en-only", "mbs"):
-        assert f" vs {name}: test ppl.mean" in verdict
+    assert "selection seeds 1;" in verdict and "test seeds 2, 3, which chose nothing" in verdict
+    assert "paired t-test over 2 test seeds on log test ppl.mean" in verdict and "bootstrap over the test seeds and the evaluation windows" in verdict
+    assert "level 0.05" in verdict and "mean ± sd over 2 test seeds" in verdict and "cost: selection 1 runs" in verdict
+    for name in baselines:
+        assert f" vs {name}: test ppl.mean" in verdict and "95% interval" in verdict
     assert (out / "report" / "report.html").exists() and (out / "mlflow.db").exists() and (out / "optuna.db").exists()
     assert "Inside the pruned model" in (out / "report" / "report.html").read_text()  # the demo runs `analyze`
     inside = printed[printed.index("inside the pruned models (polyprune analyze"):].splitlines()[1:5]
@@ -64,8 +66,8 @@ def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
 
 def test_demo_bad_input(capsys, tmp_path):
     for args, field in ((["--calib", "xx"], "calib"), (["--eval", ""], "eval"), (["--trials", "-1"], "trials"),
-                        (["--calib", "en"], "calib"), (["--confirm-seeds", "1"], "confirm-seeds"),
-                        (["--confirm-top", "0"], "confirm-top")):
+                        (["--calib", "en"], "calib"), (["--test-seeds", "1"], "test-seeds"),
+                        (["--selection-seeds", "0"], "selection-seeds"), (["--confirm-top", "0"], "confirm-top")):
         assert main(["demo", "--out", str(tmp_path / "d"), *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"polyprune demo: {field}:"), err

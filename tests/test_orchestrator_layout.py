@@ -138,17 +138,8 @@ def orchestrator_sources() -> dict[str, tuple[bool, str]]:
     return {module_of(p): (p.name == "__init__.py", p.read_text(encoding="utf-8")) for p in sorted(PKG.rglob("*.py"))}
 
 
-# The one circle left (issue 30, part 2): search/driver.py imports search/confirming.py inside
-# run_search, and confirming.py subclasses driver.Search. The search rewritten as stages removes it:
-# drop this edge then, and the test holds the rule for every module.
-KNOWN_CIRCLE_EDGES = {("orchestrator.search.driver", "orchestrator.search.confirming")}
-
-
 def test_no_import_circle_in_the_orchestrator():
-    graph = import_graph(orchestrator_sources())
-    for a, b in KNOWN_CIRCLE_EDGES:
-        graph.get(a, set()).discard(b)
-    assert cycles(graph) == []
+    assert cycles(import_graph(orchestrator_sources())) == []
 
 
 def test_the_circle_check_catches_a_circle_hidden_in_a_function():
@@ -161,8 +152,7 @@ def test_the_circle_check_catches_a_circle_hidden_in_a_function():
 
 MAX_LINES = 300
 # Modules still over MAX_LINES, each held at its size until it is split (a ratchet: shrink, never grow).
-# search/driver.py: the search rewritten as stages (issue 30, part 2) splits it; drop it then.
-OVER = {"orchestrator/search/driver.py": 320, "orchestrator/config.py": 308, "tasks/demo_model.py": 319}
+OVER = {"orchestrator/config.py": 308, "tasks/demo_model.py": 319}
 
 
 def test_modules_stay_small():

@@ -124,14 +124,17 @@ BAD = {
     "space param not a hyperparameter of the method": ({"method": "wanda"}, "space: mwanda_mix searches 'lambda_var'"),
     "split in a search": ({"evaluation": {"ppl": {"languages": ["en"], "split": "test"}}, "objectives": [{"metric": "ppl.en"}]},
                           "evaluation.ppl.split: a search's objectives read valid"),
-    # issue 16: every bad `baselines:` value is one line naming it
+    # issue 16 / 28: every bad `baselines:` value is one line naming it
     "baseline unknown word": ({"baselines": ["uniform", "english"]}, "baselines[1]: unknown baseline 'english'"),
     "baseline target without a language": ({"baselines": ["target"], "objectives": [{"metric": "ppl.mean"}]},
                                            "baselines[0]: target: the first objective names no language"),
     "baseline language the source lacks": ({"baselines": [{"name": "zh-only", "calib": "zh"}]}, "baselines[0].calib:"),
     "baseline bad mix": ({"baselines": [{"name": "m", "calib": "en=-1,sw=2"}]}, "baselines[0].calib:"),
-    "baseline duplicate names": ({"baselines": ["uniform", {"name": "uniform", "calib": "en"}]},
-                                 "baselines: two baselines are named 'uniform'"),
+    "baseline duplicate labels": ({"baselines": ["uniform", {"name": "uniform", "calib": "en"}]},
+                                  "baselines: two baselines are labelled 'wanda·uniform'"),
+    "baseline unknown method": ({"baselines": [{"name": "m", "calib": "en", "method": "wandaa"}]}, "baselines[0].method:"),
+    "baseline hp of another method": ({"baselines": [{"name": "m", "calib": "en", "hp": {"lambda_var": 1}}]},
+                                      "baselines[0].hp:"),
     "baseline unknown key": ({"baselines": [{"name": "m", "calib": "en", "colour": 1}]}, "baselines[0].colour: unknown key"),
     "baseline missing shares file": ({"baselines": [{"name": "mbs", "calib": {"from": "./shares.yaml"}}]},
                                      "baselines[0].calib.from: cannot read training-language shares"),
@@ -177,16 +180,38 @@ def test_relative_paths_are_relative_to_the_search_file_not_the_cwd(run_dir, tmp
 # ---------------------------------------------------------------- on Ray
 
 
+def baseline_runs(folder: Path, name: str = "s") -> dict:
+    """label -> the baseline's runs (tagged polyprune.kind=baseline; never Optuna trials)."""
+    out: dict = {}
+    for r in child_runs(folder / "mlflow.db", name, "polyprune.baseline"):
+        if r.data.tags.get("polyprune.kind") == "baseline":
+            out.setdefault(r.data.tags["polyprune.baseline"], []).append(r)
+    return out
+
+
 def test_search_then_resume_adds_trials(ray_local, run_dir, capsys):
     path = write_search(run_dir)
     assert main(["search", str(path)]) == 0
     assert main(["search", str(path), "--n-trials", "2"]) == 0
     ts = trials(run_dir)
-    assert [t.state.name for t in ts] == ["COMPLETE"] * 6
-    # the two baselines first: uniform mix with lambdas 0, then Swahili only
-    assert [t.user_attrs.get("polyprune.baseline") for t in ts[:2]] == ["uniform-wanda", "sw-only-wanda"]
-    assert mix_of(ts[0].user_attrs["calib"]) == pytest.approx({"de": 1 / 3, "en": 1 / 3, "sw": 1 / 3}, abs=1e-6)
-    assert ts[1].user_attrs["calib"] == "sw=1" and ts[0].user_attrs["hp"]["lambda_var"] == 0.0
+    assert [t.state.name for t in ts] == ["COMPLETE"] * 6  # baselines are not trials: the sampler never saw them
+    assert not any("polyprune.baseline" in t.user_attrs for t in ts)
+    # the default baselines, run once across both runs: the literature's plain Wanda on the uniform mix and on
+    # the target language alone, and the search's own method at its defaults on the uniform mix
+    bases = baseline_runs(run_dir)
+    assert sorted(bases) == ["mwanda·uniform", "wanda·sw-only", "wanda·uniform"] and all(len(v) == 1 for v in bases.values())
+    b = {k: v[0] for k, v in bases.items()}
+    assert {r.info.status for r in b.values()} == {"FINISHED"}
+    assert b["wanda·uniform"].data.params["method"] == "wanda" and b["wanda·sw-only"].data.params["method"] == "wanda"
+    assert "lambda_var" not in b["wanda·uniform"].data.params  # plain Wanda: pooled statistics, no coefficients
+    assert b["mwanda·uniform"].data.params["method"] == "mwanda"
+    from tasks.pruning import METHODS
+
+    defaults = METHODS.get("mwanda").Params()
+    assert float(b["mwanda·uniform"].data.params["lambda_var"]) == defaults.lambda_var
+    assert mix_of(b["wanda·uniform"].data.params["calib"]) == pytest.approx({"de": 1 / 3, "en": 1 / 3, "sw": 1 / 3}, abs=1e-6)
+    assert b["wanda·sw-only"].data.params["calib"] == "sw=1"
+    assert all(r.data.params["seed"] == "0" and r.data.params["eval.ppl_split"] == "valid" for r in b.values())
     mixes = [t.user_attrs["calib"] for t in ts]
     assert len(set(mixes)) == 6
     for m in mixes:
@@ -204,7 +229,6 @@ def test_search_then_resume_adds_trials(ray_local, run_dir, capsys):
     assert parent.data.tags["polyprune.role"] == "search" and parent.info.status == "FINISHED"
     figs = {a.path for a in cl.list_artifacts(parent.info.run_id, "figures")}
     assert {"figures/pareto_front.png", "figures/optimization_history_ppl.sw.png"} <= figs
-    assert "baseline.sw-only-wanda.ppl.sw" in parent.data.metrics
     # the sampler saw valid numbers only: each trial's values are its run's valid metrics; test.* are
     # logged beside them (other text, other numbers), for the trials of both runs (resume keeps both)
     by_number = {t.number: t for t in ts}
@@ -215,38 +239,42 @@ def test_search_then_resume_adds_trials(ray_local, run_dir, capsys):
         assert t.values == [m["ppl.sw"], m["ppl.mean"]]
         assert {"test.ppl.en", "test.ppl.de", "test.ppl.sw", "test.ppl.mean"} <= set(m)
         assert m["test.ppl.sw"] != m["ppl.sw"] and not any(str(v) in str(t.user_attrs) for k, v in m.items() if k.startswith("test."))
-    b = parent.data.metrics
-    assert b["baseline.sw-only-wanda.test.ppl.sw"] == next(r.data.metrics["test.ppl.sw"] for r in runs
-                                                           if r.data.tags.get("polyprune.baseline") == "sw-only-wanda")
+    pm = parent.data.metrics  # a label in a metric name: its `·` as `.`
+    assert pm["baseline.wanda.sw-only.ppl.sw"] == b["wanda·sw-only"].data.metrics["ppl.sw"]
+    assert pm["baseline.wanda.sw-only.test.ppl.sw"] == b["wanda·sw-only"].data.metrics["test.ppl.sw"]
     out = capsys.readouterr().out
-    assert "baseline uniform-wanda" in out and "best (Pareto)" in out and "(test " in out
+    assert "baseline wanda·uniform" in out and "baseline mwanda·uniform" in out and "best (Pareto)" in out and "(test " in out
 
 
 def test_named_baselines_run_first_once(ray_local, run_dir, capsys):
-    """Issue 16: uniform, target and an MBS-like mix (needs zh: its own text folder), Wanda-equivalent."""
+    """Issue 16 / 28: uniform, target and an MBS-like mix (needs zh: its own text folder) as plain Wanda, one
+    naming its method, and the search's method alone; a rerun runs none twice."""
     from conftest import write_text_folder
     from mlflow import MlflowClient
 
     write_text_folder(run_dir / "text4", langs=("en", "de", "sw", "zh"))
     mbs = "en=0.7,sw=0.2,zh=0.1"
     path = write_search(run_dir, calibration={"languages": ["en", "sw", "zh"], "data": "./text4", "nsamples": 6, "seqlen": 32},
-                        evaluation={"ppl": {"languages": ["en", "sw"], "nsamples": 4}}, n_trials=3,
-                        baselines=["uniform", "target", {"name": "mbs", "calib": mbs}])
+                        evaluation={"ppl": {"languages": ["en", "sw"], "nsamples": 4}}, n_trials=2,
+                        baselines=["uniform", "target", {"name": "mbs", "calib": mbs},
+                                   {"name": "en-only", "calib": "en", "method": "magnitude"}])
     assert main(["search", str(path)]) == 0
-    runs = trial_runs(run_dir)
-    named = {r.data.tags["polyprune.baseline"]: r for r in runs if "polyprune.baseline" in r.data.tags}
-    assert set(named) == {"uniform", "target", "mbs"} and len(runs) == 3
+    named = {k: v[0] for k, v in baseline_runs(run_dir).items()}
+    assert set(named) == {"wanda·uniform", "wanda·sw-only", "wanda·mbs", "magnitude·en-only", "mwanda·uniform"}
     assert {r.info.status for r in named.values()} == {"FINISHED"}
-    assert named["mbs"].data.params["calib"] == mbs and named["target"].data.params["calib"] == "sw=1"
-    assert all(float(r.data.params["lambda_var"]) == 0 and float(r.data.params["lambda_prob"]) == 0 for r in named.values())
+    assert {k: r.data.params["method"] for k, r in named.items()} == {
+        "wanda·uniform": "wanda", "wanda·sw-only": "wanda", "wanda·mbs": "wanda", "magnitude·en-only": "magnitude",
+        "mwanda·uniform": "mwanda"}
+    assert named["wanda·mbs"].data.params["calib"] == mbs and named["wanda·sw-only"].data.params["calib"] == "sw=1"
     assert all(r.data.params["schedule"] == "uniform" for r in named.values())
+    runs = trial_runs(run_dir)
+    assert len(runs) == 2 and len(trials(run_dir)) == 2
     parent = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").get_run(runs[0].data.tags["mlflow.parentRunId"])
-    assert parent.data.metrics["baseline.mbs.ppl.sw"] == named["mbs"].data.metrics["ppl.sw"]
-    assert parent.data.metrics["baseline.mbs.test.ppl.sw"] == named["mbs"].data.metrics["test.ppl.sw"]
+    assert parent.data.metrics["baseline.wanda.mbs.ppl.sw"] == named["wanda·mbs"].data.metrics["ppl.sw"]
+    assert parent.data.metrics["baseline.wanda.mbs.test.ppl.sw"] == named["wanda·mbs"].data.metrics["test.ppl.sw"]
     # resumed with more trials: no baseline runs twice
     assert main(["search", str(path), "--n-trials", "1"]) == 0
-    tags = [r.data.tags.get("polyprune.baseline") for r in trial_runs(run_dir)]
-    assert len(tags) == 4 and sorted(t for t in tags if t) == ["mbs", "target", "uniform"]
+    assert all(len(v) == 1 for v in baseline_runs(run_dir).values()) and len(trial_runs(run_dir)) == 3
     # the report: every trial's valid vs test, and the best trial (chosen on valid) vs each baseline on test
     import csv
 
@@ -258,17 +286,16 @@ def test_named_baselines_run_first_once(ray_local, run_dir, capsys):
     runs = {int(r.data.tags["polyprune.trial"]): r for r in trial_runs(run_dir)}
     best = next(int(k.split("#")[1]) for k in rows["sw"] if k.startswith("best #"))
     assert best == min(runs, key=lambda n: runs[n].data.metrics["ppl.sw"])  # chosen on valid
-    for name, r in ((r.data.tags.get("polyprune.baseline"), r) for n, r in runs.items() if n != best):
-        if name:
-            got, want = float(rows["sw"][name]), r.data.metrics["test.ppl.sw"]
-            assert got == pytest.approx(want, rel=1e-12)
-            assert float(rows["sw"][f"best - {name}"]) == pytest.approx(runs[best].data.metrics["test.ppl.sw"] - want, rel=1e-9)
+    for label, r in named.items():
+        got, want = float(rows["sw"][label]), r.data.metrics["test.ppl.sw"]
+        assert got == pytest.approx(want, rel=1e-12)
+        assert float(rows["sw"][f"best - {label}"]) == pytest.approx(runs[best].data.metrics["test.ppl.sw"] - want, rel=1e-9)
     html = (out / "report.html").read_text()
-    assert any(f"<th>best - {n}</th>" in html for n in ("uniform", "target", "mbs"))
+    assert "<th>best - wanda·mbs</th>" in html and not list(out.glob("ppl_*"))  # baselines are not a calibration grid
     capsys.readouterr()
     assert main(["status", "s", "--tracking-uri", f"sqlite:///{run_dir / 'mlflow.db'}"]) == 0
     shown = capsys.readouterr().out
-    assert f"best trial {best}" in shown and "[mbs]" in shown and "test" in shown
+    assert f"best trial {best}" in shown and "[wanda·mbs]" in shown and "test" in shown
 
 
 def test_failing_trials_are_told_fail_once(ray_local, run_dir, tmp_path):

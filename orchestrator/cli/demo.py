@@ -7,11 +7,13 @@
    offline downstream tasks;
 3. prints the calibration-language x evaluation-language table;
 4. runs an Optuna search of M-Wanda (mix, coefficients, schedule: `mwanda_full`) for mean
-   perplexity on the valid split, after its baselines (uniform, the non-English language alone,
-   English alone, MBS from the demo model's own training mix), and prints the best trial
-   against every baseline on the test split, which the search never saw; then confirms it: the
-   best trials and the baselines re-run with other calibration seeds, and prints the verdict
-   per baseline (paired t-test over the seeds; docs/search.md "Confirmation");
+   perplexity on the valid split, after its baselines as the literature runs them (plain Wanda
+   on the uniform mix, the non-English language alone, English alone, MBS from the demo model's
+   own training mix) and M-Wanda alone on the uniform mix, and prints the best trial against
+   every baseline on the test split, which the search never saw; then confirms it: the best
+   trials re-run on selection seeds choose the winner, which runs with every baseline on fresh
+   test seeds, and prints the verdict per baseline (interval over seeds and text, Holm's p;
+   docs/search.md "Confirmation");
 5. writes the report (HTML + figures) and logs it to MLflow.
 
 Everything lands in --out (default ./polyprune-demo); running the demo again resumes.
@@ -23,8 +25,9 @@ import argparse
 from pathlib import Path
 
 # 60-70% sparsity is where calibration language shows on this model (measured: docs/mwanda.md).
+# The confirmation's sizes are a search's own defaults (orchestrator/search/confirm.py DEFAULTS) unless given.
 DEFAULTS = dict(method="wanda", sparsity="0.65", calib="en,sw,zh", eval="en,sw,zh,de,ru", nsamples=64, seqlen=128,
-                seed=0, limit=32, trials=20, confirm_top=3, confirm_seeds=3, out="polyprune-demo")
+                seed=0, limit=32, trials=20, out="polyprune-demo")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,10 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seqlen", type=int, default=DEFAULTS["seqlen"])
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--limit", type=int, default=DEFAULTS["limit"], help="items per offline downstream task (0: skip them)")
-    p.add_argument("--trials", type=int, default=DEFAULTS["trials"], help="searched trials after the 4 baselines (0: no search)")
-    p.add_argument("--confirm-top", type=int, default=DEFAULTS["confirm_top"], help="best trials the search confirms")
-    p.add_argument("--confirm-seeds", type=int, default=DEFAULTS["confirm_seeds"],
-                   help="calibration seeds of the confirmation, after --seed (0: no confirmation)")
+    p.add_argument("--trials", type=int, default=DEFAULTS["trials"], help="searched trials after the baselines (0: no search)")
+    p.add_argument("--confirm-top", type=int, default=None, help="best trials re-run on the selection seeds (default: a search's)")
+    p.add_argument("--selection-seeds", type=int, default=None,
+                   help="calibration seeds that choose the winner among them, after --seed (default: a search's)")
+    p.add_argument("--test-seeds", type=int, default=None,
+                   help="fresh calibration seeds the winner and the baselines are tested on (0: no confirmation; default: a search's)")
     p.add_argument("--steps", type=int, default=None, help="train a demo model of N steps instead of the shipped one")
     p.add_argument("--out", default=DEFAULTS["out"], help="folder for the sweep/search files, MLflow and Optuna stores, report")
 
@@ -70,10 +75,11 @@ def run(args) -> int:
     for name in ("limit", "trials"):
         if getattr(args, name) < 0:
             raise UserError(name, f"must be >= 0, got {getattr(args, name)}")
-    if args.confirm_top < 1:
-        raise UserError("confirm-top", f"must be >= 1, got {args.confirm_top}")
-    if args.confirm_seeds < 0 or args.confirm_seeds == 1:
-        raise UserError("confirm-seeds", f"0 (no confirmation) or at least 2 (a paired test), got {args.confirm_seeds}")
+    for name, least in (("confirm_top", 1), ("selection_seeds", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            raise UserError(name.replace("_", "-"), f"must be >= {least}, got {getattr(args, name)}")
+    if args.test_seeds is not None and (args.test_seeds < 0 or args.test_seeds == 1):
+        raise UserError("test-seeds", f"0 (no confirmation) or at least 2 (a paired test), got {args.test_seeds}")
     if args.trials and len(calibs) < 2:
         raise UserError("calib", "the search mixes calibration languages: give at least two (or --trials 0)")
     out = Path(args.out).resolve()
@@ -185,7 +191,7 @@ def search_file(out: Path, model: str, sparsity: str, calibs: list[str], evals: 
         "calibration": {"languages": calibs, "data": "builtin", "nsamples": nsamples, "seqlen": seqlen},
         "seed": seed, "evaluation": {"ppl": {"languages": evals}}, "space": "mwanda_full",
         "objectives": [{"metric": "ppl.mean", "direction": "minimize"}], "baselines": baselines,
-        "n_trials": len(baselines) + trials, "parallel": 1, "sampler_seed": seed, "confirm": confirm,
+        "n_trials": trials, "parallel": 1, "sampler_seed": seed, "confirm": confirm,
         "storage": f"sqlite:///{out / 'optuna.db'}", "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
     }
     (out / "demo_search.yaml").write_text(yaml.safe_dump(search, sort_keys=False))
@@ -195,24 +201,27 @@ def search_file(out: Path, model: str, sparsity: str, calibs: list[str], evals: 
 def _search(out: Path, model: str, args, calibs: list[str], evals: list[str], demo_cfg) -> int:
     from ..search.driver import run_search
 
-    confirm = {"top": args.confirm_top, "seeds": args.confirm_seeds} if args.confirm_seeds else False
+    sizes = {"top": args.confirm_top, "selection_seeds": args.selection_seeds, "test_seeds": args.test_seeds}
+    confirm = {k: v for k, v in sizes.items() if v is not None} if args.test_seeds != 0 else False
     search_file(out, model, args.sparsity, calibs, evals, args.nsamples, args.seqlen, args.seed, args.trials, demo_cfg, confirm)
     res = run_search(out / "demo_search.yaml")
-    print(f"\nsearch of M-Wanda (mix, coefficients, schedule) for ppl.mean over {','.join(evals)}: {res['n_complete']} "
-          f"trials, baselines first; chosen on the valid split, quoted on the test split it never saw")
-    print(f"  {'':22s} {'valid':>8s} {'test':>8s}  calib")
-    for t in res["baselines"]:
-        test = t["test"].get("test.ppl.mean", float("nan"))
-        print(f"  baseline {t['baseline']:13s} {t['values'][0]:8.3f} {test:8.3f}  {t['calib']}")
+    bases = [b for b in res["baselines"] if b["values"]]
+    print(f"\nsearch of M-Wanda (mix, coefficients, schedule) for ppl.mean over {','.join(evals)}: {len(bases)} baselines "
+          f"(as the literature runs them; the label names the method), then {res['n_complete']} searched trials; chosen on "
+          f"the valid split, quoted on the test split it never saw")
+    print(f"  {'':26s} {'valid':>8s} {'test':>8s}  calib")
+    for b in bases:
+        test = b["test"].get("test.ppl.mean", float("nan"))
+        print(f"  baseline {b['label']:17s} {b['values'][0]:8.3f} {test:8.3f}  {b['calib']}")
     for t in res["best"]:
         test = t["test"].get("test.ppl.mean", float("nan"))
-        print(f"  best: trial {t['number']:<10d} {t['values'][0]:8.3f} {test:8.3f}  {t['calib']} "
+        print(f"  best: trial {t['number']:<14d} {t['values'][0]:8.3f} {test:8.3f}  {t['calib']} "
               f"schedule={t['schedule'] if isinstance(t['schedule'], str) else 'profile'} hp={t['hp']}")
-        for b in res["baselines"]:
+        for b in bases:  # one calibration draw: no verdict before the confirmation
             ref = b["test"].get("test.ppl.mean")
-            if ref and b["number"] != t["number"]:  # one calibration draw: no verdict before the confirmation
-                print(f"    vs {b['baseline']:13s} test ppl.mean {100 * (test / ref - 1):+.2f}% (seed {args.seed} only)")
-    if res.get("confirmation"):  # the verdict: over fresh calibration seeds, with a test and its level
+            if ref:
+                print(f"    vs {b['label']:17s} test ppl.mean {100 * (test / ref - 1):+.2f}% (seed {args.seed} only)")
+    if res.get("confirmation"):  # the verdict: chosen on selection seeds, tested on fresh test seeds
         from ..search.confirm import lines
 
         print("\n" + "\n".join(lines(res["confirmation"])))

@@ -79,7 +79,8 @@ def run(args) -> int:
         return 0
     scored = []
     for m in models.all_models(cl, exp):
-        if str(m.status) != "READY" or names.CONFIRM in (m.tags or {}):  # a confirmation re-run is evidence, not a candidate
+        # a confirmation re-run is evidence and a search's baseline a reference: neither is a candidate
+        if str(m.status) != "READY" or names.CONFIRM in (m.tags or {}) or names.BASELINE in (m.tags or {}):
             continue
         values = {x.key: x.value for x in m.metrics or []}
         key = metric_key(args.metric, args.split, values, m.params or {})
@@ -100,8 +101,8 @@ def run(args) -> int:
 
 def confirmed_winner(cl, exp: str, name: str, metric: str):
     """(model, description, tags) of a search's confirmed winner (its trial's model) when the search
-    confirmed on `metric`, else None. The winner was chosen on mean valid over the confirmation
-    seeds; the description quotes its test mean against the baselines'."""
+    confirmed on `metric`, else None. The winner was chosen on mean valid over the selection seeds;
+    the description quotes its test mean over the test seeds against the baselines'."""
     from .. import tracking
 
     runs = tracking.all_runs(cl, exp)
@@ -117,9 +118,9 @@ def confirmed_winner(cl, exp: str, name: str, metric: str):
     if run is None or names.MODEL_ID not in run.data.tags:
         return None
     model = cl.get_logged_model(run.data.tags[names.MODEL_ID])
-    vs = ", ".join(f"{k[len('confirm.vs.'):-len('.diff_pct')]} {v:+.2f}% (p={m.get(k[:-len('diff_pct')] + 'p', float('nan')):.3g})"
+    vs = ", ".join(f"{k[len('confirm.vs.'):-len('.diff_pct')]} {v:+.2f}% (Holm p={m.get(k[:-len('diff_pct')] + 'p_holm', float('nan')):.3g})"
                    for k, v in sorted(m.items()) if k.startswith("confirm.vs.") and k.endswith(".diff_pct"))
-    text = (f"confirmed winner of search {name!r}: trial {number}, chosen on mean valid {metric} over the confirmation "
-            f"seeds; test {metric} mean {test:.6g}" + (f"; vs {vs}" if vs else "") + f": {model.name} ({model.model_id})")
+    text = (f"confirmed winner of search {name!r}: trial {number}, chosen on mean valid {metric} over the selection "
+            f"seeds; test {metric} mean {test:.6g} over the test seeds" + (f"; vs {vs}" if vs else "") + f": {model.name} ({model.model_id})")
     tags = {names.METRIC: metric, names.SPLIT: "test", names.VALUE: f"{test:.10g}", names.SWEEP: name, names.TRIAL: number}
     return model, text, tags

@@ -30,23 +30,25 @@ def run(args) -> int:
 def print_summary(s: dict[str, Any]) -> None:
     from ..stores import shown
 
-    print(f"search {s['study']}: {s['status']}; {s['n_complete']} trials complete, {s['n_failed']} failed"
+    print(f"search {s['study']}: {s['status']}; {s.get('n_complete', 0)} trials complete, {s.get('n_failed', 0)} failed"
           f"{', %d pruned' % s['n_pruned'] if s.get('n_pruned') else ''} (storage {shown(s['storage'])})")
     objs = s["objectives"]
     print("  values on valid (what the search chose by), test in brackets (what it never saw)")
 
-    def line(t):
+    def values(t):
         test = t.get("test") or {}
-        vals = ", ".join(f"{k}={v:.4g} (test {test[f'test.{k}']:.4g})" if f"test.{k}" in test else f"{k}={v:.4g}"
+        return ", ".join(f"{k}={v:.4g} (test {test[f'test.{k}']:.4g})" if f"test.{k}" in test else f"{k}={v:.4g}"
                          for k, v in zip(objs, t["values"] or []))
-        sched = t["schedule"] if isinstance(t["schedule"], str) else "per-block profile"
-        return f"trial {t['number']:>3}: {vals}  calib={t['calib']} schedule={sched} hp={t['hp']}"
 
-    for t in s["baselines"]:
-        print(f"  baseline {t['baseline']:<16} {line(t)}")
-    for t in s["best"]:
-        print(f"  best{' (Pareto)' if len(objs) > 1 else ''}{'':12} {line(t)}")
-    if s.get("confirmation"):  # the verdict: the winner on mean valid over fresh seeds, tested on test
+    def setting(t):
+        sched = t["schedule"] if isinstance(t["schedule"], str) else "per-block profile"
+        return f"calib={t['calib']} schedule={sched} hp={t['hp']}"
+
+    for b in s.get("baselines") or []:  # run as the literature ran them: the label names the method
+        print(f"  baseline {b['label']:<22} {values(b) or 'not run'}  {setting(b)}")
+    for t in s.get("best") or []:
+        print(f"  best{' (Pareto)' if len(objs) > 1 else ''}{'':8} trial {t['number']:>3}: {values(t)}  {setting(t)}")
+    if s.get("confirmation"):  # the winner chosen on selection seeds, the verdict on test seeds
         from ..search.confirm import lines
 
         print("\n".join(lines(s["confirmation"])))

@@ -47,8 +47,8 @@ def collect(name: str, uri: str) -> tuple[dict, dict]:
         key = f"trial {t[names.TRIAL]}" if names.TRIAL in t else t.get(tracking.CELL) or r.info.run_id
         # a search's rows: which baseline a trial is; the best (chosen on valid) are marked from the parent
         label = (f"[{t[names.BASELINE]}] " if names.BASELINE in t else "") + _label(r)
-        if names.CONFIRM in t:  # a confirmation run: which trial or baseline it re-runs
-            label = f"[confirm {t[names.CONFIRM]}] " + _label(r)
+        if names.CONFIRM in t:  # a confirmation run: its phase and which trial or baseline it re-runs
+            label = f"[{t.get(names.CONFIRM_PHASE, 'confirm')} {t[names.CONFIRM]}] " + _label(r)
         rows[key] = {"cell": key, "state": r.info.status, "label": label, "metrics": r.data.metrics,
                      "error": t.get(tracking.ERROR, ""), "runs": rows.get(key, {}).get("runs", 0) + 1}
     return parent, rows
@@ -94,11 +94,11 @@ def render(name: str, uri: str, parent: dict, rows: dict):
     total = len(rows)
     bar = ProgressBar(total=max(total, 1), completed=counts["FINISHED"], width=40)
     parts = [head, bar, Text(f"{counts['FINISHED']}/{total} cells finished"), table]
-    if parent.get("confirmation"):
+    c = parent.get("confirmation")
+    if c and "test_seeds" in c:  # (a record from before the selection / test phases shows none)
         from ..search.confirm import lines
 
-        c = parent["confirmation"]
-        parts.append(Text("\n".join([f"confirmed winner: {c['winner']}", *lines(c)])))
+        parts.append(Text("\n".join([f"confirmation winner: {c['winner']}", *lines(c)])))
     return Group(*parts)
 
 

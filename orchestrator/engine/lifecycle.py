@@ -17,10 +17,11 @@ One interrupt path for every kind and stage:
 - some cells failed (`job.has_failures()`): status FAILED, exit 1; else FINISHED, exit 0.
 
 A kind is a `Job`: a source of cells and a sink of events per stage, plus small hooks.
-A stage is one `run_cells` pass under the same lease and parent run. To add one, yield
+A stage is one `run_cells` pass under the same lease, parent run and worker actors. To add one, yield
 another `(source, events)` from `Job.stages`: the generator resumes only once the
 previous stage has run through, and not at all after an interrupt, so a later stage
-(e.g. re-running a search's best trials) can read what the earlier ones produced.
+(e.g. re-running a search's best trials) can read what the earlier ones produced. The actors
+are started for the first stage and serve every later one (a model they hold stays loaded).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ..lease import hold
 from ..provenance import provenance
 from ..stores import StoreDown
 from .record import log
-from .scheduler import Events, Source, run_cells
+from .scheduler import Events, Source, WorkerPool, run_cells
 from .session import RaySession
 
 
@@ -133,13 +134,17 @@ def run_parent(job: Job, rec: Record, session: RaySession) -> Outcome:
     rec.parent = tracking.begin_parent(rec.cl, rec.exp, job.name, job.kind, {**rec.tags, **tags}, params)
     tracking.log_artifacts(rec.cl, rec.parent, files)
     status, code = "FINISHED", 0
+    pool = session.take_pool()  # actors started during start-up serve the first stage
     try:
-        pool = session.take_pool()  # actors started during start-up serve the first stage
-        for source, events in job.stages(rec):
-            if rec.lease is not None and rec.lease.lost:  # lost between stages: no stage starts
-                raise KeyboardInterrupt
-            run_cells(source, job.resources, events, log, pool=pool, interrupt=session.interrupt)
-            pool = None
+        try:
+            for source, events in job.stages(rec):
+                if rec.lease is not None and rec.lease.lost:  # lost between stages: no stage starts
+                    raise KeyboardInterrupt
+                pool = pool or WorkerPool(job.resources, log)  # one pool for every stage: actors start once
+                run_cells(source, job.resources, events, log, pool=pool, interrupt=session.interrupt)
+        finally:  # the actors go before the records in flight are ended
+            if pool is not None:
+                pool.shutdown()
     except KeyboardInterrupt:
         status, code = "KILLED", 130
         job.stop("KILLED", "interrupted (Ctrl-C / SIGTERM)")

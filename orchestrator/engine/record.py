@@ -14,28 +14,37 @@ UPLOAD_DELAY_S = float(os.environ.get("POLYPRUNE_UPLOAD_DELAY_S", 0))
 
 
 class Recorder:
-    """The scheduler's events, written to MLflow: one child run per cell, kept across retries."""
+    """The scheduler's events, written to MLflow: one child run per cell, kept across retries.
 
-    def __init__(self, cl, exp: str, parent: str, sweep: str, tags: dict, total: int, before: int):
+    `labels` (a search's fixed stages): cell_id -> (its own tags, run name), on the run and its model;
+    `results`: where each FINISHED cell's {"run_id", "metrics", "model_id"} goes (cell_id -> it)."""
+
+    def __init__(self, cl, exp: str, parent: str, sweep: str, tags: dict, total: int, before: int,
+                 labels: dict[str, tuple[dict, str]] | None = None, results: dict | None = None):
         self.cl, self.exp, self.parent, self.sweep, self.tags = cl, exp, parent, sweep, tags
         self.total, self.before = total, before
+        self.labels, self.results = labels or {}, results if results is not None else {}
         self.runs: dict[str, str] = {}  # cell_id -> run of a cell in flight
         self.finished: list = []
         self.failures: list[tuple] = []
 
     def start(self, cell) -> None:
         if cell.cell_id not in self.runs:  # a retried cell keeps its run and model
-            run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.sweep, cell, self.tags)
+            own, name = self.labels.get(cell.cell_id, ({}, None))
+            run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.sweep, cell, {**self.tags, **own}, run_name=name)
             self.runs[cell.cell_id] = run_id
-            attach_model(self.cl, self.exp, run_id, cell, {tracking.CELL: cell.cell_id, tracking.SWEEP: self.sweep})
+            attach_model(self.cl, self.exp, run_id, cell, {tracking.CELL: cell.cell_id, tracking.SWEEP: self.sweep, **own})
 
     def done(self, cell, out: dict) -> None:
-        problem = tracking.finish_cell(self.cl, self.runs.pop(cell.cell_id), out)
+        run_id = self.runs.pop(cell.cell_id)
+        problem = tracking.finish_cell(self.cl, run_id, out)
         if problem:
             self.failures.append((cell, problem))
             self.line("FAILED", cell, problem)
             return
         self.finished.append(cell)
+        self.results[cell.cell_id] = {"run_id": run_id, "metrics": out["metrics"],
+                                      "model_id": (cell.run.get("artifacts_to") or {}).get("model_id")}
         m = out["metrics"]
         shown = f"ppl.mean={m['ppl.mean']:.4g}" if "ppl.mean" in m else ""
         self.line("FINISHED", cell, f"{shown} {m.get('time.cell_s', 0):.1f}s")
@@ -59,7 +68,8 @@ class Recorder:
 
     def line(self, state: str, cell, text: str) -> None:
         n = self.before + len(self.finished) + len(self.failures)
-        log(f"[{n:>{len(str(self.total))}}/{self.total}] {state:8} {cell.cell_id[:8]} {cell.label()}  {text}".rstrip())
+        label = self.labels.get(cell.cell_id, ({}, None))[1] or cell.label()
+        log(f"[{n:>{len(str(self.total))}}/{self.total}] {state:8} {cell.cell_id[:8]} {label}  {text}".rstrip())
 
 
 def attach_model(cl, exp: str, run_id: str, cell, tags: dict[str, str], trial: int | None = None) -> None:

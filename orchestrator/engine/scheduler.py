@@ -2,7 +2,7 @@
 (`worker.CellRunner`), in completion order.
 
 The scheduler is fed by a `Source` of cells (a fixed list for sweeps, `FixedCells`;
-the study's ask side for searches, `search.driver.Search`) and knows Ray and nothing
+the study's ask side for searches, `search.trials.Trials`) and knows Ray and nothing
 of MLflow or Optuna: the caller gets `start`, `done`, `failed` and `retry` events
 and owns the record. Rules:
 - one actor per `gpus_per_cell` GPUs when the cluster has GPUs (Ray gives each its
@@ -159,12 +159,14 @@ def death_errors():
 def run_cells(source: Source, resources, events: Events, log: Callable[[str], None] = print, delay_s: float = CELL_DELAY_S,
               pool: WorkerPool | None = None, interrupt: Interrupt | None = None) -> None:
     """Run every cell `source` gives once (plus retries after worker deaths). KeyboardInterrupt
-    propagates after the actors are killed; the caller ends its in-flight records. `pool`: actors
-    already starting (`RaySession.take_pool`), else they are started here; `interrupt`: the
-    session's stop flag (the loop raises KeyboardInterrupt at its next turn once it is set)."""
+    propagates after the actors are killed; the caller ends its in-flight records. `pool`: the
+    caller's actors (started ahead, or serving several stages: the caller shuts them down), else
+    they are started here and shut down on the way out; `interrupt`: the session's stop flag (the
+    loop raises KeyboardInterrupt at its next turn once it is set)."""
     import ray
 
     death = death_errors()
+    owned = pool is None
     pool = pool or WorkerPool(resources, log)
     again: deque = deque()  # cells back from a dead worker: sent before new ones
     inflight: dict[Any, tuple[Any, Worker]] = {}
@@ -262,7 +264,8 @@ def run_cells(source: Source, resources, events: Events, log: Callable[[str], No
             deliver(events, cell, out)
     finally:
         interrupt.looping.clear()
-        pool.shutdown()
+        if owned:
+            pool.shutdown()
 
 
 def deliver(events: Events, cell, out: dict[str, Any]) -> None:

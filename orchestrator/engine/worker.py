@@ -22,6 +22,7 @@ baseline runs exactly the same code.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import socket
 import sys
@@ -31,7 +32,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..names import HOST, NODE, PLACEMENT, WORKER_PID
+from ..names import HOST, LOSSES_FILE, NODE, PLACEMENT, WORKER_PID
 from .system import SystemSampler
 
 
@@ -139,7 +140,8 @@ class CellRunner:
         else:
             metrics["sparsity.actual"] = 0.0
         t0 = time.perf_counter()
-        metrics.update(self._evaluate(key["eval"], opts, key))
+        losses: dict[str, dict] = {}  # split -> lang -> per-window losses: what a verdict's interval resamples
+        metrics.update(self._evaluate(key["eval"], opts, key, losses))
         metrics["time.eval_s"] = time.perf_counter() - t0
         if key["eval"]["ppl"]:
             from tasks.api import evaluation_dataset
@@ -147,15 +149,19 @@ class CellRunner:
             p = key["eval"]["ppl"]
             datasets["evaluation"] = evaluation_dataset(self.model, self.tok, p["languages"], p["data"], p["seqlen"],
                                                         p["nsamples"], p.get("split", "test"))
-        if task["kind"] == "baseline":
-            import json
-
-            with tempfile.TemporaryDirectory(prefix="polyprune-cell-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="polyprune-cell-") as tmp:  # a dense model's result and every cell's losses
+            if task["kind"] == "baseline":
+                files, artifacts = {}, {}
                 (Path(tmp) / "result.json").write_text(json.dumps({"config": key, "metrics": metrics}, indent=2, default=str) + "\n")
-                files, artifacts = deliver(Path(tmp), opts.get("artifacts_to"), opts.get("upload_delay_s", 0.0))
+            if losses:
+                (Path(tmp) / LOSSES_FILE).write_text(json.dumps(losses) + "\n")
+            more, more_bytes = deliver(Path(tmp), opts.get("artifacts_to"), opts.get("upload_delay_s", 0.0))
+            files, artifacts = {**files, **more}, {**artifacts, **more_bytes}
         return {"metrics": metrics, "params": params, "files": files, "artifacts": artifacts, "tags": {}, "datasets": datasets}
 
-    def _evaluate(self, ev: dict[str, Any], opts: dict[str, Any], key: dict[str, Any]) -> dict[str, float]:
+    def _evaluate(self, ev: dict[str, Any], opts: dict[str, Any], key: dict[str, Any], losses: dict[str, dict]) -> dict[str, float]:
+        """The cell's metrics; `losses` gets each perplexity split's per-window losses
+        ({split: {lang: {"nll": [...], "tokens": [...]}}}, logged as `losses.json`)."""
         from tasks.api import perplexity, ppl_metrics
 
         out: dict[str, float] = {}
@@ -164,10 +170,12 @@ class CellRunner:
         if ev["ppl"]:
             p = ev["ppl"]
             where = {} if self.whole else {"device": _device(), "blockwise": True}
-            ppl = perplexity(self.model, self.tok, p["languages"], data=p["data"], seqlen=p["seqlen"],
-                             nsamples=p["nsamples"], batch_size=opts["ppl_batch_size"], split=p.get("split", "test"),
-                             on_language=report, **where)
+            ppl, windows = perplexity(self.model, self.tok, p["languages"], data=p["data"], seqlen=p["seqlen"],
+                                      nsamples=p["nsamples"], batch_size=opts["ppl_batch_size"], split=p.get("split", "test"),
+                                      on_language=report, losses=True, **where)
             out.update(ppl_metrics(ppl))
+            losses[p.get("split", "test")] = {lang: {"nll": nll.tolist(), "tokens": tokens.tolist()}
+                                              for lang, (nll, tokens) in windows.items()}
         if ev["lm_eval"]:
             from contextlib import nullcontext
 
@@ -181,7 +189,7 @@ class CellRunner:
                                  batch_size=opts["lm_eval_batch_size"], include_paths=le["include_paths"])
             out.update({k: float(v) for k, v in res["metrics"].items() if isinstance(v, (int, float))})
         if ev.get("test"):  # a search trial's held-out pass: logged as test.*, never told to the sampler
-            out.update({f"test.{k}": v for k, v in self._evaluate(ev["test"], {**opts, "report": None}, key).items()})
+            out.update({f"test.{k}": v for k, v in self._evaluate(ev["test"], {**opts, "report": None}, key, losses).items()})
         return out
 
 
@@ -195,7 +203,7 @@ class Pruned(Exception):
 
 class Reporter:
     """`on_language` for `tasks.api.perplexity`: posts each language's value to the search's
-    mailbox (`{"box": actor, "trial": number}`, search.fidelity), which answers with the driver's
+    mailbox (`{"box": actor, "trial": number}`, search.early_stop), which answers with the driver's
     verdict on it: pruned, the cell stops there (Pruned)."""
 
     def __init__(self, report: dict[str, Any]):

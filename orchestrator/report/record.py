@@ -14,7 +14,7 @@ from pathlib import Path
 from tasks.errors import UserError
 
 from .. import models, tracking
-from ..names import CONFIRM, RUN_KIND, TRIAL
+from ..names import BASELINE, CONFIRM, TRIAL
 
 IDENTITY = ("model", "method", "sparsity", "calib", "seed")  # never part of a "variant" label
 NOT_VARIANT = IDENTITY + ("seqlen", "data", "dtype")  # resolved or bookkeeping, not a design choice
@@ -38,7 +38,12 @@ class Run:
 
     @property
     def dense(self) -> bool:
-        return self.params.get("method") == "dense" or self.tags.get(RUN_KIND) == "baseline"
+        return self.params.get("method") == "dense"
+
+    @property
+    def baseline(self) -> str | None:
+        """A search's baseline label (wanda·uniform, ...): its own runs, or a trial of an older record."""
+        return self.tags.get(BASELINE)
 
     @property
     def calib(self) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..names import BASELINE, OBJECTIVES, STORAGE, STUDY
+from ..names import OBJECTIVES, STORAGE, STUDY
 from .record import IDENTITY, Run, eval_languages, slug, write_csv
 
 
@@ -33,11 +33,16 @@ def objectives(parent, trials: list[Run]) -> list[tuple[str, str]]:
 
 
 def is_baseline(t: Run) -> bool:
-    """Baselines a search enqueues first: single-language or equal-weight mixes (or tagged so)."""
-    if BASELINE in t.tags:
+    """A baseline's run (tagged), or a trial of a record from before baselines were tagged that ran
+    one: a single language or an equal-weight mix."""
+    if t.baseline is not None:
         return True
     weights = {w.partition("=")[2] for w in t.params.get("calib", "").split(",")}
     return "," not in t.calib or len(weights) == 1
+
+
+def baseline_label(t: Run) -> str:
+    return t.baseline or f"#{t.trial} {t.calib}"
 
 
 def pareto_mask(points, directions) -> list[bool]:
@@ -100,6 +105,8 @@ def search_sections(parent, name: str, runs: list[Run], out: Path) -> list:
     trials = sorted((r for r in runs if r.trial is not None), key=lambda r: r.trial)
     if not trials:
         return []
+    # the baselines: their own runs (tagged, not trials), or trials of an older record that ran one
+    bases = [r for r in runs if r.trial is None and r.baseline is not None] or [t for t in trials if is_baseline(t)]
     objs = objectives(parent, trials)
     items = []
     for metric, direction in objs:
@@ -120,10 +127,7 @@ def search_sections(parent, name: str, runs: list[Run], out: Path) -> list:
         best = (min if d0 == "minimize" else max)(pool, key=lambda t: t.metrics[m0])
         langs = eval_languages(trials)
         keys = [f"ppl.{l}" for l in langs] + ["ppl.mean"]
-        series = {}
-        for t in trials:
-            if is_baseline(t) and t is not best:
-                series[f"#{t.trial} {t.calib}"] = [t.metrics.get(k) for k in keys]
+        series = {baseline_label(t): [t.metrics.get(k) for k in keys] for t in bases if t is not best}
         series[f"best #{best.trial} {best.calib}"] = [best.metrics.get(k) for k in keys]
         dense = [r for r in runs if r.dense]
         ylabel = "perplexity"
@@ -135,35 +139,35 @@ def search_sections(parent, name: str, runs: list[Run], out: Path) -> list:
                                               title=f"best trial ({d0} {m0}) vs baselines", ylabel=ylabel),
                       f"Best trial #{best.trial}: calib {best.params.get('calib')}; " +
                       ", ".join(f"{k}={v}" for k, v in best.params.items() if k not in IDENTITY and not k.startswith("eval."))))
-        items += held_out(best, trials, m0, langs, out)
+        items += held_out(best, trials, bases, m0, langs, out)
         imp, source = importances(parent, name, scored, m0, d0)
         if imp:
             items.append(("img", fig.importances(out / "search_importances.png", imp, title=f"parameter importances for {m0}"),
                           f"Optuna parameter importances (fANOVA), from the {source}."))
     metrics = sorted({k for t in trials for k in t.metrics if k.startswith(("ppl.", "lmeval."))})
     write_csv(out / "search_trials.csv", ["trial", "calib", "baseline"] + metrics,
-              [[t.trial, t.params.get("calib"), is_baseline(t)] + [t.metrics.get(k, "") for k in metrics] for t in trials])
+              [[t.trial, t.params.get("calib"), t.baseline or ""] + [t.metrics.get(k, "") for k in metrics] for t in trials])
     return [(f"Search: {len(trials)} trials", items)]
 
 
-def held_out(best: Run, trials: list[Run], metric: str, langs: list[str], out: Path) -> list:
+def held_out(best: Run, trials: list[Run], bases: list[Run], metric: str, langs: list[str], out: Path) -> list:
     """The scatter of valid vs test (overfitting shows as points above the diagonal) and the
     table of the best trial against every baseline on test. Trials recorded before searches
     measured test have no test.* metrics: nothing is drawn for them."""
     from . import figures as fig
 
     items = []
-    pts = [(t.metrics[metric], t.metrics[f"test.{metric}"], is_baseline(t)) for t in trials
+    pts = [(t.metrics[metric], t.metrics[f"test.{metric}"], t in bases) for t in [*trials, *(b for b in bases if b.trial is None)]
            if metric in t.metrics and f"test.{metric}" in t.metrics]
     if pts:
         path = fig.valid_vs_test(out / f"search_valid_vs_test_{slug(metric)}.png", pts, metric=metric)
         items.append(("img", str(path), f"Every trial's {metric} on valid and on test."))
-    bases = sorted((t for t in trials if BASELINE in t.tags and t is not best), key=lambda t: t.trial)
+    bases = [b for b in bases if b.baseline is not None and b is not best]
     keys = [f"test.ppl.{l}" for l in langs] + ["test.ppl.mean"]
     if bases and any(k in best.metrics for k in keys):
         header = ["language", f"best #{best.trial}"]
         for b in bases:
-            header += [b.tags[BASELINE], f"best - {b.tags[BASELINE]}"]
+            header += [b.baseline, f"best - {b.baseline}"]
         rows = []
         for lang, k in zip(langs + ["mean"], keys):
             v = best.metrics.get(k)

@@ -21,7 +21,7 @@ def sweep_sections(cl, runs: list[Run], out: Path, tmp: Path, overlap: bool) -> 
     for r in runs:
         if r.dense:
             dense[r.model] = r  # latest dense run of a model is its baseline
-    pruned = [r for r in runs if not r.dense and r.trial is None]
+    pruned = [r for r in runs if not r.dense and r.trial is None and r.baseline is None]  # a search's runs: its sections
     groups = defaultdict(list)
     for r in pruned:
         groups[(r.model, r.variant, r.params.get("sparsity", "?"))].append(r)

@@ -1,11 +1,22 @@
-"""The mixes a search must beat (a search file's `baselines:`), each one enqueued trial run first.
+"""The baselines a search must beat (a search file's `baselines:`), run as the literature runs them,
+and their stage: fixed cells run before the trials. They are not Optuna trials: telling the sampler
+a plain-Wanda value under M-Wanda's parameters would teach it a wrong label.
 
-`baselines:` is `true` (the uniform mix and the first objective's language alone), `false`,
-or a list of `uniform`, `target` and `{name, calib, hp, schedule}` mappings, where `calib`
-is a mix (`en=0.7,sw=0.3`) or `{from: FILE}`: the model's training-language shares, turned
-into the MBS mix over the calibration languages (`tasks.data.langs.mix_from_distribution`).
-Every baseline is Wanda-equivalent (M-Wanda's coefficients 0, uniform schedule) unless its
-mapping says otherwise: a baseline measures the calibration mix, not the method's extras.
+`baselines:` is `true` (the uniform mix and the first objective's language alone), `false`, or a list
+of `uniform`, `target` and `{name, calib, method, hp, schedule}` mappings, where `calib` is a mix
+(`en=0.7,sw=0.3`) or `{from: FILE}`: the model's training-language shares, turned into the MBS mix
+over the calibration languages (`tasks.data.langs.mix_from_distribution`).
+
+Each runs the method the literature ran on that calibration set (`LITERATURE`: plain `wanda` for
+M-Wanda, pooled statistics and no coefficients; `ria` for mria; a method as itself otherwise, e.g.
+`sparsegpt`), with a uniform schedule, unless its mapping names a method, hp or schedule. Unless
+`baselines: false`, one more: the search's own method at its default coefficients on the uniform mix,
+so a reader sees what the search adds over the method alone. A label names the method:
+`wanda·uniform`, `wanda·sw-only`, `wanda·mbs`, `mwanda·uniform`.
+
+The stage (`Baselines`): each baseline's cell (the search's seed; valid, then test, as a trial) runs
+once, as a run of the search's experiment tagged `polyprune.kind=baseline` and
+`polyprune.baseline=<label>`; a rerun finds it by its cell id and runs only what has no FINISHED run.
 """
 
 from __future__ import annotations
@@ -19,10 +30,15 @@ from pydantic import Field, field_validator
 from tasks.errors import UserError
 
 from ..config import Strict, local_path
+from ..names import BASELINE
+from ..engine.record import log
+from ..engine.scheduler import FixedCells
 
 WORDS = ("uniform", "target")
-# Zero coefficients make M-Wanda (and mria) score as Wanda (RIA) does: the baseline is the plain method.
-PLAIN = {"mwanda": {"lambda_var": 0.0, "lambda_prob": 0.0}, "mria": {"lambda_var": 0.0, "lambda_prob": 0.0}}
+# The method the literature ran where the search runs a multilingual variant of it.
+LITERATURE = {"mwanda": "wanda", "mria": "ria"}
+SEP = "·"  # method·name
+KIND_BASELINE = "baseline"  # the runs' polyprune.kind
 
 
 class CalibFrom(Strict):
@@ -30,8 +46,9 @@ class CalibFrom(Strict):
 
 
 class BaselineSpec(Strict):
-    name: str = Field(min_length=1, pattern=r"^[\w][\w.\-]*$")  # a tag value and part of metric names
+    name: str = Field(min_length=1, pattern=r"^[\w][\w.\-]*$")  # part of the label, a tag value and metric names
     calib: Any  # a mix, or {from: FILE}
+    method: str | None = None  # default: the literature's method for the search's (LITERATURE)
     hp: dict[str, Any] = Field(default_factory=dict)
     schedule: str = "uniform"
 
@@ -50,10 +67,30 @@ class Baseline:
     """A resolved baseline: `calib` None means the uniform mix over the calibration languages."""
 
     name: str
+    method: str
     calib: str | None
     hp: dict[str, Any] = field(default_factory=dict)
     schedule: str = "uniform"
     where: str = "baselines"
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}{SEP}{self.name}"
+
+
+def target_language(cfg) -> str | None:
+    """The first objective's language (ppl.sw -> sw): the single-language baseline."""
+    m = cfg.objectives[0].metric
+    return m[len("ppl."):] if m.startswith("ppl.") and m != "ppl.mean" else None
+
+
+def metric_key(label: str) -> str:
+    """A label as it appears in a metric name (MLflow allows no `·`): wanda·uniform -> wanda.uniform."""
+    return label.replace(SEP, ".")
+
+
+def literature(method: str) -> str:
+    return LITERATURE.get(method, method)
 
 
 def parse(cfg, base: Path) -> None:
@@ -75,88 +112,106 @@ def parse(cfg, base: Path) -> None:
 
 
 def resolve(cfg, target: str | None) -> list[Baseline]:
-    """The file's baselines, checked (words, mixes, shares files, names); their engine checks are `file.check`'s."""
+    """The file's baselines, checked (words, mixes, shares files, labels); their engine checks are `check`'s."""
     from tasks.data.langs import canonical_mix, mix_from_distribution, parse_mix
 
-    plain = dict(PLAIN.get(cfg.method, {}))
     if cfg.baselines is False:
         return []
-    if cfg.baselines is True:
-        out = [Baseline("uniform-wanda", None, plain)]
-        return out + ([Baseline(f"{target}-only-wanda", target, plain)] if target else [])
+    plain = literature(cfg.method)
+    words = list(WORDS) if cfg.baselines is True and target else ["uniform"] if cfg.baselines is True else cfg.baselines
     out = []
-    for i, b in enumerate(cfg.baselines):
-        where = f"baselines[{i}]"
+    for i, b in enumerate(words):
+        where = "baselines" if cfg.baselines is True else f"baselines[{i}]"
         if isinstance(b, str):
             if b not in WORDS:
                 raise UserError(where, f"unknown baseline {b!r}; allowed: {', '.join(WORDS)}, or {{name: NAME, calib: MIX}}")
             if b == "target" and not target:
                 raise UserError(where, "target: the first objective names no language (ppl.<lang>); use {name: NAME, calib: LANG}")
-            out.append(Baseline(b, None if b == "uniform" else target, plain, where=where))
+            out.append(Baseline("uniform", plain, None, where=where) if b == "uniform" else
+                       Baseline(f"{target}-only", plain, target, where=where))
             continue
         if isinstance(b.calib, CalibFrom):
             calib = mix_from_distribution(b.calib.from_, cfg.calibration.languages, field=f"{where}.calib.from")
         else:
             calib = canonical_mix(parse_mix(b.calib, f"{where}.calib"))
-        out.append(Baseline(b.name, calib, {**plain, **b.hp}, b.schedule, where))
-    names = [b.name for b in out]
-    dup = next((n for n in names if names.count(n) > 1), None)
+        out.append(Baseline(b.name, b.method or plain, calib, dict(b.hp), b.schedule, where))
+    own = Baseline("uniform", cfg.method, None)  # the search's own method alone: what the search adds over it
+    if own.method != plain and own.label not in [b.label for b in out]:
+        out.append(own)
+    labels = [b.label for b in out]
+    dup = next((n for n in labels if labels.count(n) > 1), None)
     if dup:
-        raise UserError("baselines", f"two baselines are named {dup!r}; give each its own name")
+        raise UserError("baselines", f"two baselines are labelled {dup!r}; give each its own name")
     return out
 
 
-def check(cfg, baselines: list[Baseline], source, spec) -> None:
-    """Each baseline's languages in the calibration source and its configuration through the engine
-    (`spec(calib, schedule, hp)` -> a `PruneSpec` to check)."""
+def check(cfg, space, baselines: list[Baseline], source) -> None:
+    """Each baseline's languages in the calibration source and its configuration through the engine."""
     from tasks.api import check_spec
     from tasks.data.langs import parse_mix
 
+    from .cells import baseline_spec
+
     for b in baselines:
-        calib = b.calib or ",".join(cfg.calibration.languages)
-        for lang in parse_mix(calib, f"{b.where}.calib"):
+        for lang in parse_mix(b.calib or ",".join(cfg.calibration.languages), f"{b.where}.calib"):
             try:
                 source.check_language(lang, "calib")
             except UserError as e:
                 raise UserError(f"{b.where}.calib", e.message) from None
         try:
-            check_spec(spec(calib, b.schedule, b.hp))
+            check_spec(baseline_spec(cfg, space, b))
         except UserError as e:
-            raise UserError(f"{b.where}.{e.field if e.field in ('hp', 'schedule') else 'calib'}", e.message) from None
+            raise UserError(f"{b.where}.{e.field if e.field in ('hp', 'schedule', 'method') else 'calib'}", e.message) from None
 
 
-def enqueue(study, cfg, space, baselines: list[Baseline], done_key: str, baseline_key: str, override_key: str) -> list[str]:
-    """Enqueue the baselines a study has not enqueued yet (a resumed study runs none twice).
+class Baselines:
+    """The stage: the baselines' cells without a FINISHED run, before the trials (docs/extending.md)."""
 
-    What the space can express goes in as parameters, so the sampler learns from the
-    baseline's value with the parameters that really ran; the rest (a language outside
-    the searched ones, a fixed coefficient, a schedule) as an override the driver applies.
-    The exact mix always goes in the override too, so rounding never changes it."""
-    from tasks.data.langs import parse_mix
+    def __init__(self, ctx):
+        from .cells import baseline_cell
 
-    from search_spaces.space import dirichlet_point
+        self.ctx = ctx
+        self.all = resolve(ctx.cfg, target_language(ctx.cfg))
+        self.cells = {b.label: baseline_cell(ctx.cfg, ctx.space, b, ctx.ev) for b in self.all}
+        self.todo: list | None = None
+        self.recorder = None
 
-    done = list(study.user_attrs.get(done_key) or [])
-    langs = list(cfg.calibration.languages)
-    new = [b for b in baselines if b.name not in done]
-    for b in new:
-        weights = parse_mix(b.calib) if b.calib else {l: 1 / len(langs) for l in langs}
-        params: dict[str, Any] = {}
-        override: dict[str, Any] = {"calib": b.calib} if b.calib else {}
-        if space.mix and set(weights) <= set(langs):
-            params.update({f"mix.{l}": u for l, u in dirichlet_point({l: weights.get(l, 0.0) for l in langs}).items()})
-        for k, v in b.hp.items():
-            if space.searches(k):
-                params[k] = v
-            else:
-                override.setdefault("hp", {})[k] = v
-        choices = next((list(p.dist.choices) for p in space.params if p.name == "schedule"), [])
-        if b.schedule in choices:
-            params["schedule"] = b.schedule
-        elif space.profile_points and not space.profile_when and b.schedule == "uniform":
-            params.update({f"profile.{i}": 0.0 for i in range(space.profile_points)})  # a flat profile is uniform
-        else:
-            override["schedule"] = b.schedule  # also over a file's `schedule: owl`: baselines are uniform unless told
-        study.enqueue_trial(params, user_attrs={baseline_key: b.name, **({override_key: override} if override else {})})
-    study.set_user_attr(done_key, done + [b.name for b in new])
-    return [b.name for b in new]
+    def pending(self) -> bool:
+        if self.todo is None:
+            done, seen = self.ctx.results(KIND_BASELINE), set()
+            self.todo = []
+            for cell in self.cells.values():  # two baselines of one cell (one mix twice) run once
+                if cell.cell_id not in done and cell.cell_id not in seen:
+                    seen.add(cell.cell_id)
+                    self.todo.append(cell)
+        return bool(self.todo)
+
+    def run(self):
+        labels = {}
+        for label, cell in reversed(list(self.cells.items())):  # the first label of a shared cell names its run
+            labels[cell.cell_id] = ({BASELINE: label}, label)
+        n = len({c.cell_id for c in self.cells.values()})
+        log(f"search {self.ctx.cfg.name}: baselines: {len(self.todo)} of {n} to run ({', '.join(self.cells)})")
+        self.recorder = self.ctx.recorder(KIND_BASELINE, labels, n, n - len(self.todo))
+        return FixedCells(self.todo), self.recorder
+
+    def stop(self, status: str, why: str) -> None:
+        if self.recorder is not None:
+            self.recorder.end_inflight(status, why)
+
+    def has_failures(self) -> bool:
+        return bool(self.recorder and self.recorder.failures)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """summary["baselines"]: each baseline's valid objectives and test numbers at the search's seed."""
+        done = self.ctx.results(KIND_BASELINE)
+        out = []
+        for b in self.all:
+            cell = self.cells[b.label]
+            r = done.get(cell.cell_id) or {}
+            m = r.get("metrics") or {}
+            values = [m[k] for k in self.ctx.metrics] if all(k in m for k in self.ctx.metrics) else None
+            out.append({"label": b.label, "method": b.method, "calib": cell.key["calib"], "schedule": cell.key["schedule"],
+                        "hp": cell.key["hp"], "values": values, "test": {k: v for k, v in m.items() if k.startswith("test.")},
+                        "mlflow_run_id": r.get("run_id"), "cell_id": cell.cell_id})
+        summary["baselines"] = out

@@ -19,8 +19,8 @@ from pydantic import Field, StrictInt, field_validator, model_validator
 from tasks.errors import UserError
 
 from ..config import (CalibrationConfig, EvaluationConfig, ResourcesConfig, Strict, check_evaluation, check_fit, check_model,
-                      model_path, read_mapping, resolve_evaluation, resolve_paths, validate)
-from ..engine.cells import prune_spec
+                      model_path, read_mapping, resolve_paths, validate)
+from .cells import evaluation, fixed_hp, searches_schedule, trial_spec
 
 
 class Objective(Strict):
@@ -57,9 +57,12 @@ class SearchConfig(Strict):
     constraints: list[Constraint] = Field(default_factory=list)
     n_trials: StrictInt = Field(20, gt=0)  # the study's total; `--n-trials N` adds N more
     parallel: StrictInt = Field(2, gt=0)  # trials in flight on Ray (at most n_trials; fewer when the cluster is smaller)
-    # enqueued first: true (uniform mix + the target language alone), false, or a list (search.baselines)
+    # run first, as the literature ran them: true (uniform mix + the target language alone), false, or a list;
+    # plus the search's own method alone (search.baselines)
     baselines: bool | list[Any] = True
-    confirm: Any = True  # re-run the best trials and baselines on other seeds: true, false or {top, seeds, level} (search.confirm)
+    # the top trials re-run on selection seeds, the winner and baselines on test seeds: true, false or
+    # {top, selection_seeds, test_seeds, level} (search.confirm)
+    confirm: Any = True
     sampler_seed: StrictInt | None = None  # the sampler's seed (reproducible proposals for a fixed completion order)
     sampler: dict[str, Any] | None = None  # {name: tpe (default) | gp | cmaes | random | qmc | nsga2, ...} (search.sampling)
     pruner: dict[str, Any] | None = None  # {name: none (default) | wilcoxon | median | ..., ...} (search.sampling)
@@ -77,7 +80,7 @@ class SearchConfig(Strict):
     @classmethod
     def _baselines_form(cls, v):
         if not isinstance(v, (bool, list)):
-            raise ValueError("true, false, or a list of uniform, target, {name: NAME, calib: MIX | {from: FILE}}")
+            raise ValueError("true, false, or a list of uniform, target, {name: NAME, calib: MIX | {from: FILE}, method: M}")
         return v
 
     @field_validator("sparsity", mode="before")
@@ -123,29 +126,6 @@ def resolve_storage(uri: str | None, base: Path) -> str:
 
 
 # ---------------------------------------------------------------- semantic checks
-
-
-def evaluation(cfg: SearchConfig) -> dict[str, Any]:
-    """The resolved evaluation set, in the sweep's cell form (default: ppl in the calibration languages)."""
-    return resolve_evaluation(cfg.evaluation, cfg.calibration, list(cfg.calibration.languages))
-
-
-def trial_evaluation(cfg: SearchConfig) -> dict[str, Any]:
-    """What a trial's cell evaluates: perplexity on `valid` (objectives and constraints: all the
-    sampler sees), then the same on `test` as `test.*` (logged, never told). lm-eval has no split
-    of ours: it runs once, in the test pass, unless an objective or constraint reads it."""
-    ev = evaluation(cfg)
-    tuned = any(m.startswith("lmeval.") for m in [o.metric for o in cfg.objectives] + [c.metric for c in cfg.constraints])
-    ppl = ev["ppl"]
-    test = {"ppl": {**ppl, "split": "test"} if ppl else None, "lm_eval": None if tuned else ev["lm_eval"]}
-    return {"ppl": {**ppl, "split": "valid"} if ppl else None, "lm_eval": ev["lm_eval"] if tuned else None,
-            "test": test if test["ppl"] or test["lm_eval"] else None}
-
-
-def target_language(cfg: SearchConfig) -> str | None:
-    """The first objective's language (ppl.sw -> sw): the single-language baseline."""
-    m = cfg.objectives[0].metric
-    return m[len("ppl."):] if m.startswith("ppl.") and m != "ppl.mean" else None
 
 
 def check(cfg: SearchConfig, space) -> None:
@@ -225,49 +205,16 @@ def check(cfg: SearchConfig, space) -> None:
                  "seqlen": "calibration.seqlen", "data": "calibration.data", "seed": "seed"}.get(e.field, e.field)
         raise UserError(field, e.message) from None
 
-    def spec(calib: str, schedule: str, hp: dict[str, Any]):
-        return trial_spec(cfg, calib, schedule, {**fixed_hp(cfg, space, schedule), **hp})
-
-    chosen = baselines.resolve(cfg, target_language(cfg))
-    baselines.check(cfg, chosen, source, spec)
+    chosen = baselines.resolve(cfg, baselines.target_language(cfg))
+    baselines.check(cfg, space, chosen, source)
     # A searched mix may put all of nsamples on any one language: each alone is the worst case.
     # Trials are measured on valid (what the sampler sees) and on test.
     check_fit(cfg, [cfg.model], [*langs, *(b.calib for b in chosen if b.calib)], ev, ("valid", "test"))
 
 
-def trial_spec(cfg: SearchConfig, calib: str, schedule, hp: dict[str, Any]):
-    """A trial's `PruneSpec` (unchecked): what the file fixes plus the trial's calibration, schedule and hp."""
-    return prune_spec(cfg, cfg.model, cfg.method, cfg.sparsity, calib, cfg.seed, schedule, hp)
-
-
-def searches_schedule(space) -> bool:
-    return space.searches("schedule") or bool(space.profile_points)
-
-
-def fixed_hp(cfg: SearchConfig, space, schedule_kind: str) -> dict[str, Any]:
-    """The file's fixed `hp` that apply to a trial: not searched by the space and, when the
-    space picks the schedule, only the method's and the trial's schedule's (the engine
-    rejects an OWL setting on a CWL trial, or any setting on a per-block list). When the
-    file fixes the schedule, every key goes to the engine, which rejects strays."""
-    from tasks.pruning import METHODS, SCHEDULES
-    from tasks.pruning.base import hp_names
-
-    hp = {k: v for k, v in cfg.hp.items() if not space.searches(k)}
-    if not searches_schedule(space):
-        return hp
-    keep = set(hp_names(METHODS.get(cfg.method, "method").Params))
-    every = keep | {n for s in SCHEDULES.names() for n in hp_names(SCHEDULES.get(s).Params)}
-    unknown = [k for k in hp if k not in every]
-    if unknown:
-        raise UserError("hp", f"unknown hyperparameter {unknown[0]!r} for method {cfg.method} or any schedule")
-    if schedule_kind in SCHEDULES.names():
-        keep |= set(hp_names(SCHEDULES.get(schedule_kind).Params))
-    return {k: v for k, v in hp.items() if k in keep}
-
-
 # ---------------------------------------------------------------- metrics
 
-# Metrics every cell reports besides its evaluation (sweep.worker.CellRunner).
+# Metrics every cell reports besides its evaluation (engine.worker.CellRunner).
 ALWAYS = ("sparsity.actual", "time.prune_s", "time.eval_s", "time.cell_s", "time.calib_s", "time.load_s")
 
 

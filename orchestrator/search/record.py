@@ -5,7 +5,9 @@ experiment = search name; one parent run per study (tags `polyprune.role=search`
 trial (tags `polyprune.trial`, `polyprune.study`, `polyprune.sweep`,
 `polyprune.cell_id`). Params, metrics and artifacts of a trial are a sweep cell's
 (tracking.cell_params / finish_cell), plus the trial's raw Optuna parameters as
-`optuna.<name>`; each trial's pruned model is a LoggedModel like a cell's. At the end the parent gets the best trial(s), the baselines and
+`optuna.<name>`; each trial's pruned model is a LoggedModel like a cell's (the baselines' and the
+confirmation's runs are recorded by their stages, `context.SearchContext.recorder`). At the end the
+parent gets the summary the stages made: the best trial(s), the baselines, the confirmation and
 Optuna's figures.
 """
 
@@ -21,43 +23,53 @@ from typing import Any
 from .. import models, tracking
 from ..engine.record import attach_model
 
-from ..names import BASELINE, BEST_TRIALS, METRIC, RUN_KIND, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
+from ..names import BASELINE, BEST_TRIALS, CONFIRMED, RUN_KIND, METRIC, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
+from .baselines import metric_key
+from .confirm import metrics as confirmation_metrics
 
 
 class SearchRecord:
-    """The trials' runs under the parent run `sweep.lifecycle.drive` opened (`tags`: provenance)."""
+    """The trials' runs under the parent run `engine.lifecycle.drive` opened (`tags`: provenance)."""
 
     def __init__(self, cl, exp: str, parent: str, name: str, tags: dict[str, str]):
         self.cl, self.exp, self.parent, self.name, self.tags = cl, exp, parent, name, tags
 
-    def start_trial(self, number: int, cell, optuna_params: dict[str, Any], baseline: str | None) -> str:
+    def start_trial(self, number: int, cell, optuna_params: dict[str, Any]) -> str:
         tags = {**self.tags, STUDY: self.name, TRIAL: str(number), RUN_KIND: "trial"}
-        if baseline:
-            tags[BASELINE] = baseline
-        run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags,
-                                     run_name=f"trial {number}" + (f" ({baseline})" if baseline else ""),
+        run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags, run_name=f"trial {number}",
                                      params={f"optuna.{k}": v for k, v in optuna_params.items()})
         attach_model(self.cl, self.exp, run_id, cell, {tracking.CELL: cell.cell_id, tracking.SWEEP: self.name,
                                                        STUDY: self.name, TRIAL: str(number)}, trial=number)
         return run_id
 
     def end(self, study, summary: dict[str, Any], metrics: list[str]) -> None:
-        """Best trials, baselines and figures on the parent (the lifecycle then ends it)."""
+        """Best trials, baselines, the confirmation and figures on the parent (the lifecycle then ends it)."""
         files = {"best_trials.json": (json.dumps(summary, indent=2, default=str) + "\n").encode()}
-        files.update(figures(study, metrics))
-        tracking.log_artifacts(self.cl, self.parent, files)
-        m: dict[str, float] = {"trials.complete": summary["n_complete"], "trials.failed": summary["n_failed"],
-                               "trials.pruned": summary.get("n_pruned", 0)}
-        if len(metrics) == 1 and summary["best"]:  # best.<metric> is valid (chosen on it), best.test.* its test numbers
-            m[f"best.{metrics[0]}"] = summary["best"][0]["values"][0]
-            m["best.trial"] = summary["best"][0]["number"]
-            m.update({f"best.{k}": v for k, v in summary["best"][0].get("test", {}).items()})
-        for b in summary["baselines"]:
+        if study is not None:
+            files.update(figures(study, metrics))
+        m: dict[str, float] = {}
+        if "n_complete" in summary:
+            m.update({"trials.complete": summary["n_complete"], "trials.failed": summary["n_failed"],
+                      "trials.pruned": summary.get("n_pruned", 0)})
+        best = summary.get("best") or []
+        if len(metrics) == 1 and best:  # best.<metric> is valid (chosen on it), best.test.* its test numbers
+            m[f"best.{metrics[0]}"] = best[0]["values"][0]
+            m["best.trial"] = best[0]["number"]
+            m.update({f"best.{k}": v for k, v in best[0].get("test", {}).items()})
+        for b in summary.get("baselines") or []:
             if b.get("values"):
-                m.update({f"baseline.{b['baseline']}.{k}": v for k, v in zip(metrics, b["values"])})
-                m.update({f"baseline.{b['baseline']}.{k}": v for k, v in b.get("test", {}).items()})
+                key = f"baseline.{metric_key(b['label'])}"
+                m.update({f"{key}.{k}": v for k, v in zip(metrics, b["values"])})
+                m.update({f"{key}.{k}": v for k, v in b.get("test", {}).items()})
+        c = summary.get("confirmation")
+        if c:
+            files["confirmation.json"] = (json.dumps(c, indent=2, default=str) + "\n").encode()
+            m.update(confirmation_metrics(c))
+            if c.get("winner_number") is not None and c.get("vs"):  # a verdict was reached
+                tracking.log_tags(self.cl, self.parent, {CONFIRMED: str(c["winner_number"])})
+        tracking.log_artifacts(self.cl, self.parent, files)
         tracking.log_metrics(self.cl, self.parent, m)
-        tracking.log_tags(self.cl, self.parent, {BEST_TRIALS: ",".join(str(b["number"]) for b in summary["best"])})
+        tracking.log_tags(self.cl, self.parent, {BEST_TRIALS: ",".join(str(b["number"]) for b in best)})
 
     def register(self, as_name: str, summary: dict[str, Any], objective) -> str:
         """The search's best trial's logged model as a version of `as_name` (alias `best`; as

@@ -18,7 +18,7 @@ from typing import Any
 from tasks.errors import UserError
 
 from ..names import ATTEMPT, BASELINE, BEAT, DRIVER, LOST, OVERRIDE, RETRY_OF
-from ..stores import DB_PORTS, StoreDown, check_database, check_durable, creating, scheme_of
+from ..stores import DB_PORTS, StoreDown, check_database, check_durable, creating, scheme_of, shown
 from ..lease import DEFAULTS as LEASE_DEFAULTS
 from .sampling import build_pruner, build_sampler, metric_names
 
@@ -74,7 +74,7 @@ def open_study(cfg):
     study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=build_sampler(cfg.sampler, seed),
                               pruner=build_pruner(cfg.pruner))
     if [d.name.lower() for d in study.directions] != directions:
-        raise UserError("objectives", f"study {cfg.name!r} in {cfg.storage} was created with directions "
+        raise UserError("objectives", f"study {cfg.name!r} in {shown(cfg.storage)} was created with directions "
                                       f"{[d.name.lower() for d in study.directions]}; a search's objectives cannot change (rename it)")
     # optuna-dashboard, `polyprune dashboard` and Optuna's plots label the values with these, not "Objective 0".
     if study.metric_names != metric_names(cfg):

@@ -1,7 +1,8 @@
-"""Intermediate values of a search's trials, for its pruner (docs/search.md, `pruner:`).
+"""Early stopping of a search's trials: the pruner's mailbox (docs/search.md, `pruner:`; the pruners
+themselves are built in `sampling`).
 
 Step i of a trial is the valid perplexity of its i-th evaluation language, posted by the worker
-as that language finishes (`sweep.worker.Reporter`) to a `Mailbox`, a small Ray actor a driver
+as that language finishes (`engine.worker.Reporter`) to a `Mailbox`, a small Ray actor a driver
 thread listens to: it reports each value to the trial (`trial.report`), asks the pruner
 (`trial.should_prune`) and rules; the worker waits for the verdict and, pruned, ends the cell
 there (no further language, no test pass). The trial is told PRUNED, its
@@ -124,15 +125,17 @@ def attach(listener, cell, number: int) -> None:
         cell.run = {**cell.run, "report": {"box": listener.box, "trial": number}}
 
 
-def pruned(search, cell, out: dict[str, Any]) -> None:
-    """End a cell its worker stopped on the pruner's word: KILLED run tagged PRUNED, trial told PRUNED."""
+def pruned(trials, cell, out: dict[str, Any]) -> None:
+    """End a cell its worker stopped on the pruner's word (`trials`: the trials' stage): KILLED run
+    tagged PRUNED, trial told PRUNED."""
     from optuna.trial import TrialState
 
-    f = search.flights.pop(id(cell))
-    langs = search.ev["ppl"]["languages"]
-    why = f"pruned by {search.cfg.pruner['name']} after {out['pruned'] + 1} of {len(langs)} valid languages"
-    tracking.log_metrics(search.rec.cl, f.run_id, out["metrics"])
-    tracking.fail_cell(search.rec.cl, f.run_id, why, status="KILLED", tags={**out.get("tags", {}), PRUNED: str(out["pruned"])})
-    search.study.tell(f.trial, state=TrialState.PRUNED)
-    search.told += 1
+    ctx = trials.ctx
+    f = trials.flights.pop(id(cell))
+    langs = ctx.ev["ppl"]["languages"]
+    why = f"pruned by {ctx.cfg.pruner['name']} after {out['pruned'] + 1} of {len(langs)} valid languages"
+    tracking.log_metrics(ctx.rec.cl, f.run_id, out["metrics"])
+    tracking.fail_cell(ctx.rec.cl, f.run_id, why, status="KILLED", tags={**out.get("tags", {}), PRUNED: str(out["pruned"])})
+    ctx.study.tell(f.trial, state=TrialState.PRUNED)
+    trials.told += 1
     log(f"PRUNED   trial {f.trial.number}: {why}  {out['metrics'].get('time.cell_s', 0):.1f}s")

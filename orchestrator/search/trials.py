@@ -1,0 +1,177 @@
+"""The searched trials' stage: Optuna's ask-and-tell as the scheduler's source and events.
+
+Each asked trial becomes a cell (`cells.trial_cell`) and a run tagged `polyprune.trial`; each result
+is told (valid values only: the test pass is logged, never told). `parallel` trials in flight.
+Budget: the file's `n_trials` is the study's total; `--n-trials N` adds N more. Counted are COMPLETE,
+FAIL and PRUNED trials, except lost ones (a killed driver: re-run from the same parameters up to
+`resources.max_retries` times, `study.lose`). A trial whose worker dies is retried in place, as a
+sweep's cell is; one that fails itself is told FAIL. With a `pruner:`, workers post each valid
+language to the mailbox (`early_stop`) and a pruned trial stops there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.errors import UserError
+
+from .. import tracking
+from ..names import BEAT, ERROR
+from ..stores import shown
+from ..engine.record import log, retry_tags
+from . import early_stop
+from .cells import trial_cell
+from .context import quiet
+from .record import finite, trial_dict
+from .study import DEFAULTS, counted
+
+
+@dataclass
+class Flight:
+    trial: Any  # optuna Trial (asked, not yet told)
+    run_id: str
+
+
+class Trials:
+    """The stage (docs/extending.md); it is its own `Source` and `Events`."""
+
+    def __init__(self, ctx, n_trials: int | None):
+        self.ctx, self.n_trials = ctx, n_trials
+        self.flights: dict[int, Flight] = {}  # id(cell) -> its trial
+        self.told, self.todo, self.last_beat = 0, None, 0.0
+        self.box = None  # the pruner's listener (early_stop)
+
+    def pending(self) -> bool:
+        if self.todo is None:
+            cfg, study = self.ctx.cfg, self.ctx.study
+            before = counted(study)
+            budget = cfg.n_trials if self.n_trials is None else before + self.n_trials
+            self.todo = max(0, budget - before)
+            log(f"search {cfg.name}: study in {shown(cfg.storage)}: {before} trials counted; running until {budget} "
+                f"(space {self.ctx.space.name}, {cfg.parallel} in flight)")
+        return self.todo > 0
+
+    def run(self):
+        self.box = early_stop.open_mailbox(self.ctx.cfg, self.flights)
+        return self, self
+
+    def stop(self, status: str, why: str) -> None:
+        for f in self.flights.values():  # nothing stays RUNNING, no trial is lost
+            quiet(lambda f=f: tracking.fail_cell(self.ctx.rec.cl, f.run_id, why, status=status))
+            quiet(lambda f=f: self.ctx.lose(f.trial, "the driver stopped while this trial ran"))
+        self.flights.clear()
+
+    def has_failures(self) -> bool:
+        return False  # a failed trial is a result (told FAIL), not a failed search
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The study's counts and its best trials (chosen on valid, quoted with their test numbers)."""
+        from optuna.trial import TrialState
+
+        quiet(lambda: early_stop.close(self.box))
+        study, metrics = self.ctx.study, self.ctx.metrics
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        try:
+            best = list(study.best_trials) if len(metrics) > 1 else ([study.best_trial] if complete else [])
+        except ValueError:
+            best = []
+        summary.update({"n_complete": len(complete), "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+                        "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+                        "best": [trial_dict(t) for t in sorted(best, key=lambda t: t.number)]})
+        for t in summary["best"]:  # the test numbers, read back from the trial's run: the study never holds them
+            t["test"] = self.ctx.rec.held_out(t["mlflow_run_id"]) if self.ctx.rec and t["mlflow_run_id"] else {}
+
+    # ------------------------------------------------------------ the scheduler's source
+
+    def more(self) -> bool:
+        if time.monotonic() - self.last_beat >= DEFAULTS["beat_s"]:  # once per scheduler turn: the heartbeat
+            self.ctx.study.set_user_attr(BEAT, time.time())
+            self.last_beat = time.monotonic()
+        return self.told + len(self.flights) < self.todo
+
+    def take(self, model: str | None):
+        while self.told + len(self.flights) < self.todo and len(self.flights) < self.ctx.cfg.parallel:
+            cell = self.ask()
+            if cell is not None:
+                return cell
+        return None
+
+    def close(self, why: str) -> list:
+        raise RuntimeError(why)  # trials in flight are lost and re-enqueued on the way out
+
+    def ask(self):
+        """Ask a trial and make its cell; None when it failed before running (told FAIL, counted)."""
+        from optuna.trial import TrialState
+
+        ctx = self.ctx
+        trial = ctx.study.ask(ctx.space.distributions(list(ctx.cfg.calibration.languages)))
+        try:
+            cell = trial_cell(ctx.cfg, ctx.space, trial, ctx.n_blocks, ctx.ev)
+        except UserError as e:
+            trial.set_user_attr(ERROR, f"{e}")
+            ctx.study.tell(trial, state=TrialState.FAIL)
+            self.told += 1
+            log(f"FAILED   trial {trial.number}: {e}")
+            return None
+        k = cell.key
+        trial.set_user_attr("calib", k["calib"])  # the canonical mix: what ran, whatever the parametrisation
+        trial.set_user_attr("schedule", k["schedule"] if isinstance(k["schedule"], str) else [round(x, 6) for x in k["schedule"]])
+        trial.set_user_attr("hp", k["hp"])
+        trial.set_user_attr("cell_id", cell.cell_id)
+        run_id = ctx.rec.start_trial(trial.number, cell, trial.params)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        self.flights[id(cell)] = Flight(trial, run_id)
+        early_stop.attach(self.box, cell, trial.number)
+        return cell
+
+    # ------------------------------------------------------------ the scheduler's events
+
+    def start(self, cell) -> None:
+        pass  # the trial's run was created when it was asked
+
+    def retry(self, cell, error: str, attempt: int) -> None:
+        f = self.flights[id(cell)]
+        tracking.log_tags(self.ctx.rec.cl, f.run_id, retry_tags(error, attempt))
+        log(f"RETRY    trial {f.trial.number}: worker lost ({error}); attempt {attempt + 1}")
+
+    def done(self, cell, out: dict[str, Any]) -> None:
+        if "pruned" in out:
+            return early_stop.pruned(self, cell, out)
+        ctx, m = self.ctx, out["metrics"]
+        f = self.flights[id(cell)]
+        bad = [k for k in ctx.metrics + [c.metric for c in ctx.cfg.constraints] if not finite(m.get(k))]
+        if bad:  # NaN / inf perplexity of a broken model: FAIL with the reason, not a number
+            tracking.log_metrics(ctx.rec.cl, f.run_id, m)
+            self.failed(cell, f"objective {bad[0]} is {m.get(bad[0])!r} (missing or not finite)", "", out.get("tags", {}))
+            return
+        del self.flights[id(cell)]
+        for c in ctx.cfg.constraints:  # Optuna: feasible when every constraint value <= 0
+            v = max((m[c.metric] - c.max) if c.max is not None else -math.inf,
+                    (c.min - m[c.metric]) if c.min is not None else -math.inf)
+            f.trial.set_constraint(c.metric, v)
+        problem = tracking.finish_cell(ctx.rec.cl, f.run_id, out)
+        if problem:  # the worker's files did not all arrive: the run ended FAILED, so does the trial
+            self.tell_failed(f, problem)
+            return
+        values = [float(m[k]) for k in ctx.metrics]
+        ctx.study.tell(f.trial, values)
+        self.told += 1
+        shown = " ".join(f"{k}={v:.4g}" for k, v in zip(ctx.metrics, values))
+        log(f"COMPLETE trial {f.trial.number}: {shown}  calib={cell.key['calib']} {m.get('time.cell_s', 0):.1f}s")
+
+    def failed(self, cell, error: str, detail: str, tags: dict[str, str]) -> None:
+        f = self.flights.pop(id(cell))
+        tracking.fail_cell(self.ctx.rec.cl, f.run_id, error, detail, "FAILED", tags)
+        self.tell_failed(f, error)
+
+    def tell_failed(self, f, error: str) -> None:
+        from optuna.trial import TrialState
+
+        f.trial.set_user_attr(ERROR, error[:1000])
+        self.ctx.study.tell(f.trial, state=TrialState.FAIL)
+        self.told += 1
+        log(f"FAILED   trial {f.trial.number}: {error}")
