@@ -3,9 +3,8 @@
 The sections both files have (calibration, evaluation, resources), the error format of
 a bad file (one `UserError` whose field is the file path of the value: `methods[2].hp`),
 THE path resolver (relative to the file, for sweeps and searches alike), the evaluation
-set in the plain form cells carry, and the checks of models, positions and text.
-`orchestrator.sweep.file` and `orchestrator.search.file` build on this module; a
-check both kinds of file need goes here, once.
+set in the plain form cells carry, and the checks of models, positions and text. sweep/file.py
+and search/file.py build on this module; a check both kinds of file need goes here, once.
 """
 
 from __future__ import annotations
@@ -33,8 +32,7 @@ class CalibrationConfig(Strict):
     nsamples: StrictInt = Field(128, gt=0)  # strict: a YAML `true` is not 1
     seqlen: StrictInt | None = Field(None, gt=0)  # None: min(2048, the model's positions)
     batch_size: StrictInt = Field(8, gt=0)  # forward batch; does not change the result, so not in the cell id
-    # windows per language of a mix (tasks.data.langs.allocate; docs/mwanda.md#allocation); methods that pool
-    # the languages' statistics (wanda, ...) always take proportional: for them the mix IS the token share
+    # windows per language of a mix (docs/mwanda.md#allocation); pooling methods (wanda, ...) keep proportional
     allocation: Literal["proportional", "equal"] = "proportional"
 
 
@@ -274,13 +272,12 @@ def check_fit(cfg: Any, models: list[str], mixes: list[str], ev: dict[str, Any],
     draws there (a search passes each language alone: the most a mix can put on one), and a ppl window per split."""
     from tasks.data.calibration import calibration_docs, eval_windows
     from tasks.data.langs import allocate, parse_mix
-    from tasks.data.sources import get_source
+    from tasks.data.sources import HUB, get_source
     from tasks.models import DTYPES, config_positions, read_config
     from transformers import AutoTokenizer
 
     if cfg.dtype not in DTYPES:  # as load_model checks it in each cell
         raise UserError("dtype", f"{cfg.dtype!r} is not one of {', '.join(DTYPES)}")
-    from tasks.data.sources import HUB
     streamed = set(HUB.names())  # hub corpora: checked by each cell as it streams them
     calib, ppl = cfg.calibration, ev["ppl"] if ev["ppl"] and ev["ppl"]["data"] not in streamed else None
     seqlens = {"calibration.seqlen": calib.seqlen}
@@ -288,9 +285,8 @@ def check_fit(cfg: Any, models: list[str], mixes: list[str], ev: dict[str, Any],
         seqlens["evaluation.ppl.seqlen" if cfg.evaluation and cfg.evaluation.ppl.seqlen else "calibration.seqlen"] = ev["ppl"]["seqlen"]
     need: dict[str, int] = {}  # language -> the most samples any mix draws in it
     for mix in [] if calib.data in streamed else mixes:
-        counts = [allocate(parse_mix(mix), calib.nsamples, a) for a in {"proportional", calib.allocation}]
-        for lang, n in {lang: max(c[lang] for c in counts) for lang in counts[0]}.items():
-            if n:  # a language a mix leaves out is not sampled (tasks.data.calibration.sample_calibration)
+        for a in {"proportional", calib.allocation}:  # pooling methods keep proportional (engine.cells.prune_spec)
+            for lang, n in allocate(parse_mix(mix), calib.nsamples, a).items():  # a language left out gets 0: not sampled
                 need[lang] = max(n, need.get(lang, 0))
     for model in [m for m in models if os.path.isabs(m)]:
         positions = config_positions(read_config(model, cfg.trust_remote_code))
@@ -299,7 +295,7 @@ def check_fit(cfg: Any, models: list[str], mixes: list[str], ev: dict[str, Any],
                 raise UserError(where, f"{seqlen} is beyond the {positions} positions of model {model!r}")
         tok = AutoTokenizer.from_pretrained(model, trust_remote_code=cfg.trust_remote_code) if need or ppl else None
         default = min(2048, positions or 2048)  # seqlen None, as tasks.api.eval_seqlen
-        for lang, n in need.items():
+        for lang, n in ((lang, n) for lang, n in need.items() if n):
             try:
                 calibration_docs(get_source(calib.data), tok, lang, n, calib.seqlen or default)
             except UserError as e:
