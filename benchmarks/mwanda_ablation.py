@@ -31,6 +31,8 @@ LANGS = list(TARGETS)
 # name -> (method, schedule, hp). Coefficients are explicit, so changing mwanda's defaults changes no row.
 CONFIGS = {
     "wanda": ("wanda", "uniform", {}),
+    # M-Wanda with both coefficients 0: the mean of per-language RMS activations, not Wanda's pooled norm
+    "mwanda0": ("mwanda", "uniform", {"lambda_var": 0.0, "lambda_prob": 0.0}),
     "var": ("mwanda", "uniform", {"lambda_var": 1.0, "lambda_prob": 0.0}),
     "prob": ("mwanda", "uniform", {"lambda_var": 0.0, "lambda_prob": 0.5}),
     "var+prob": ("mwanda", "uniform", {"lambda_var": 1.0, "lambda_prob": 0.5}),
@@ -41,7 +43,7 @@ CONFIGS = {
     "var+prob+cwl+": ("mwanda", "cwl", {"lambda_var": 1.0, "lambda_prob": 0.5, "cwl_lambda": 0.08}),
     "var+prob+cwl-": ("mwanda", "cwl", {"lambda_var": 1.0, "lambda_prob": 0.5, "cwl_lambda": -0.08}),
 }
-DEFAULT_CONFIGS = ["wanda", "var+prob", "cwl-", "cwl+", "owl", "var", "prob"]
+DEFAULT_CONFIGS = ["wanda", "mwanda0", "var+prob", "cwl-", "cwl+", "owl", "var", "prob"]
 
 
 def parse_config(text: str):
@@ -50,6 +52,17 @@ def parse_config(text: str):
         return text, CONFIGS[text]
     method, schedule, hp = (text.split(":") + ["", ""])[:3]
     return text, (method, schedule or "uniform", {k: float(v) for k, v in (kv.split("=") for kv in hp.split(";") if kv)})
+
+
+def evaluate(model, tok, langs: list[str], seqlen: int) -> dict:
+    """Both held-out splits: perplexity per language and each window's losses (`*_losses`: {lang: {nll,
+    tokens}}), from one pass per split, so benchmarks/verdict_calibration.py can resample the text."""
+    row = {}
+    for split in ("valid", "test"):
+        ppl, per_window = perplexity(model, tok, langs, data="builtin", seqlen=seqlen, split=split, losses=True)
+        row[split] = ppl
+        row[f"{split}_losses"] = {l: {"nll": n.tolist(), "tokens": t.tolist()} for l, (n, t) in per_window.items()}
+    return row
 
 
 def geo_mean(values) -> float:
@@ -68,8 +81,7 @@ def run(args) -> None:
     calib = ",".join(LANGS)
     if ("dense", "0", 0) not in done:
         row = {"config": "dense", "sparsity": "0", "seed": 0, "method": "dense", "schedule": "", "hp": {}}
-        for split in ("valid", "test"):
-            row[split] = perplexity(model, tok, LANGS, data="builtin", seqlen=args.seqlen, split=split)
+        row.update(evaluate(model, tok, LANGS, args.seqlen))
         append(out, row)
     # sparsity, then seed, then config: a partial run already holds complete tables for the first sparsities
     cells = [(c, s, seed) for s in args.sparsities.split(",") for seed in map(int, args.seeds.split(",")) for c in args.configs.split(",")]
@@ -83,8 +95,7 @@ def run(args) -> None:
         res = prune(model, tok, spec, progress=False)
         row = {"config": name, "sparsity": sparsity, "seed": seed, "method": method, "schedule": schedule, "hp": hp,
                "targets": res.result["sparsity_per_block"]["target"], "actual": res.result["sparsity_actual"]}
-        for split in ("valid", "test"):
-            row[split] = perplexity(model, tok, LANGS, data="builtin", seqlen=args.seqlen, split=split)
+        row.update(evaluate(model, tok, LANGS, args.seqlen))
         restore(model, dense)
         append(out, row)
         print(f"[{k}/{len(todo)}] {name} s={sparsity} seed={seed}: valid {geo_mean(row['valid'].values()):.3f} "
