@@ -29,7 +29,7 @@ SWEEP = {
     "evaluation": {"ppl": {"languages": ["en", "sw"], "nsamples": 4}},
     "resources": {"cpu_workers": 2},
 }
-PRUNED_FILES = {"masks.safetensors", "calibration.safetensors", "result.json"}
+PRUNED_FILES = {"masks.safetensors", "calibration.safetensors", "result.json", "losses.json"}  # losses: per window
 
 
 def client(uri: str):
@@ -82,7 +82,7 @@ def test_every_finished_cell_is_one_ready_logged_model(swept):
         # written once, into the model's location: the run keeps only what the driver logs
         assert not PRUNED_FILES & {a.path for a in cl.list_artifacts(run.info.run_id)}
         if m.model_type == "polyprune-dense":
-            assert set(files) == {"result.json"}
+            assert set(files) == {"result.json", "losses.json"}
         else:
             assert m.model_type == "polyprune-masks" and set(files) == PRUNED_FILES
             location = Path(m.artifact_location.removeprefix("file://"))
@@ -180,6 +180,7 @@ SEARCH = {
     "n_trials": 2,
     "parallel": 2,
     "sampler_seed": 0,
+    "baselines": False,  # references, never register's candidates (test_search.py runs them)
     "confirm": False,  # the confirmation stage has its own tests (test_confirm.py)
 }
 
@@ -314,7 +315,7 @@ def test_kill_9_of_a_worker_during_its_upload_retries_the_cell_finished_once(ray
     run and model, which end FINISHED / READY once, with every file whole."""
     import psutil
 
-    from orchestrator.sweep import record
+    from orchestrator.engine import record
 
     monkeypatch.setattr(record, "UPLOAD_DELAY_S", 2.0)
     path = write_yaml(run_dir / "sweep.yaml", SWEEP, name="k", resources={"cpu_workers": 1}, calibration={

@@ -50,7 +50,8 @@ def record(ray_local, tmp_path_factory):
     sweep = shrink(ROOT / "sweeps" / "tiny_local.yaml", folder / "sweep.yaml",
                    {"methods": ["wanda", "mwanda"], "sparsities": [0.6], "seeds": [0], "resources": {"cpu_workers": 1}},
                    {"languages": ["en", "en=0.5,sw=0.5"], "nsamples": 4}, {"languages": ["en", "sw"], "nsamples": 2})
-    search = shrink(ROOT / "searches" / "tiny_local.yaml", folder / "search.yaml", {"n_trials": 2, "parallel": 1, "confirm": False},
+    search = shrink(ROOT / "searches" / "tiny_local.yaml", folder / "search.yaml",
+                    {"n_trials": 2, "parallel": 1, "baselines": False, "confirm": False},
                     {"nsamples": 4}, {"nsamples": 2})
     assert main(["sweep", str(sweep)]) == 0
     assert main(["search", str(search)]) == 0
