@@ -194,7 +194,7 @@ def lines(c: dict[str, Any]) -> list[str]:
 
     out = [f"confirmation: the top {len(c['candidates'])} trials on valid re-run on selection seeds {seeds(sel)}; "
            f"the winner (best mean valid {m}) and every baseline run on test seeds {seeds(test)}, which chose nothing"]
-    out.append(f"  selection  {'valid ' + m:>18s}   (mean ± sd over {len(sel)} selection seeds)")
+    out.append(f"  {'selection':24s} {'valid ' + m:>18s}   (mean ± sd over {len(sel)} selection seeds)")
     for e in c["candidates"]:
         out.append(f"  {('winner ' if e['label'] == c['winner'] else '') + e['label']:24s} {ms(e.get('valid_mean_sd')):>18s}")
     if c["winner"] is None:
@@ -202,7 +202,7 @@ def lines(c: dict[str, Any]) -> list[str]:
     elif not c.get("tested"):
         out.append("  no test phase (no baselines to compare with, or the search stopped before it): no verdict")
     if c.get("tested"):
-        out.append(f"  test phase {'valid ' + m:>14s} {'test ' + m:>18s}   (mean ± sd over {len(test)} test seeds)")
+        out.append(f"  {'test phase':24s} {'valid ' + m:>18s} {'test ' + m:>18s}   (mean ± sd over {len(test)} test seeds)")
         for e in c["tested"]:
             mark = "winner " if e.get("role") == "winner" else ""
             out.append(f"  {mark + e['label']:24s} {ms(e.get('valid_mean_sd')):>18s} {ms(e.get('test_mean_sd')):>18s}")
