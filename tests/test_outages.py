@@ -30,7 +30,8 @@ BIN = max(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")
 ROOT_WITHOUT_POSTGRES_USER = os.geteuid() == 0 and shutil.which("runuser") is None
 
 SECRET = "s3cret-pw"  # in every URL; trust authentication ignores it, the output must never show it
-CONFIRMING = {**TINY_SEARCH, "confirm": {"top": 1, "seeds": [11, 12]}}
+# no baselines: the two confirmation cells are the selection phase (a test phase needs a baseline to compare with)
+CONFIRMING = {**TINY_SEARCH, "confirm": {"top": 1, "selection_seeds": [11, 12], "test_seeds": [13, 14]}}
 
 
 class Postgres:
@@ -196,7 +197,7 @@ def test_past_the_retry_limit_a_search_stops_in_one_line_and_resumes_exactly(ray
     pg.start()
     code, out, err = finish(cli("search", str(path), "--ray-address", ray_local), timeout=300)
     assert code == 0, err[-3000:]
-    assert "1 left RUNNING by a stopped driver re-enqueued" in err, err[-3000:]
+    assert "1 trials left RUNNING by a stopped driver re-enqueued" in err, err[-3000:]
     states = sorted((t.state.name, "polyprune.lost" in t.user_attrs) for t in trials(storage, "gone"))
     assert states == [("COMPLETE", False), ("COMPLETE", False), ("FAIL", True)], states  # the lost one re-run
     done = [r for r in runs(f"sqlite:///{db}", "gone") if r.info.status == "FINISHED" and "polyprune.trial" in r.data.tags]

@@ -9,6 +9,7 @@ from typing import Any
 from .. import tracking
 from ..names import MODEL_ID, RUN_KIND, STUDY
 from ..engine.record import Recorder, log
+from ..stores import StoreDown
 from .cells import n_blocks, trial_evaluation
 from .study import lose, open_study, recorded_result, take_over
 
@@ -52,5 +53,7 @@ class SearchContext:
 def quiet(fn) -> Any:
     try:
         return fn()
+    except StoreDown:  # a store away past its limit: the lifecycle says so in one line, not each clean-up step
+        return None
     except Exception as e:  # cleanup must go on
         log(f"cleanup: {type(e).__name__}: {e}")
