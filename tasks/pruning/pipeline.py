@@ -260,15 +260,23 @@ def prune_blocks(model, method, targets: list[float], nm, input_ids, lang, n_lan
             )
             for name, lin in members.items():
                 keep = method.prune(lin, stats[name], targets[i], nm)
-                lin.weight.mul_(keep.to(lin.weight.dtype))
-                masks[f"{prefix}.{i}.{name}.weight"] = keep.cpu()
-                layer_sparsity[name] = 1 - lin.weight.count_nonzero().item() / lin.weight.numel()
+                masks[f"{prefix}.{i}.{name}.weight"], layer_sparsity[name] = keep.cpu(), apply_keep(lin, keep)
             del stats
         if method.needs_calibration and i + 1 < len(blocks):
             propagate(block, inps, calls[i])
         block.to(home)
-        total = sum(l.weight.numel() for l in linears.values())
-        zeros = sum(layer_sparsity[n] * linears[n].weight.numel() for n in layer_sparsity)
-        report.append({"block": i, "target": targets[i], "actual": zeros / total, "linears": layer_sparsity,
-                       "time_s": time.perf_counter() - t0})
+        report.append(block_report(i, targets[i], linears, layer_sparsity, t0))
     return masks, report
+
+
+def apply_keep(lin, keep) -> float:
+    """Zero the weights `keep` drops; the linear's achieved sparsity."""
+    lin.weight.mul_(keep.to(lin.weight.dtype))
+    return 1 - lin.weight.count_nonzero().item() / lin.weight.numel()
+
+
+def block_report(i: int, target: float, linears: dict, layer_sparsity: dict, t0: float) -> dict:
+    """A pruned block's line of result.json: its target, achieved sparsity (weighted by size), linears, time."""
+    total = sum(lin.weight.numel() for lin in linears.values())
+    zeros = sum(layer_sparsity[n] * linears[n].weight.numel() for n in layer_sparsity)
+    return {"block": i, "target": target, "actual": zeros / total, "linears": layer_sparsity, "time_s": time.perf_counter() - t0}

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..models import DOWN_PROJ, block_linears, find_blocks
-from .pipeline import capture, collect, propagate
+from .pipeline import apply_keep, block_report, capture, collect, propagate
 from .schedules import Schedule, check_targets
 from .stats import ActStats, language_weights, stat_dtype, window_sums
 
@@ -132,12 +132,7 @@ def screen_blocks(model, method, targets: list[float], nm, fill: Fill, languages
         for name, lin in linears.items():
             stats = fill(i, name, method.new_stats(name, lin, languages)) if method.needs_calibration else None
             keep = method.prune(lin, stats, targets[i], nm)
-            lin.weight.mul_(keep.to(lin.weight.dtype))
-            masks[f"{prefix}.{i}.{name}.weight"] = keep.cpu()
-            layer_sparsity[name] = 1 - lin.weight.count_nonzero().item() / lin.weight.numel()
+            masks[f"{prefix}.{i}.{name}.weight"], layer_sparsity[name] = keep.cpu(), apply_keep(lin, keep)
         block.to(home)
-        total = sum(l.weight.numel() for l in linears.values())
-        zeros = sum(layer_sparsity[n] * linears[n].weight.numel() for n in layer_sparsity)
-        report.append({"block": i, "target": targets[i], "actual": zeros / total, "linears": layer_sparsity,
-                       "time_s": time.perf_counter() - t0})
+        report.append(block_report(i, targets[i], linears, layer_sparsity, t0))
     return masks, report
