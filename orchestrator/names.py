@@ -47,7 +47,6 @@ LEASE_PREFIX = "polyprune-lock."
 
 # Optuna user attributes on a study or trial.
 BEAT = "polyprune.beat"  # the driver's heartbeat, shown to people; the lease decides
-BASELINES_DONE = "polyprune.baselines"
 LOST = "polyprune.lost"
 ATTEMPT = "polyprune.attempt"
 OVERRIDE = "polyprune.override"
