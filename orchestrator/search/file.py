@@ -63,6 +63,9 @@ class SearchConfig(Strict):
     # the top trials re-run on selection seeds, the winner and baselines on test seeds: true, false or
     # {top, selection_seeds, test_seeds, level} (search.confirm)
     confirm: Any = True
+    # trials screened at low fidelity, the best fraction promoted to the exact prune: true, false or
+    # {windows, promote} (search.fidelity; default false: every trial at full fidelity)
+    fidelity: Any = False
     sampler_seed: StrictInt | None = None  # the sampler's seed (reproducible proposals for a fixed completion order)
     sampler: dict[str, Any] | None = None  # {name: tpe (default) | gp | cmaes | random | qmc | nsga2, ...} (search.sampling)
     pruner: dict[str, Any] | None = None  # {name: none (default) | wilcoxon | median | ..., ...} (search.sampling)
@@ -98,11 +101,12 @@ def load_search(path: str | os.PathLike):
 
 def parse_search(raw: dict[str, Any], base: Path):
     """(config, space) from a search file's contents; relative paths are relative to `base`."""
-    from . import baselines, confirm
+    from . import baselines, confirm, fidelity
     from search_spaces.space import load_space
 
     cfg = validate(SearchConfig, raw)
     confirm.resolve(cfg)
+    fidelity.resolve(cfg)
     cfg.model = model_path(cfg.model, base)
     resolve_paths(cfg, base)
     cfg.storage = resolve_storage(cfg.storage, base)
@@ -136,10 +140,11 @@ def check(cfg: SearchConfig, space) -> None:
     from tasks.pruning.base import hp_names
     from tasks.pruning.sparsity import parse_sparsity
 
-    from . import baselines, sampling
+    from . import baselines, fidelity, sampling
 
     check_model(cfg.model, "model")
     sampling.check(cfg.sampler, cfg.pruner, cfg.objectives)
+    fidelity.check(cfg)
     # More trials in flight than the study has is a typo (1000 for 10), never a plan: TPE would
     # propose every trial before seeing one result. A cluster smaller than `parallel` is fine:
     # trials wait for workers.
