@@ -10,7 +10,7 @@ and an experiment's (only the `EXPERIMENT_*` names, read as `experiment.tags` or
 
 # MLflow run tags: what a run is and where it belongs.
 ROLE = "polyprune.role"  # "parent" on a sweep's or search's parent run
-RUN_KIND = "polyprune.kind"  # a cell run's kind: cell, trial, baseline, confirm
+RUN_KIND = "polyprune.kind"  # a cell run's kind: cell, trial, screen, baseline, confirm
 SWEEP = "polyprune.sweep"  # the sweep's (or search's) name, on every run of it
 CELL = "polyprune.cell_id"  # the cell key: a resumed driver skips finished cells by it
 TRIAL = "polyprune.trial"  # an Optuna trial number; present only on a search's trial runs
@@ -53,6 +53,12 @@ OVERRIDE = "polyprune.override"
 RETRY_OF = "polyprune.retry_of"
 OBJECTIVES = "polyprune.objectives"
 STORAGE = "polyprune.storage"
+
+# A screened search's rungs (search.fidelity): on a trial (user attribute) and its runs (tag): screen or full;
+# the trial's screen run (a user attribute; `mlflow_run_id` is its full-fidelity run, when promoted).
+RUNG = "polyprune.rung"
+SCREENED = "polyprune.screened"  # a screen run's trial number (a screen is not the trial's result: no polyprune.trial)
+SCREEN_RUN = "screen_run_id"
 
 # A search's stages (docs/search.md): the phase of a confirmation run (selection or test), and the
 # file of per-window losses every cell run logs (the verdict's bootstrap reads it).

@@ -32,6 +32,12 @@ def print_summary(s: dict[str, Any]) -> None:
 
     print(f"search {s['study']}: {s['status']}; {s.get('n_complete', 0)} trials complete, {s.get('n_failed', 0)} failed"
           f"{', %d pruned' % s['n_pruned'] if s.get('n_pruned') else ''} (storage {shown(s['storage'])})")
+    f = s.get("fidelity")
+    if f:  # a screened search's cost per rung (search.fidelity)
+        c = f["cache"]
+        print(f"  rungs: {f['screen']['runs']} trials screened on {f['windows']} valid windows per language "
+              f"({f['screen']['cell_s']:.0f} s), {f['full']['runs']} promoted to the exact prune ({f['full']['cell_s']:.0f} s); "
+              f"statistics cache {c['bytes'] / 2**20:.1f} MiB, built in {c['build_s']:.1f} s")
     objs = s["objectives"]
     print("  values on valid (what the search chose by), test in brackets (what it never saw)")
 

@@ -44,7 +44,8 @@ def collect(name: str, uri: str) -> tuple[dict, dict]:
                       "confirmation": read_confirmation(cl, r.info.run_id) if names.CONFIRMED in t else None}
             continue
         # a trial is its own row even when two trials hit the same cell
-        key = f"trial {t[names.TRIAL]}" if names.TRIAL in t else t.get(tracking.CELL) or r.info.run_id
+        key = (f"trial {t[names.TRIAL]}" if names.TRIAL in t else f"trial {t[names.SCREENED]} (screen)" if names.SCREENED in t
+               else t.get(tracking.CELL) or r.info.run_id)
         # a search's rows: which baseline a trial is; the best (chosen on valid) are marked from the parent
         label = (f"[{t[names.BASELINE]}] " if names.BASELINE in t else "") + _label(r)
         if names.CONFIRM in t:  # a confirmation run: its phase and which trial or baseline it re-runs

@@ -49,6 +49,7 @@ class CellRunner:
         self.dirty = False  # weights differ from the snapshot
         self.device_memory = device_memory
         self.whole = True  # the model sits whole on the device (else on the host, moved block by block)
+        self.stats = {}  # (data, seed, nsamples, seqlen) -> the dense model's per-language statistics (screen cells)
 
     def ready(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "node": _node_id(), "device": _device()}
@@ -91,6 +92,7 @@ class CellRunner:
                 self.dirty = False
             return 0.0
         self.name = self.model = self.tok = self.snap = None
+        self.stats = {}
         gc.collect()
         _free_cuda()
         have = available_host_memory()
@@ -106,7 +108,7 @@ class CellRunner:
         return time.perf_counter() - t0
 
     def _run(self, task: dict[str, Any]) -> dict[str, Any]:
-        from tasks.api import calibration_dataset, prune, save_outputs
+        from tasks.api import calibration_dataset, prune
 
         from .cells import spec_of
 
@@ -118,7 +120,10 @@ class CellRunner:
         datasets: dict[str, dict] = {}  # context -> what the run read (tracking.log_datasets)
         if task["kind"] == "prune":
             spec = spec_of(key, batch_size=opts["batch_size"], device=_device(), trust_remote_code=opts["trust_remote_code"])
-            res = prune(self.model, self.tok, spec, progress=False)
+            if key.get("fidelity"):  # a search's screen (search.fidelity): masks from the dense statistics
+                res = self._screen(spec, metrics)
+            else:
+                res = prune(self.model, self.tok, spec, progress=False)
             datasets["calibration"] = calibration_dataset(res)
             r = res.result
             metrics.update({"sparsity.actual": r["sparsity_actual"], "time.prune_s": r["time_prune_s"],
@@ -126,17 +131,8 @@ class CellRunner:
             metrics.update({f"memory.peak_{k}_mb": v for k, v in r.get("peak_memory_mb", {}).items()})
             if key["seqlen"] is None:
                 params["seqlen"] = r["config"]["seqlen"]
-            with tempfile.TemporaryDirectory(prefix="polyprune-cell-") as tmp:
-                out = save_outputs(Path(tmp) / "out", self.model, self.tok, res, save_model=opts["save_model"])
-                staged = Path(tmp) / "staged"  # the layout of the model's location: the three files + model/
-                for f in sorted(p for p in out.rglob("*") if p.is_file()):
-                    rel = f.relative_to(out).as_posix()
-                    name = rel if rel in ("result.json", "masks.safetensors", "calibration.safetensors") else f"model/{rel}"
-                    if name.startswith("model/") and not opts["save_model"]:
-                        continue
-                    (staged / name).parent.mkdir(parents=True, exist_ok=True)
-                    f.rename(staged / name)
-                files, artifacts = deliver(staged, opts.get("artifacts_to"), opts.get("upload_delay_s", 0.0))
+            # a screen's masks are a low-fidelity draft: no model; its run keeps its metrics and losses
+            files, artifacts = ({}, {}) if key.get("fidelity") else self._outputs(res, opts)
         else:
             metrics["sparsity.actual"] = 0.0
         t0 = time.perf_counter()
@@ -158,6 +154,43 @@ class CellRunner:
             more, more_bytes = deliver(Path(tmp), opts.get("artifacts_to"), opts.get("upload_delay_s", 0.0))
             files, artifacts = {**files, **more}, {**artifacts, **more_bytes}
         return {"metrics": metrics, "params": params, "files": files, "artifacts": artifacts, "tags": {}, "datasets": datasets}
+
+    def _outputs(self, res, opts: dict[str, Any]) -> tuple[dict[str, int], dict[str, bytes]]:
+        """The pruned model's files (result, masks, calibration; the weights with save_model), delivered."""
+        from tasks.api import save_outputs
+
+        with tempfile.TemporaryDirectory(prefix="polyprune-cell-") as tmp:
+            out = save_outputs(Path(tmp) / "out", self.model, self.tok, res, save_model=opts["save_model"])
+            staged = Path(tmp) / "staged"  # the layout of the model's location: the three files + model/
+            for f in sorted(p for p in out.rglob("*") if p.is_file()):
+                rel = f.relative_to(out).as_posix()
+                name = rel if rel in ("result.json", "masks.safetensors", "calibration.safetensors") else f"model/{rel}"
+                if name.startswith("model/") and not opts["save_model"]:
+                    continue
+                (staged / name).parent.mkdir(parents=True, exist_ok=True)
+                f.rename(staged / name)
+            return deliver(staged, opts.get("artifacts_to"), opts.get("upload_delay_s", 0.0))
+
+    def _screen(self, spec, metrics: dict[str, float]):
+        """`tasks.api.prune_from_cache` with the statistics this runner holds; a language not held yet is loaded
+        from the disk cache or built (the model is dense here: `_load` restored it). metrics: screen.cache_*."""
+        from tasks.api import prune_from_cache, stats_cache
+        from tasks.data.langs import parse_mix
+
+        k = (spec.data, spec.seed, spec.nsamples, spec.seqlen)
+        have = self.stats.get(k)
+        missing = [lang for lang in parse_mix(spec.calib) if have is None or lang not in have.windows]
+        build_s = load_s = 0.0
+        if missing:
+            more = stats_cache(self.model, self.tok, spec, sorted(missing))
+            build_s, load_s = (sum(f[what] for f in more.files.values()) for what in ("build_s", "load_s"))
+            if have is None:
+                have = self.stats[k] = more
+            else:  # the languages of this mix the runner did not hold yet
+                have.windows.update(more.windows), have.files.update(more.files)
+        metrics.update({"screen.cache_build_s": build_s, "screen.cache_load_s": load_s,
+                        "screen.cache_bytes": float(have.summary()["bytes"])})
+        return prune_from_cache(self.model, self.tok, spec, have)
 
     def _evaluate(self, ev: dict[str, Any], opts: dict[str, Any], key: dict[str, Any], losses: dict[str, dict]) -> dict[str, float]:
         """The cell's metrics; `losses` gets each perplexity split's per-window losses

@@ -14,7 +14,7 @@ from pathlib import Path
 from tasks.errors import UserError
 
 from .. import models, tracking
-from ..names import BASELINE, CONFIRM, TRIAL
+from ..names import BASELINE, CONFIRM, RUN_KIND, TRIAL
 
 IDENTITY = ("model", "method", "sparsity", "calib", "seed")  # never part of a "variant" label
 NOT_VARIANT = IDENTITY + ("seqlen", "data", "dtype")  # resolved or bookkeeping, not a design choice
@@ -83,8 +83,8 @@ def load_record(name: str, uri: str):
         t = r.data.tags
         if t.get(tracking.ROLE) in ("sweep", "search"):
             parent = parent or r  # the first parent is the one a resumed sweep reuses
-        elif CONFIRM in t:  # a search's confirmation re-runs: their own section (report.confirmation)
-            continue
+        elif CONFIRM in t or t.get(RUN_KIND) == "screen":  # confirmation re-runs: their own section (report.confirmation);
+            continue  # a screened search's screens: low-fidelity drafts (the search's summary counts them)
         elif r.info.status == "FINISHED" and (tracking.CELL in t or TRIAL in t or tracking.PARENT in t):
             runs.append(Run(r.info.run_id, dict(r.data.params), dict(r.data.metrics), dict(t)))
     if not runs:

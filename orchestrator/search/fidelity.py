@@ -74,8 +74,9 @@ def served(method: str) -> bool:
     from tasks.pruning import METHODS
     from tasks.pruning.screen import check_served
 
+    cls = METHODS.get(method, "method")
     try:
-        check_served(METHODS.get(method, "method"), method)
+        check_served(cls(cls.Params()), method)
     except UserError:
         return False
     return True

@@ -23,7 +23,7 @@ from typing import Any
 from .. import models, tracking
 from ..engine.record import attach_model
 
-from ..names import BASELINE, BEST_TRIALS, CONFIRMED, RUN_KIND, METRIC, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
+from ..names import BASELINE, BEST_TRIALS, CONFIRMED, RUN_KIND, RUNG, METRIC, SCREENED, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
 from .baselines import metric_key
 from .confirm import metrics as confirmation_metrics
 
@@ -34,10 +34,19 @@ class SearchRecord:
     def __init__(self, cl, exp: str, parent: str, name: str, tags: dict[str, str]):
         self.cl, self.exp, self.parent, self.name, self.tags = cl, exp, parent, name, tags
 
-    def start_trial(self, number: int, cell, optuna_params: dict[str, Any]) -> str:
-        tags = {**self.tags, STUDY: self.name, TRIAL: str(number), RUN_KIND: "trial"}
-        run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags, run_name=f"trial {number}",
-                                     params={f"optuna.{k}": v for k, v in optuna_params.items()})
+    def start_trial(self, number: int, cell, optuna_params: dict[str, Any], rung: str | None = None) -> str:
+        """A trial's run and its pruned model: its only run, or (a screened search) its full-fidelity one
+        (`rung` "full"). A screen (`rung` "screen") is a run of kind `screen` tagged `polyprune.screened=N`,
+        not `polyprune.trial`, with no LoggedModel: its masks are a low-fidelity draft, so no reader of
+        trials (report, register, status) takes it for a trial's result."""
+        params = {f"optuna.{k}": v for k, v in optuna_params.items()}
+        if rung:
+            params.update({f"fidelity.{k}": v for k, v in (cell.key.get("fidelity") or {"statistics": "exact"}).items()})
+        if rung == "screen":
+            tags = {**self.tags, STUDY: self.name, SCREENED: str(number), RUN_KIND: "screen", RUNG: rung}
+            return tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags, f"trial {number} (screen)", params)
+        tags = {**self.tags, STUDY: self.name, TRIAL: str(number), RUN_KIND: "trial", **({RUNG: rung} if rung else {})}
+        run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags, run_name=f"trial {number}", params=params)
         attach_model(self.cl, self.exp, run_id, cell, {tracking.CELL: cell.cell_id, tracking.SWEEP: self.name,
                                                        STUDY: self.name, TRIAL: str(number)}, trial=number)
         return run_id
@@ -92,6 +101,21 @@ class SearchRecord:
         if test is not None:
             tags[TEST_VALUE] = f"{test:.10g}"
         return models.register_best(self.cl, as_name, model, text, tags)
+
+    def rungs(self) -> dict[str, Any]:
+        """A screened search's cost per rung, from its FINISHED runs (every driver's, so a resumed search
+        counts all): runs and cell seconds of the screens and of the promoted full-fidelity trials, and the
+        statistics cache (its size; the seconds spent building it, on every worker)."""
+        out: dict[str, Any] = {}
+        for rung, where in (("screen", f"tags.`{RUN_KIND}` = 'screen'"), ("full", f"tags.`{RUNG}` = 'full'")):
+            runs = [r for r in tracking.all_runs(self.cl, self.exp, f"{where} and tags.`{STUDY}` = '{self.name}'")
+                    if r.info.status == "FINISHED"]
+            out[rung] = {"runs": len(runs), "cell_s": sum(r.data.metrics.get("time.cell_s", 0.0) for r in runs)}
+            if rung == "screen":
+                m = [r.data.metrics for r in runs]
+                out["cache"] = {"bytes": max((x.get("screen.cache_bytes", 0.0) for x in m), default=0.0),
+                                "build_s": sum(x.get("screen.cache_build_s", 0.0) for x in m)}
+        return out
 
     def held_out(self, run_id: str) -> dict[str, float]:
         """A trial's test.* metrics: in MLflow only, so the study (and its sampler) never holds them."""

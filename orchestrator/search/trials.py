@@ -7,22 +7,29 @@ FAIL and PRUNED trials, except lost ones (a killed driver: re-run from the same 
 `resources.max_retries` times, `study.lose`). A trial whose worker dies is retried in place, as a
 sweep's cell is; one that fails itself is told FAIL. With a `pruner:`, workers post each valid
 language to the mailbox (`early_stop`) and a pruned trial stops there.
+
+With `fidelity:` (search.fidelity) a trial has two rungs, each a cell and a run: its screen (kind
+`screen`), reported to Optuna as the intermediate value at step 0; then, if the screen is among the
+best `promote` fraction so far, its full-fidelity cell (kind `trial`, the cell an unscreened search
+runs), told as the trial's values; else it is told PRUNED. A promoted cell goes before any new ask.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from tasks.errors import UserError
 
 from .. import tracking
-from ..names import BEAT, ERROR
+from ..engine.cells import Cell
+from ..names import BEAT, ERROR, LOST, RUNG, SCREEN_RUN
 from ..stores import shown
 from ..engine.record import log, retry_tags
-from . import early_stop
+from . import early_stop, fidelity
 from .cells import trial_cell
 from .context import quiet
 from .record import finite, trial_dict
@@ -33,6 +40,7 @@ from .study import DEFAULTS, counted
 class Flight:
     trial: Any  # optuna Trial (asked, not yet told)
     run_id: str
+    full: Cell | None = None  # a screen's: the trial's full-fidelity cell, run if promoted
 
 
 class Trials:
@@ -43,6 +51,9 @@ class Trials:
         self.flights: dict[int, Flight] = {}  # id(cell) -> its trial
         self.told, self.todo, self.last_beat = 0, None, 0.0
         self.box = None  # the pruner's listener (early_stop)
+        self.queue: deque = deque()  # promoted trials' full-fidelity cells (their flights started), taken first
+        f = ctx.cfg.fidelity
+        self.screen = f if f is not None and fidelity.served(ctx.cfg.method) else None
 
     def pending(self) -> bool:
         if self.todo is None:
@@ -52,6 +63,11 @@ class Trials:
             self.todo = max(0, budget - before)
             log(f"search {cfg.name}: study in {shown(cfg.storage)}: {before} trials counted; running until {budget} "
                 f"(space {self.ctx.space.name}, {cfg.parallel} in flight)")
+            if self.screen:
+                log(f"search {cfg.name}: trials screened on {self.screen.windows} valid windows per language from the dense "
+                    f"model's cached statistics; the best {self.screen.promote:.0%} so far promoted to the exact prune")
+            elif cfg.fidelity:
+                log(f"search {cfg.name}: {cfg.method} is not served from cached statistics: every trial at full fidelity")
         return self.todo > 0
 
     def run(self):
@@ -84,6 +100,8 @@ class Trials:
                         "best": [trial_dict(t) for t in sorted(best, key=lambda t: t.number)]})
         for t in summary["best"]:  # the test numbers, read back from the trial's run: the study never holds them
             t["test"] = self.ctx.rec.held_out(t["mlflow_run_id"]) if self.ctx.rec and t["mlflow_run_id"] else {}
+        if self.screen and self.ctx.rec:
+            summary["fidelity"] = {**self.screen.model_dump(), **self.ctx.rec.rungs()}
 
     # ------------------------------------------------------------ the scheduler's source
 
@@ -91,9 +109,11 @@ class Trials:
         if time.monotonic() - self.last_beat >= DEFAULTS["beat_s"]:  # once per scheduler turn: the heartbeat
             self.ctx.study.set_user_attr(BEAT, time.time())
             self.last_beat = time.monotonic()
-        return self.told + len(self.flights) < self.todo
+        return bool(self.queue) or self.told + len(self.flights) < self.todo
 
     def take(self, model: str | None):
+        if self.queue:  # a promoted trial first: its flight is already counted
+            return self.queue.popleft()
         while self.told + len(self.flights) < self.todo and len(self.flights) < self.ctx.cfg.parallel:
             cell = self.ask()
             if cell is not None:
@@ -122,6 +142,13 @@ class Trials:
         trial.set_user_attr("schedule", k["schedule"] if isinstance(k["schedule"], str) else [round(x, 6) for x in k["schedule"]])
         trial.set_user_attr("hp", k["hp"])
         trial.set_user_attr("cell_id", cell.cell_id)
+        if self.screen:
+            full, cell = cell, Cell(cell.kind, fidelity.screen_key(cell.key, self.screen.windows), dict(cell.run), cell.where)
+            trial.set_user_attr(RUNG, fidelity.SCREEN)
+            run_id = ctx.rec.start_trial(trial.number, cell, trial.params, fidelity.SCREEN)
+            trial.set_user_attr(SCREEN_RUN, run_id)
+            self.flights[id(cell)] = Flight(trial, run_id, full)
+            return cell
         run_id = ctx.rec.start_trial(trial.number, cell, trial.params)
         trial.set_user_attr("mlflow_run_id", run_id)
         self.flights[id(cell)] = Flight(trial, run_id)
@@ -157,11 +184,36 @@ class Trials:
         if problem:  # the worker's files did not all arrive: the run ended FAILED, so does the trial
             self.tell_failed(f, problem)
             return
+        if f.full is not None:
+            return self.screened(f, m)
         values = [float(m[k]) for k in ctx.metrics]
         ctx.study.tell(f.trial, values)
         self.told += 1
         shown = " ".join(f"{k}={v:.4g}" for k, v in zip(ctx.metrics, values))
         log(f"COMPLETE trial {f.trial.number}: {shown}  calib={cell.key['calib']} {m.get('time.cell_s', 0):.1f}s")
+
+    def screened(self, f: Flight, m: dict[str, float]) -> None:
+        """A screen's result: reported at step 0; the trial promoted (its full cell queued, its run started)
+        or told PRUNED. Ranked against every screen the study holds, lost trials' aside (they run again)."""
+        from optuna.trial import TrialState
+
+        ctx, value = self.ctx, float(m[self.ctx.metrics[0]])
+        f.trial.report(value, 0)
+        seen = [t.intermediate_values[0] for t in ctx.study.get_trials(deepcopy=False)
+                if 0 in t.intermediate_values and t.user_attrs.get(RUNG) and LOST not in t.user_attrs]
+        minimize = ctx.cfg.objectives[0].direction == "minimize"
+        rank = f"{ctx.metrics[0]}={value:.4g} on {self.screen.windows} windows ({len(seen)} screened)"
+        if not fidelity.promoted(value, seen, self.screen.promote, minimize):
+            ctx.study.tell(f.trial, state=TrialState.PRUNED)
+            self.told += 1
+            log(f"SCREENED trial {f.trial.number}: {rank}: not promoted")
+            return
+        f.trial.set_user_attr(RUNG, fidelity.FULL)
+        run_id = ctx.rec.start_trial(f.trial.number, f.full, f.trial.params, fidelity.FULL)
+        f.trial.set_user_attr("mlflow_run_id", run_id)
+        self.flights[id(f.full)] = Flight(f.trial, run_id)
+        self.queue.append(f.full)
+        log(f"PROMOTED trial {f.trial.number}: {rank}: to the exact prune on every valid window")
 
     def failed(self, cell, error: str, detail: str, tags: dict[str, str]) -> None:
         f = self.flights.pop(id(cell))
