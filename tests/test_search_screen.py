@@ -68,6 +68,20 @@ def test_screened_search_promotes_the_best_and_tells_optuna_each_rung(ray_local,
     best = [t for t in ts if t.state.name == "COMPLETE"]
     parent = cl.get_run(fulls[0].data.tags["mlflow.parentRunId"])
     assert parent.data.metrics["best.trial"] == min(best, key=lambda t: t.values[0]).number  # only full fidelity is best
+    assert parent.data.metrics["rungs.screen.runs"] == 6 and parent.data.metrics["rungs.full.runs"] == len(fulls)
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    assert main(["status", "s", "--tracking-uri", uri]) == 0
+    assert "trial 0 (screen)" in capsys.readouterr().out
+    report = run_dir / "report"
+    assert main(["report", "s", "--out", str(report), "--tracking-uri", uri]) == 0
+    rows = (report / "search_rungs.csv").read_text().splitlines()
+    assert rows[0] == "rung,runs,cell seconds" and rows[1].startswith("screen,6,") and rows[2].startswith(f"full,{len(fulls)},")
+    trials_csv = (report / "search_trials.csv").read_text().splitlines()
+    assert len(trials_csv) == 1 + len(fulls)  # the report's trials are the full-fidelity ones; screens are drafts
+    # the best trial's model is a full-fidelity one: register picks among READY models, screens have none
+    assert main(["register", "s", "--metric", "ppl.mean", "--split", "valid", "--as", "scr-best", "--tracking-uri", uri]) == 0
+    said = capsys.readouterr().out
+    assert "best of search 's'" in said and any(f.info.run_id in said for f in fulls), said
 
 
 def rung_running(run_dir, rung: str) -> bool:

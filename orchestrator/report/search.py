@@ -144,10 +144,23 @@ def search_sections(parent, name: str, runs: list[Run], out: Path) -> list:
         if imp:
             items.append(("img", fig.importances(out / "search_importances.png", imp, title=f"parameter importances for {m0}"),
                           f"Optuna parameter importances (fANOVA), from the {source}."))
+    items += rungs(parent, out)
     metrics = sorted({k for t in trials for k in t.metrics if k.startswith(("ppl.", "lmeval."))})
     write_csv(out / "search_trials.csv", ["trial", "calib", "baseline"] + metrics,
               [[t.trial, t.params.get("calib"), t.baseline or ""] + [t.metrics.get(k, "") for k in metrics] for t in trials])
     return [(f"Search: {len(trials)} trials", items)]
+
+
+def rungs(parent, out: Path) -> list:
+    """A screened search's compute per rung (search.fidelity), from its parent's rungs.* metrics."""
+    m = parent.data.metrics if parent is not None else {}
+    if "rungs.screen.runs" not in m:
+        return []
+    rows = [[r, int(m[f"rungs.{r}.runs"]), round(m[f"rungs.{r}.cell_s"], 1)] for r in ("screen", "full")]
+    table = write_csv(out / "search_rungs.csv", ["rung", "runs", "cell seconds"], rows)
+    return [("table", str(table), f"Compute per rung: every trial screened from the dense model's cached statistics, the best "
+                                  f"fraction so far promoted to the exact prune. Statistics cache: {m['rungs.cache_bytes'] / 2**20:.1f} MiB, "
+                                  f"built in {m['rungs.cache_build_s']:.1f} s (included in the screens' seconds).")]
 
 
 def held_out(best: Run, trials: list[Run], bases: list[Run], metric: str, langs: list[str], out: Path) -> list:

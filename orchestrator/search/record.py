@@ -60,6 +60,10 @@ class SearchRecord:
         if "n_complete" in summary:
             m.update({"trials.complete": summary["n_complete"], "trials.failed": summary["n_failed"],
                       "trials.pruned": summary.get("n_pruned", 0)})
+        f = summary.get("fidelity")
+        if f:  # a screened search's cost per rung (`report` shows it)
+            m.update({f"rungs.{r}.{k}": f[r][k] for r in ("screen", "full") for k in ("runs", "cell_s")})
+            m.update({"rungs.cache_bytes": f["cache"]["bytes"], "rungs.cache_build_s": f["cache"]["build_s"]})
         best = summary.get("best") or []
         if len(metrics) == 1 and best:  # best.<metric> is valid (chosen on it), best.test.* its test numbers
             m[f"best.{metrics[0]}"] = best[0]["values"][0]

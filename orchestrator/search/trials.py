@@ -190,6 +190,8 @@ class Trials:
         ctx.study.tell(f.trial, values)
         self.told += 1
         shown = " ".join(f"{k}={v:.4g}" for k, v in zip(ctx.metrics, values))
+        if self.screen:  # the best full-fidelity value so far: what the search would answer now
+            shown += f" (full fidelity; best so far {ctx.study.best_value:.4g})"
         log(f"COMPLETE trial {f.trial.number}: {shown}  calib={cell.key['calib']} {m.get('time.cell_s', 0):.1f}s")
 
     def screened(self, f: Flight, m: dict[str, float]) -> None:
@@ -199,10 +201,11 @@ class Trials:
 
         ctx, value = self.ctx, float(m[self.ctx.metrics[0]])
         f.trial.report(value, 0)
-        seen = [t.intermediate_values[0] for t in ctx.study.get_trials(deepcopy=False)
-                if 0 in t.intermediate_values and t.user_attrs.get(RUNG) and LOST not in t.user_attrs]
+        mine = [t for t in ctx.study.get_trials(deepcopy=False) if t.user_attrs.get(RUNG) and LOST not in t.user_attrs]
+        seen = [t.intermediate_values[0] for t in mine if 0 in t.intermediate_values]
         minimize = ctx.cfg.objectives[0].direction == "minimize"
-        rank = f"{ctx.metrics[0]}={value:.4g} on {self.screen.windows} windows ({len(seen)} screened)"
+        up = sum(t.user_attrs[RUNG] == fidelity.FULL for t in mine)
+        rank = f"{ctx.metrics[0]}={value:.4g} on {self.screen.windows} windows ({len(seen)} screened, {up} promoted before)"
         if not fidelity.promoted(value, seen, self.screen.promote, minimize):
             ctx.study.tell(f.trial, state=TrialState.PRUNED)
             self.told += 1
