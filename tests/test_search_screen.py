@@ -110,3 +110,26 @@ def test_kill_9_at_either_rung_then_resume(ray_local, run_dir, rung):
             assert 0 in t.intermediate_values
         if t.state.name == "COMPLETE":
             assert t.user_attrs[RUNG] == "full" and t.values
+
+
+def test_a_screened_search_confirms_its_promoted_trials_only(ray_local, run_dir, capsys):
+    """The confirmation's candidates are COMPLETE trials: the promoted ones, rebuilt as their exact cells."""
+    path = write_search(run_dir, **{**SCREENED_SEARCH, "n_trials": 4, "baselines": ["uniform"],
+                                    "confirm": {"top": 2, "selection_seeds": 1, "test_seeds": 2}})
+    assert main(["search", str(path)]) == 0
+    ts = {t.number: t for t in trials(run_dir)}
+    full = {t.user_attrs["cell_id"] for t in ts.values() if t.state.name == "COMPLETE"}
+    confirms = [r for r in child_runs(run_dir / "mlflow.db", "s", "polyprune.confirm") if r.data.tags["polyprune.confirm"].startswith("trial")]
+    picked = {int(r.data.tags["polyprune.confirm"].split()[1]) for r in confirms}
+    assert picked and all(ts[n].state.name == "COMPLETE" and ts[n].user_attrs[RUNG] == "full" for n in picked)
+    from orchestrator.search.cells import reseeded, trial_cell
+    from orchestrator.search.file import load_search
+
+    cfg, space = load_search(path)
+    for r in confirms:  # each re-run is the trial's exact cell on another seed, never its screen
+        if r.data.tags["polyprune.confirm_phase"] == "selection":
+            t = ts[int(r.data.tags["polyprune.confirm"].split()[1])]
+            assert r.data.tags["polyprune.cell_id"] == reseeded(trial_cell(cfg, space, t), int(r.data.tags["polyprune.confirm_seed"])).cell_id
+    assert len(full) >= 1
+    out = capsys.readouterr().out
+    assert "confirmation" in out and "wanda·uniform" in out
