@@ -171,6 +171,8 @@ def test_a_search_rides_out_its_database_stopped_in_the_trials_and_in_the_confir
     assert "Traceback" not in err and SECRET not in err + out, err[-3000:]
     assert "does not answer" in err and "answers again after" in err, err[-3000:]  # the outage was met, and said
     assert_exact(server.url, "outage", storage, n_trials=2, n_confirm=2)
+    parent = next(r for r in runs(server.url, "outage") if r.data.tags.get("polyprune.role") == "search")
+    assert SECRET not in parent.data.params["storage"] and "***@" in parent.data.params["storage"]  # no password in the record
 
 
 def test_past_the_retry_limit_a_search_stops_in_one_line_and_resumes_exactly(ray_local, run_dir, pg):

@@ -28,6 +28,7 @@ from .. import models, tracking
 from ..names import DRIVER, STUDY
 from ..engine.lifecycle import Job, drive
 from ..engine.record import log
+from ..stores import shown
 from .baselines import Baselines
 from .context import SearchContext, quiet
 from .record import SearchRecord
@@ -121,7 +122,7 @@ class SearchJob(Job):
         cfg = self.cfg
         return {STUDY: cfg.name}, {
             "file": self.file, "model": cfg.model, "method": cfg.method, "sparsity": cfg.sparsity, "space": self.space.name,
-            "calib_languages": ",".join(cfg.calibration.languages), "parallel": cfg.parallel, "storage": cfg.storage,
+            "calib_languages": ",".join(cfg.calibration.languages), "parallel": cfg.parallel, "storage": shown(cfg.storage),
             "objectives": ",".join(f"{o.metric}:{o.direction}" for o in cfg.objectives)}, {
             "search.yaml": self.source, "space.yaml": Path(self.space.path).read_bytes()}
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import models, tracking
 from ..engine.record import attach_model
+from ..stores import shown
 
 from ..names import BASELINE, BEST_TRIALS, CONFIRMED, RUN_KIND, RUNG, METRIC, SCREENED, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
 from .baselines import metric_key
@@ -53,7 +54,8 @@ class SearchRecord:
 
     def end(self, study, summary: dict[str, Any], metrics: list[str]) -> None:
         """Best trials, baselines, the confirmation and figures on the parent (the lifecycle then ends it)."""
-        files = {"best_trials.json": (json.dumps(summary, indent=2, default=str) + "\n").encode()}
+        shared = {**summary, "storage": shown(summary["storage"])} if summary.get("storage") else summary  # no password in the record
+        files = {"best_trials.json": (json.dumps(shared, indent=2, default=str) + "\n").encode()}
         if study is not None:
             files.update(figures(study, metrics))
         m: dict[str, float] = {}
