@@ -1,11 +1,7 @@
-"""What sweep files and search files share (docs/sweeps.md, docs/search.md).
-
-The sections both files have (calibration, evaluation, resources), the error format of
-a bad file (one `UserError` whose field is the file path of the value: `methods[2].hp`),
-THE path resolver (relative to the file, for sweeps and searches alike), the evaluation
-set in the plain form cells carry, and the checks of models, positions and text. sweep/file.py
-and search/file.py build on this module; a check both kinds of file need goes here, once.
-"""
+"""What sweep files and search files share (docs/sweeps.md, docs/search.md): the sections both have, the error
+format of a bad file (one `UserError` whose field is the value's path: `methods[2].hp`), THE path resolver, the
+evaluation set in the plain form cells carry, the checks of models, positions and text. sweep/file.py and
+search/file.py build on this module; a check both kinds of file need goes here, once."""
 
 from __future__ import annotations
 
@@ -94,6 +90,13 @@ def validate(model: type[BaseModel], raw: dict, under: str = "") -> Any:
         raise (UserError(f"{under}.{err.field}", err.message) if under else err) from None
 
 
+def switch(raw: Any, model: type[BaseModel], field: str, form: str) -> Any:
+    """A key that is true (`model`'s defaults), false (None: off) or a mapping of its fields (confirm:, fidelity:)."""
+    if raw is not None and not isinstance(raw, (bool, dict)):
+        raise UserError(field, f"allowed: {form}; got {raw!r}")
+    return None if raw is None or raw is False else validate(model, {} if raw is True else raw, field)
+
+
 def user_error(model: type[BaseModel], e: ValidationError) -> UserError:
     err = e.errors()[0]
     loc = list(err["loc"])
@@ -108,10 +111,7 @@ def user_error(model: type[BaseModel], e: ValidationError) -> UserError:
 
 
 def dotted(loc: list) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "FILE"
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "FILE"
 
 
 def fields_at(model: Any, loc: list) -> list[str]:
@@ -213,8 +213,7 @@ def default_tracking_uri(explicit: str | None) -> str:
 def run_options(cfg: Any) -> dict[str, Any]:
     """How a file's cells run without changing their result (batch sizes, remote code, saving)."""
     ev = cfg.evaluation
-    return {"batch_size": cfg.calibration.batch_size, "trust_remote_code": cfg.trust_remote_code,
-            "save_model": cfg.save_model,
+    return {"batch_size": cfg.calibration.batch_size, "trust_remote_code": cfg.trust_remote_code, "save_model": cfg.save_model,
             "ppl_batch_size": ev.ppl.batch_size if ev and ev.ppl else 8,
             "lm_eval_batch_size": ev.lm_eval.batch_size if ev and ev.lm_eval else 8}
 

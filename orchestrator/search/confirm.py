@@ -38,20 +38,14 @@ class ConfirmConfig(Strict):
 
 def resolve(cfg) -> None:
     """`cfg.confirm` as a `ConfirmConfig` with both seed lists, or None (`confirm: false`)."""
-    from ..config import validate
+    from ..config import switch
 
-    raw = cfg.confirm
-    if raw is False or raw is None:
-        cfg.confirm = None
-        return
-    if raw is True:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError("confirm", f"allowed: {FORM}; got {raw!r}")
-    if "seeds" in raw:
+    if isinstance(cfg.confirm, dict) and "seeds" in cfg.confirm:
         raise UserError("confirm.seeds", "replaced by selection_seeds and test_seeds (the winner is chosen on the "
                                          "first and tested on the second, disjoint); give those")
-    c = validate(ConfirmConfig, raw, "confirm")
+    c = cfg.confirm = switch(cfg.confirm, ConfirmConfig, "confirm", FORM)
+    if c is None:
+        return
     taken = {cfg.seed} | {s for v in (c.selection_seeds, c.test_seeds) if isinstance(v, list) for s in v}
     for key, least in (("selection_seeds", 1), ("test_seeds", 2)):
         v = getattr(c, key)

@@ -41,17 +41,9 @@ class FidelityConfig(Strict):
 
 def resolve(cfg) -> None:
     """`cfg.fidelity` as a `FidelityConfig`, or None (`fidelity: false`, the default: every trial at full fidelity)."""
-    from ..config import validate
+    from ..config import switch
 
-    raw = cfg.fidelity
-    if raw is False or raw is None:
-        cfg.fidelity = None
-        return
-    if raw is True:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError("fidelity", f"allowed: {FORM}; got {raw!r}")
-    cfg.fidelity = validate(FidelityConfig, raw, "fidelity")
+    cfg.fidelity = switch(cfg.fidelity, FidelityConfig, "fidelity", FORM)
 
 
 def check(cfg) -> None:
