@@ -152,7 +152,7 @@ def test_the_circle_check_catches_a_circle_hidden_in_a_function():
 
 MAX_LINES = 300
 # Modules still over MAX_LINES, each held at its size until it is split (a ratchet: shrink, never grow).
-OVER = {"orchestrator/config.py": 308, "tasks/demo_model.py": 319}
+OVER = {"orchestrator/config.py": 307, "tasks/demo_model.py": 319}
 
 
 def test_modules_stay_small():
