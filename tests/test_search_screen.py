@@ -133,3 +133,13 @@ def test_a_screened_search_confirms_its_promoted_trials_only(ray_local, run_dir,
     assert len(full) >= 1
     out = capsys.readouterr().out
     assert "confirmation" in out and "wanda·uniform" in out
+
+
+def test_sparsegpt_has_no_cached_statistics_so_its_screened_search_runs_at_full_fidelity(ray_local, run_dir, capsys):
+    (run_dir / "mix.yaml").write_text("mix: true\nparams: {}\n")
+    path = write_search(run_dir, **{**SCREENED_SEARCH, "method": "sparsegpt", "space": "./mix.yaml", "n_trials": 2, "parallel": 1})
+    assert main(["search", str(path)]) == 0
+    assert [t.state.name for t in trials(run_dir)] == ["COMPLETE", "COMPLETE"] and runs_of(run_dir, "screen") == []
+    got = capsys.readouterr()
+    assert "sparsegpt is not served from cached statistics: every trial at full fidelity" in got.err + got.out
+    assert "rungs:" not in got.out
