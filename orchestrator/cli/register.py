@@ -79,8 +79,8 @@ def run(args) -> int:
         return 0
     scored = []
     for m in models.all_models(cl, exp):
-        # a confirmation re-run is evidence and a search's baseline a reference: neither is a candidate
-        if str(m.status) != "READY" or names.CONFIRM in (m.tags or {}) or names.BASELINE in (m.tags or {}):
+        # a confirmation re-run or a held-out test pass is evidence and a search's baseline a reference: none is a candidate
+        if str(m.status) != "READY" or any(k in (m.tags or {}) for k in (names.CONFIRM, names.BASELINE, names.HELD_OUT)):
             continue
         values = {x.key: x.value for x in m.metrics or []}
         key = metric_key(args.metric, args.split, values, m.params or {})
