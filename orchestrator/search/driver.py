@@ -42,10 +42,11 @@ from .trials import Trials
 def stage_list(ctx, n_trials: int | None) -> list:
     """THE search, in order. A new stage is a module of its own and one line here (docs/extending.md)."""
     baselines = Baselines(ctx)
-    selection = Selection(ctx) if ctx.cfg.confirm else None
-    out = [baselines, Trials(ctx, n_trials), *([selection] if selection else []), HeldOut(ctx, selection)]
-    if selection:
-        out.append(TestSeeds(ctx, selection, baselines))
+    selection = Selection(ctx) if ctx.cfg.confirm else None  # the confirmation (confirm:)
+    out = [baselines, Trials(ctx, n_trials)]
+    out += [selection] if selection else []
+    out.append(HeldOut(ctx, selection))  # after the selection: its winner is reported too
+    out += [TestSeeds(ctx, selection, baselines)] if selection else []
     return out
 
 
