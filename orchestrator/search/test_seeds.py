@@ -1,9 +1,9 @@
 """The confirmation's test stage (docs/search.md, "Confirmation"): the selection's winner and every
 baseline run on the test seeds, fresh calibration draws that chose nothing, each evaluated on valid and
-test (`cells.full_evaluation`, whatever a trial measures); only these runs make the
-verdict (`confirm.verdict`): per baseline the winner's mean difference on the first objective's test
-value, its interval over the test seeds and the evaluation windows (read from each run's per-window
-losses, `losses.json`), the paired t-test's p and Holm's adjustment over the baselines.
+test (`cells.full_evaluation`, whatever a trial measures); only these runs make the verdict
+(`confirm.verdict`): per baseline the winner's mean difference on the first objective's test value, its
+interval over the test seeds and the evaluation windows (read from each run's per-window losses,
+`losses.json`), the paired t-test's p and Holm's adjustment over the baselines.
 
 The runs are tagged `polyprune.kind=confirm`, `polyprune.confirm` (the winner's `trial N` or the
 baseline's label), `polyprune.confirm_seed` and `polyprune.confirm_phase=test`; a rerun finds them by
