@@ -151,6 +151,7 @@ BAD = {
                                      "baselines[0].calib.from: cannot read training-language shares"),
     "baseline bad hp": ({"baselines": [{"name": "m", "calib": "en", "hp": {"lambda_nope": 1}}]}, "baselines[0].hp:"),
     "baselines not a list": ({"baselines": "uniform"}, "baselines:"),
+    "test_every_trial not a boolean": ({"test_every_trial": "sometimes"}, "test_every_trial:"),
 }
 
 
