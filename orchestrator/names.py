@@ -10,7 +10,7 @@ and an experiment's (only the `EXPERIMENT_*` names, read as `experiment.tags` or
 
 # MLflow run tags: what a run is and where it belongs.
 ROLE = "polyprune.role"  # "parent" on a sweep's or search's parent run
-RUN_KIND = "polyprune.kind"  # a cell run's kind: cell, trial, screen, baseline, confirm
+RUN_KIND = "polyprune.kind"  # a cell run's kind: cell, trial, screen, baseline, confirm, held-out
 SWEEP = "polyprune.sweep"  # the sweep's (or search's) name, on every run of it
 CELL = "polyprune.cell_id"  # the cell key: a resumed driver skips finished cells by it
 TRIAL = "polyprune.trial"  # an Optuna trial number; present only on a search's trial runs
@@ -20,6 +20,9 @@ BEST_TRIALS = "polyprune.best_trials"  # on a search's parent: the Pareto-best t
 # A search's confirmation runs (kind confirm): what is re-run (trial N or a baseline's name) and with which seed.
 CONFIRM, CONFIRM_SEED = "polyprune.confirm", "polyprune.confirm_seed"
 CONFIRMED = "polyprune.confirmed"  # on a search's parent: the confirmed winner's trial number
+# A search's held-out runs (kind held-out): the trial number whose test split it measures (not TRIAL: that
+# tag marks a trial's own run, which readers count and register from).
+HELD_OUT = "polyprune.held_out"
 
 # What happened to a run.
 ERROR = "polyprune.error"

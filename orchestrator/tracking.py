@@ -156,6 +156,8 @@ def cell_params(cell) -> dict[str, Any]:
     """The record's parameter names (docs/record.md): model, method, sparsity, calib, nsamples, seqlen, seed, schedule + method hps."""
     k = cell.key
     ev = k["eval"]
+    if not ev["ppl"] and not ev["lm_eval"] and ev.get("test"):  # a search's held-out cell: its test pass is all it measures
+        ev = ev["test"]
     from tasks.models import model_name
 
     out: dict[str, Any] = {"model": k["model"], "model_name": model_name(k["model"]), "dtype": k["dtype"]}

@@ -13,7 +13,7 @@ import pytest
 from helpers import child_runs
 from orchestrator.cli import main
 from orchestrator.search.confirm import DEFAULTS, choose, compare, lines, verdict, winner
-from test_search import baseline_runs, trial_runs, trials, write_search
+from test_search import baseline_runs, held_out_runs, trial_runs, trials, write_search
 
 TEST = [5, 6, 7]
 
@@ -173,6 +173,8 @@ def test_selection_then_test_seeds_resume_exactly_after_a_stop_between_them(ray_
     assert main(["search", str(path)]) == 130
     first = confirm_runs(run_dir)
     assert len(first) == 4 and {r.data.tags["polyprune.confirm_phase"] for r in first} == {"selection"}
+    held = held_out_runs(run_dir)  # the held-out stage ran before the stop: the best trial's and the winner's test split
+    assert 1 <= len(held) <= 2 and {r.info.status for r in held} == {"FINISHED"}
     monkeypatch.undo()
     capsys.readouterr()
     assert main(["search", str(path)]) == 0
@@ -190,6 +192,9 @@ def test_selection_then_test_seeds_resume_exactly_after_a_stop_between_them(ray_
     assert {r.data.tags["polyprune.confirm"] for r in sel} == {f"trial {searched[0].number}", f"trial {searched[1].number}"}
     assert {r.data.params["seed"] for r in sel} == {"7", "8"} and {r.data.params["seed"] for r in test} == {"9", "10"}
     assert all("polyprune.trial" not in r.data.tags and r.data.tags["polyprune.kind"] == "confirm" for r in runs)
+    # selection chooses on valid and measures nothing else; the test seeds measure test whatever a trial measures
+    assert not any(k.startswith("test.") for r in sel for k in r.data.metrics)
+    assert all("test.ppl.sw" in r.data.metrics and "ppl.sw" in r.data.metrics for r in test)
     labels = {r.data.tags["polyprune.confirm"] for r in test}
     cl = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     parent = cl.get_run(runs[0].data.tags["mlflow.parentRunId"])
@@ -205,6 +210,11 @@ def test_selection_then_test_seeds_resume_exactly_after_a_stop_between_them(ray_
     assert all(win["valid_mean_sd"][0] <= e["valid_mean_sd"][0] for e in c["candidates"])
     assert c["selection_seeds"] == [7, 8] and c["test_seeds"] == [9, 10] and parent.data.tags["polyprune.confirmed"] == c["winner"].split()[1]
     assert [e["role"] for e in c["tested"]] == ["winner", "baseline", "baseline", "baseline"] and len(c["vs"]) == 3
+    # the winner's and the best trial's test numbers at the search's seed: their held-out runs, found again on the rerun
+    assert {r.info.run_id for r in held_out_runs(run_dir)} == {r.info.run_id for r in held}
+    assert {r.data.tags["polyprune.held_out"] for r in held} == {c["winner"].split()[1], str(searched[0].number)}
+    tested = next(r for r in held if r.data.tags["polyprune.held_out"] == c["winner"].split()[1])
+    assert c["winner_trial"]["test"] == {k: v for k, v in tested.data.metrics.items() if k.startswith("test.")} != {}
     for v in c["vs"]:  # every field a reviewer reads: the difference, its interval over seeds and text, p, Holm's p
         assert v["low"] <= v["diff"] <= v["high"] and 0 <= v["p"] <= v["p_holm"] <= 1 and set(v["n_windows"]) == {"sw"}
         assert v["verdict"] in ("better", "worse", "no significant difference")

@@ -191,12 +191,15 @@ def test_register_the_best_trial_then_again_after_more_trials(ray_local, run_dir
     assert main(["search", str(path)]) == 0
     cl = client(uri)
     got = logged_models(cl, "s")
-    assert len(got) == 2 and {str(m.status) for m in got} == {"READY"}
-    assert all(m.tags["polyprune.trial"] == cl.get_run(m.source_run_id).data.tags["polyprune.trial"] for m in got)
+    trial_models = [m for m in got if "polyprune.trial" in m.tags]
+    assert len(trial_models) == 2 and len(got) == 3 and {str(m.status) for m in got} == {"READY"}  # + the best's held-out
+    assert all(m.tags["polyprune.trial"] == cl.get_run(m.source_run_id).data.tags["polyprune.trial"] for m in trial_models)
 
     def best_now():
-        ready = [m for m in logged_models(cl, "s") if str(m.status) == "READY"]
-        # register judges on the test split by default: a trial's test.ppl.sw (its ppl.sw is valid)
+        # register judges on the test split by default: test.ppl.sw, measured (trials measure valid only) by the
+        # held-out runs of the trials the search reported best
+        ready = [m for m in logged_models(cl, "s") if str(m.status) == "READY" and "test.ppl.sw" in {x.key for x in m.metrics}]
+        assert ready and all("polyprune.held_out" in m.tags for m in ready)
         return min(ready, key=lambda m: ({x.key: x.value for x in m.metrics}["test.ppl.sw"], m.creation_timestamp))
 
     register = ["register", str(path), "--metric", "ppl.sw", "--as", "sw-winner"]
@@ -210,7 +213,7 @@ def test_register_the_best_trial_then_again_after_more_trials(ray_local, run_dir
     assert len(cl.search_model_versions("name = 'sw-winner'")) == 1
 
     assert main(["search", str(path), "--n-trials", "3"]) == 0
-    assert len(logged_models(cl, "s")) == 5
+    assert len([m for m in logged_models(cl, "s") if "polyprune.trial" in m.tags]) == 5
     best = best_now()
     assert main(register) == 0
     now = cl.get_model_version_by_alias("sw-winner", "best")
@@ -240,12 +243,13 @@ def test_a_search_file_registers_its_best_trial_on_valid_when_it_ends(ray_local,
         return said[0], cl.get_model_version_by_alias("r-best", "best")
 
     said, v1 = registered_after([])
-    [only] = logged_models(cl, "r")
+    [only] = [m for m in logged_models(cl, "r") if "polyprune.trial" in m.tags]  # the trial's model, not its held-out run's
     assert str(v1.version) == "1" and version_model_id(v1) == only.model_id
     assert said.startswith("registered r-best version 1, alias best moved to it")
     run = cl.get_run(only.source_run_id)
-    valid, test = run.data.metrics["ppl.sw"], run.data.metrics["test.ppl.sw"]
-    assert valid != test  # a search trial evaluates valid (told) and test (quoted) on different text
+    [held] = [m for m in logged_models(cl, "r") if m.tags.get("polyprune.held_out") == run.data.tags["polyprune.trial"]]
+    valid, test = run.data.metrics["ppl.sw"], cl.get_run(held.source_run_id).data.metrics["test.ppl.sw"]
+    assert valid != test  # a search trial evaluates valid (told), its held-out run test (quoted), on different text
     for part in ("search 'r'", "ppl.sw on valid", f"= {valid:.6g}", f"test {test:.6g}", only.model_id):
         assert part in v1.description, (part, v1.description)
 

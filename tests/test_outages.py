@@ -140,7 +140,8 @@ def trials(storage: str, name: str) -> list:
 
 
 def assert_exact(uri: str, name: str, storage: str, n_trials: int, n_confirm: int) -> None:
-    """Every COMPLETE trial and every confirmation cell has exactly one run, FINISHED; nothing else ran."""
+    """Every COMPLETE trial and every confirmation cell has exactly one run, FINISHED, and so has the best
+    trial's held-out cell (its test split); nothing ran twice."""
     got = [r for r in runs(uri, name) if "polyprune.cell_id" in r.data.tags]
     assert all(r.info.status == "FINISHED" for r in got), [(r.info.status, r.data.tags.get("polyprune.error")) for r in got]
     numbers = sorted(int(r.data.tags["polyprune.trial"]) for r in got if "polyprune.trial" in r.data.tags)
@@ -148,6 +149,8 @@ def assert_exact(uri: str, name: str, storage: str, n_trials: int, n_confirm: in
     assert numbers == done and len(done) == n_trials, (numbers, [(t.number, t.state.name) for t in trials(storage, name)])
     confirm = [r.data.tags["polyprune.cell_id"] for r in got if "polyprune.confirm" in r.data.tags]
     assert len(confirm) == len(set(confirm)) == n_confirm, confirm
+    held = [r.data.tags["polyprune.cell_id"] for r in got if "polyprune.held_out" in r.data.tags]
+    assert len(held) == len(set(held)) == 1, held
 
 
 def test_a_search_rides_out_its_database_stopped_in_the_trials_and_in_the_confirmation(ray_local, run_dir, pg, server):

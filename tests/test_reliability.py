@@ -300,7 +300,7 @@ SEARCH_BAD = {  # search-file change -> its one line, before any study, run or R
 @pytest.mark.parametrize("case", list(SEARCH_BAD), ids=list(SEARCH_BAD))
 def test_search_checks_every_trial_up_front(case, run_dir, capsys):
     over, expected = SEARCH_BAD[case]
-    if isinstance(over, str):  # trials are measured on valid and on test: both must serve a window
+    if isinstance(over, str):  # trials are measured on valid, reported ones and baselines on test: both must serve a window
         over = {"calibration": {**SEARCH["calibration"], "data": short_text(run_dir, over, "sw")}}
     path = write_yaml(run_dir / "search.yaml", SEARCH, **over)
     assert_one_line(capsys, main(["search", str(path)]), "search", expected, run_dir)

@@ -44,6 +44,17 @@ def trial_runs(folder: Path, name: str = "s") -> list:
     return child_runs(folder / "mlflow.db", name, "polyprune.trial")
 
 
+def held_out_runs(folder: Path, name: str = "s") -> list:
+    """The held-out runs (kind held-out): a reported trial's test split, tagged with its number."""
+    return child_runs(folder / "mlflow.db", name, "polyprune.held_out")
+
+
+def optuna_study(folder: Path, name: str = "s"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
+
+
 def mix_of(calib: str) -> dict[str, float]:
     return {k: float(v) for k, v in (p.split("=") for p in calib.split(","))}
 
@@ -140,6 +151,7 @@ BAD = {
                                      "baselines[0].calib.from: cannot read training-language shares"),
     "baseline bad hp": ({"baselines": [{"name": "m", "calib": "en", "hp": {"lambda_nope": 1}}]}, "baselines[0].hp:"),
     "baselines not a list": ({"baselines": "uniform"}, "baselines:"),
+    "test_every_trial not a boolean": ({"test_every_trial": "sometimes"}, "test_every_trial:"),
 }
 
 
@@ -229,16 +241,27 @@ def test_search_then_resume_adds_trials(ray_local, run_dir, capsys):
     assert parent.data.tags["polyprune.role"] == "search" and parent.info.status == "FINISHED"
     figs = {a.path for a in cl.list_artifacts(parent.info.run_id, "figures")}
     assert {"figures/pareto_front.png", "figures/optimization_history_ppl.sw.png"} <= figs
-    # the sampler saw valid numbers only: each trial's values are its run's valid metrics; test.* are
-    # logged beside them (other text, other numbers), for the trials of both runs (resume keeps both)
+    # the sampler saw valid numbers only: each trial's values are its run's valid metrics, and a trial
+    # measures nothing else (test_every_trial: false, the default), in both runs (resume keeps both)
     by_number = {t.number: t for t in ts}
     for r in runs:
         t = by_number[int(r.data.tags["polyprune.trial"])]
         m = r.data.metrics
         assert r.data.params["eval.ppl_split"] == "valid"
         assert t.values == [m["ppl.sw"], m["ppl.mean"]]
-        assert {"test.ppl.en", "test.ppl.de", "test.ppl.sw", "test.ppl.mean"} <= set(m)
-        assert m["test.ppl.sw"] != m["ppl.sw"] and not any(str(v) in str(t.user_attrs) for k, v in m.items() if k.startswith("test."))
+        assert not any(k.startswith("test.") for k in m)
+    # test is measured for the best trials (the Pareto front) by their held-out runs, never told: one per
+    # trial that was best at the end of a run (the first run's may have left the front since)
+    held = held_out_runs(run_dir)
+    front = {t.number for t in optuna_study(run_dir).best_trials}
+    assert front <= {int(r.data.tags["polyprune.held_out"]) for r in held} and {r.info.status for r in held} == {"FINISHED"}
+    assert len({r.data.tags["polyprune.cell_id"] for r in held}) == len(held) and len(held) <= 2 * len(front)
+    for r in held:
+        t, m = by_number[int(r.data.tags["polyprune.held_out"])], r.data.metrics
+        assert r.data.tags["polyprune.kind"] == "held-out" and "polyprune.trial" not in r.data.tags
+        assert {"test.ppl.en", "test.ppl.de", "test.ppl.sw", "test.ppl.mean"} <= set(m) and "ppl.sw" not in m
+        assert r.data.params["calib"] == t.user_attrs["calib"] and r.data.params["eval.ppl_split"] == "test"
+        assert not any(str(v) in str(t.user_attrs) for k, v in m.items() if k.startswith("test."))
     pm = parent.data.metrics  # a label in a metric name: its `·` as `.`
     assert pm["baseline.wanda.sw-only.ppl.sw"] == b["wanda·sw-only"].data.metrics["ppl.sw"]
     assert pm["baseline.wanda.sw-only.test.ppl.sw"] == b["wanda·sw-only"].data.metrics["test.ppl.sw"]
@@ -286,10 +309,11 @@ def test_named_baselines_run_first_once(ray_local, run_dir, capsys):
     runs = {int(r.data.tags["polyprune.trial"]): r for r in trial_runs(run_dir)}
     best = next(int(k.split("#")[1]) for k in rows["sw"] if k.startswith("best #"))
     assert best == min(runs, key=lambda n: runs[n].data.metrics["ppl.sw"])  # chosen on valid
+    tested = {int(r.data.tags["polyprune.held_out"]): r for r in held_out_runs(run_dir)}  # its test: its held-out run's
     for label, r in named.items():
         got, want = float(rows["sw"][label]), r.data.metrics["test.ppl.sw"]
         assert got == pytest.approx(want, rel=1e-12)
-        assert float(rows["sw"][f"best - {label}"]) == pytest.approx(runs[best].data.metrics["test.ppl.sw"] - want, rel=1e-9)
+        assert float(rows["sw"][f"best - {label}"]) == pytest.approx(tested[best].data.metrics["test.ppl.sw"] - want, rel=1e-9)
     html = (out / "report.html").read_text()
     assert "<th>best - wanda·mbs</th>" in html and not list(out.glob("ppl_*"))  # baselines are not a calibration grid
     capsys.readouterr()

@@ -84,11 +84,12 @@ def test_runs_have_readable_model_names(record):
     from tasks.demo_model import NAME
 
     runs = child_runs(record / "mlflow.db", "tiny-local") + child_runs(record / "mlflow.db", "tiny-local-search")
-    assert len(runs) == 5 + 2
+    assert len(runs) == 5 + 2 + 1  # the sweep's cells, the search's trials and its best trial's held-out run
     for r in runs:
         assert r.data.params["model_name"] == NAME
         assert r.data.tags["polyprune.model_hash"] == Path(r.data.params["model"]).parent.name
-    assert all(NAME in r.info.run_name for r in runs if "polyprune.trial" not in r.data.tags)
+    searched = ("polyprune.trial", "polyprune.held_out")  # named "trial N", "held-out trial N"
+    assert all(NAME in r.info.run_name for r in runs if not any(t in r.data.tags for t in searched))
 
 
 def test_every_run_has_calibration_and_evaluation_inputs_matching_the_fingerprints(record):
@@ -98,6 +99,11 @@ def test_every_run_has_calibration_and_evaluation_inputs_matching_the_fingerprin
     from tasks.data.sources import get_source
 
     runs = child_runs(record / "mlflow.db", "tiny-local") + child_runs(record / "mlflow.db", "tiny-local-search")
+    # a held-out run measures test only, nested as its test pass: the worker logs the evaluation input of a
+    # cell's first pass only, so it has none (its params name the split: test)
+    held = [r for r in runs if "polyprune.held_out" in r.data.tags]
+    assert len(held) == 1 and held[0].data.params["eval.ppl_split"] == "test"
+    runs = [r for r in runs if r not in held]
     _, tok = load_model(runs[0].data.params["model"])
     source = get_source("builtin")
     seen = set()

@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME_OR_FILE", help="sweep or search name, or its file")
     p.add_argument("--metric", required=True, help="what 'best' is judged on, e.g. ppl.sw or lmeval.xnli_sw.acc")
     p.add_argument("--split", default="test", help="the metric's split: test (default) or valid (a search's trials log valid "
-                   "as the metric, test as test.<metric>; a sweep's cells log the split their evaluation names)")
+                   "as the metric; test, as test.<metric>, is on its best trials' held-out runs, or on every trial with "
+                   "test_every_trial; a sweep's cells log the split their evaluation names)")
     p.add_argument("--as", dest="as_name", required=True, metavar="MODEL_NAME", help="registered model name")
     p.add_argument("--tracking-uri", default=None, help="default: the file's store, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
 
@@ -79,7 +80,8 @@ def run(args) -> int:
         return 0
     scored = []
     for m in models.all_models(cl, exp):
-        # a confirmation re-run is evidence and a search's baseline a reference: neither is a candidate
+        # a confirmation re-run is evidence and a search's baseline a reference: neither is a candidate (a held-out
+        # run is: the trial's own prune at the search's seed, the only model of a search with test numbers by default)
         if str(m.status) != "READY" or names.CONFIRM in (m.tags or {}) or names.BASELINE in (m.tags or {}):
             continue
         values = {x.key: x.value for x in m.metrics or []}
@@ -91,7 +93,7 @@ def run(args) -> int:
     low = lower_is_better(args.metric)
     # ties: the earliest model, so a rerun that adds an equal model does not move the alias
     value, _, key, best = min(scored, key=lambda t: (t[0] if low else -t[0], t[1]))
-    kind = "search" if names.TRIAL in best.tags else "sweep"
+    kind = "search" if names.TRIAL in best.tags or names.HELD_OUT in best.tags else "sweep"
     text = (f"best of {kind} {name!r} by {key} ({'lowest' if low else 'highest'}) = {value:.6g}: "
             f"{best.name} ({best.model_id}, run {best.source_run_id})")
     print(models.register_best(cl, args.as_name, best, text, {names.METRIC: key, names.VALUE: f"{value:.10g}", names.SWEEP: name}))

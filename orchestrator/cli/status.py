@@ -50,6 +50,8 @@ def collect(name: str, uri: str) -> tuple[dict, dict]:
         label = (f"[{t[names.BASELINE]}] " if names.BASELINE in t else "") + _label(r)
         if names.CONFIRM in t:  # a confirmation run: its phase and which trial or baseline it re-runs
             label = f"[{t.get(names.CONFIRM_PHASE, 'confirm')} {t[names.CONFIRM]}] " + _label(r)
+        if names.HELD_OUT in t:  # a best trial's test split, measured after the search
+            label = f"[held-out trial {t[names.HELD_OUT]}] " + _label(r)
         rows[key] = {"cell": key, "state": r.info.status, "label": label, "metrics": r.data.metrics,
                      "error": t.get(tracking.ERROR, ""), "runs": rows.get(key, {}).get("runs", 0) + 1}
     return parent, rows

@@ -46,7 +46,7 @@ class Recorder:
         self.results[cell.cell_id] = {"run_id": run_id, "metrics": out["metrics"],
                                       "model_id": (cell.run.get("artifacts_to") or {}).get("model_id")}
         m = out["metrics"]
-        shown = f"ppl.mean={m['ppl.mean']:.4g}" if "ppl.mean" in m else ""
+        shown = next((f"{k}={m[k]:.4g}" for k in ("ppl.mean", "test.ppl.mean") if k in m), "")  # a held-out cell: test only
         self.line("FINISHED", cell, f"{shown} {m.get('time.cell_s', 0):.1f}s")
 
     def failed(self, cell, error: str, detail: str, tags: dict) -> None:

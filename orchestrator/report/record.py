@@ -14,7 +14,7 @@ from pathlib import Path
 from tasks.errors import UserError
 
 from .. import models, tracking
-from ..names import BASELINE, CONFIRM, RUN_KIND, TRIAL
+from ..names import BASELINE, CONFIRM, HELD_OUT, RUN_KIND, TRIAL
 
 IDENTITY = ("model", "method", "sparsity", "calib", "seed")  # never part of a "variant" label
 NOT_VARIANT = IDENTITY + ("seqlen", "data", "dtype")  # resolved or bookkeeping, not a design choice
@@ -78,15 +78,20 @@ def sparsity_value(s: str) -> float:
 def load_record(name: str, uri: str):
     """(client, parent run or None, FINISHED child runs); a bad name or an empty sweep is a UserError."""
     cl, exp = tracking.open_experiment(name, uri)
-    parent, runs = None, []
+    parent, runs, held = None, [], {}
     for r in sorted(tracking.all_runs(cl, exp), key=lambda r: r.info.start_time or 0):
         t = r.data.tags
         if t.get(tracking.ROLE) in ("sweep", "search"):
             parent = parent or r  # the first parent is the one a resumed sweep reuses
         elif CONFIRM in t or t.get(RUN_KIND) == "screen":  # confirmation re-runs: their own section (report.confirmation);
             continue  # a screened search's screens: low-fidelity drafts (the search's summary counts them)
+        elif HELD_OUT in t:  # a trial's test split, measured after the search: read as the trial's own numbers
+            if r.info.status == "FINISHED":
+                held[t[HELD_OUT]] = {k: v for k, v in r.data.metrics.items() if k.startswith("test.")}
         elif r.info.status == "FINISHED" and (tracking.CELL in t or TRIAL in t or tracking.PARENT in t):
             runs.append(Run(r.info.run_id, dict(r.data.params), dict(r.data.metrics), dict(t)))
+    for r in runs:
+        r.metrics = {**held.get(r.tags.get(TRIAL), {}), **r.metrics}
     if not runs:
         raise UserError("NAME", f"{name!r} has no finished runs yet in {uri} (see `polyprune status {name}`)")
     label_variants(runs)

@@ -165,8 +165,9 @@ def rungs(parent, out: Path) -> list:
 
 def held_out(best: Run, trials: list[Run], bases: list[Run], metric: str, langs: list[str], out: Path) -> list:
     """The scatter of valid vs test (overfitting shows as points above the diagonal) and the
-    table of the best trial against every baseline on test. Trials recorded before searches
-    measured test have no test.* metrics: nothing is drawn for them."""
+    table of the best trial against every baseline on test. A trial's test numbers are its run's
+    (`test_every_trial`) or its held-out run's (`record.load_record` reads them as its own); a trial
+    measured on valid only, or recorded before searches measured test, is not drawn."""
     from . import figures as fig
 
     items = []
@@ -174,7 +175,8 @@ def held_out(best: Run, trials: list[Run], bases: list[Run], metric: str, langs:
            if metric in t.metrics and f"test.{metric}" in t.metrics]
     if pts:
         path = fig.valid_vs_test(out / f"search_valid_vs_test_{slug(metric)}.png", pts, metric=metric)
-        items.append(("img", str(path), f"Every trial's {metric} on valid and on test."))
+        items.append(("img", str(path), f"{metric} on valid and on test: every trial measured on test (the best ones; "
+                                         "all with test_every_trial) and the baselines."))
     bases = [b for b in bases if b.baseline is not None and b is not best]
     keys = [f"test.ppl.{l}" for l in langs] + ["test.ppl.mean"]
     if bases and any(k in best.metrics for k in keys):

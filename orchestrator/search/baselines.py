@@ -14,9 +14,9 @@ M-Wanda, pooled statistics and no coefficients; `ria` for mria; a method as itse
 so a reader sees what the search adds over the method alone. A label names the method:
 `wanda·uniform`, `wanda·sw-only`, `wanda·mbs`, `mwanda·uniform`.
 
-The stage (`Baselines`): each baseline's cell (the search's seed; valid, then test, as a trial) runs
-once, as a run of the search's experiment tagged `polyprune.kind=baseline` and
-`polyprune.baseline=<label>`; a rerun finds it by its cell id and runs only what has no FINISHED run.
+The stage (`Baselines`): each baseline's cell (the search's seed; valid, then test, whatever
+`test_every_trial` says) runs once, as a run of the search's experiment tagged `polyprune.kind=baseline`
+and `polyprune.baseline=<label>`; a rerun finds it by its cell id and runs only what has no FINISHED run.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ class Baselines:
 
         self.ctx = ctx
         self.all = resolve(ctx.cfg, target_language(ctx.cfg))
-        self.cells = {b.label: baseline_cell(ctx.cfg, ctx.space, b, ctx.ev) for b in self.all}
+        self.cells = {b.label: baseline_cell(ctx.cfg, ctx.space, b, ctx.ev_full) for b in self.all}
         self.todo: list | None = None
         self.recorder = None
 

@@ -1,7 +1,8 @@
 """A search's cells: THE function from an Optuna trial to its cell (the trials' stage asks with it,
 the confirmation rebuilds its candidates with it, benchmarks/search_efficiency.py prunes with it),
-a baseline's cell, a cell on another calibration seed, and what every one of them evaluates (valid,
-then test) and fixes (the file's hyperparameters).
+a baseline's cell, a cell on another calibration seed or evaluation, what each of them evaluates
+(a trial: valid, and test only with `test_every_trial`; a baseline and the confirmation's test seeds:
+valid, then test; a held-out cell: test only) and what they fix (the file's hyperparameters).
 
 A trial's cell is a sweep cell's key (`engine.cells.prune_cell`), so the worker runs it unchanged and
 its id says whether it already ran.
@@ -42,19 +43,25 @@ def trial_cell(cfg, space, trial, n_blocks: int | None = None, ev: dict[str, Any
 
 
 def baseline_cell(cfg, space, baseline, ev: dict[str, Any] | None = None) -> Cell:
-    """A baseline's cell (`baselines.Baseline`) at the search's seed, evaluated as a trial is."""
+    """A baseline's cell (`baselines.Baseline`) at the search's seed, on valid and then test (`full_evaluation`):
+    few cells, and the summary quotes their test numbers."""
     from tasks.api import check_spec
 
     from ..config import run_options
 
     spec = check_spec(baseline_spec(cfg, space, baseline))
-    return prune_cell(cfg.model, spec, cfg.dtype, trial_evaluation(cfg) if ev is None else ev, run_options(cfg))
+    return prune_cell(cfg.model, spec, cfg.dtype, full_evaluation(cfg) if ev is None else ev, run_options(cfg))
 
 
 def reseeded(cell: Cell, seed: int) -> Cell:
     """`cell` with another calibration seed (a fresh draw; everything else unchanged: a new cell id)."""
-    run = {k: v for k, v in cell.run.items() if k not in ("artifacts_to", "upload_delay_s", "report")}  # its own run's
-    return Cell(cell.kind, {**cell.key, "seed": seed}, run, cell.where)
+    return varied(cell, seed=seed)
+
+
+def varied(cell: Cell, **key) -> Cell:
+    """`cell` with some fields of its key changed (a new cell id); the options of its own run left behind."""
+    run = {k: v for k, v in cell.run.items() if k not in ("artifacts_to", "upload_delay_s", "report")}
+    return Cell(cell.kind, {**cell.key, **key}, run, cell.where)
 
 
 def uniform(langs: list[str]) -> dict[str, float]:
@@ -84,9 +91,24 @@ def evaluation(cfg) -> dict[str, Any]:
 
 
 def trial_evaluation(cfg) -> dict[str, Any]:
-    """What a trial's cell evaluates: perplexity on `valid` (objectives and constraints: all the
-    sampler sees), then the same on `test` as `test.*` (logged, never told). lm-eval has no split
-    of ours: it runs once, in the test pass, unless an objective or constraint reads it."""
+    """What a trial's cell evaluates: `valid` only (objectives and constraints: all the sampler sees);
+    with `test_every_trial`, also the test pass (`full_evaluation`). Test is otherwise measured
+    where the search reports it: the baselines, the confirmation's test seeds, the held-out stage."""
+    ev = full_evaluation(cfg)
+    return ev if cfg.test_every_trial else {**ev, "test": None}
+
+
+def held_out_evaluation(cfg) -> dict[str, Any] | None:
+    """The test pass alone (a held-out cell: its metrics named `test.*`, as a trial's test pass
+    logs them); None when there is nothing to measure on test (an lm-eval objective without ppl)."""
+    test = full_evaluation(cfg)["test"]
+    return {"ppl": None, "lm_eval": None, "test": test} if test else None
+
+
+def full_evaluation(cfg) -> dict[str, Any]:
+    """Perplexity on `valid` (what objectives read), then the same on `test` as `test.*` (logged,
+    never told to the sampler). lm-eval has no split of ours: it runs once, in the test pass,
+    unless an objective or constraint reads it."""
     ev = evaluation(cfg)
     tuned = any(m.startswith("lmeval.") for m in [o.metric for o in cfg.objectives] + [c.metric for c in cfg.constraints])
     ppl = ev["ppl"]

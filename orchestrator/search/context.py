@@ -10,14 +10,15 @@ from .. import tracking
 from ..names import MODEL_ID, RUN_KIND, STUDY
 from ..engine.record import Recorder, log
 from ..stores import StoreDown
-from .cells import n_blocks, trial_evaluation
+from .cells import full_evaluation, n_blocks, trial_evaluation
 from .study import lose, open_study, recorded_result, take_over
 
 
 class SearchContext:
     def __init__(self, cfg, space):
         self.cfg, self.space = cfg, space
-        self.ev = trial_evaluation(cfg)  # valid (what objectives read), then test
+        self.ev = trial_evaluation(cfg)  # a trial's: valid (what objectives read); test too with test_every_trial
+        self.ev_full = full_evaluation(cfg)  # valid, then test: the baselines' and the confirmation's test seeds'
         self.metrics = [o.metric for o in cfg.objectives]
         self.n_blocks = n_blocks(cfg) if space.profile_points else None
         self.study = self.storage = self.rec = None  # the study (open); the search's record (`search.record`)

@@ -9,6 +9,7 @@ scheduler:
     baselines.Baselines     the literature's baselines and the method alone, at the search's seed
     trials.Trials           the searched trials: Optuna's ask-and-tell, `parallel` in flight
     selection.Selection     (confirm:) the top trials on valid re-run on the selection seeds: the winner
+    held_out.HeldOut        the test split of the best trials and of the winner (trials measure valid only)
     test_seeds.TestSeeds    (confirm:) the winner and every baseline on the test seeds: the verdict
 
 -> each stage's part of the summary, recorded on the parent run -> the (confirmed) best trial
@@ -31,6 +32,7 @@ from ..engine.record import log
 from ..stores import shown
 from .baselines import Baselines
 from .context import SearchContext, quiet
+from .held_out import HeldOut
 from .record import SearchRecord
 from .selection import Selection
 from .study import check_storage
@@ -41,10 +43,11 @@ from .trials import Trials
 def stage_list(ctx, n_trials: int | None) -> list:
     """THE search, in order. A new stage is a module of its own and one line here (docs/extending.md)."""
     baselines = Baselines(ctx)
+    selection = Selection(ctx) if ctx.cfg.confirm else None  # the confirmation (confirm:)
     out = [baselines, Trials(ctx, n_trials)]
-    if ctx.cfg.confirm:
-        selection = Selection(ctx)
-        out += [selection, TestSeeds(ctx, selection, baselines)]
+    out += [selection] if selection else []
+    out.append(HeldOut(ctx, selection))  # after the selection: its winner is reported too
+    out += [TestSeeds(ctx, selection, baselines)] if selection else []
     return out
 
 
@@ -53,7 +56,8 @@ def run_search(config, n_trials: int | None = None, storage: str | None = None, 
     """Run (or resume) the search in `config` (a search-file path, or its contents as a dict
     whose relative paths are relative to the cwd). Returns
     {"study", "status", "n_complete", "n_failed", "best": [...], "baselines": [...]}, each trial
-    as {"number", "values" (valid: what the sampler saw), "test" ({test.<metric>: value}: never told),
+    as {"number", "values" (valid: what the sampler saw), "test" ({test.<metric>: value}: never told;
+    from its held-out run unless `test_every_trial`),
     "calib", "schedule", "hp", "params"}, each baseline as {"label", "method", "calib", "values", "test", ...};
     with `confirm:`, "confirmation" (`confirm.verdict`'s fields). Best trials are chosen on valid."""
     from ..config import resolve_tracking_uri

@@ -2,8 +2,9 @@
 valid (first objective; feasible ones only when the file has constraints; one per distinct cell) are
 re-run on each selection seed, a fresh calibration draw with the trial's mix, coefficients and schedule
 unchanged (its cell, rebuilt by `cells.trial_cell`, on another seed). The winner is the candidate with
-the best mean valid over the selection seeds. Its test numbers here are never looked at: the test
-seeds (`test_seeds`) judge it.
+the best mean valid over the selection seeds. Its runs measure what a trial measures (valid only,
+unless `test_every_trial`; test numbers here would never be looked at): the test seeds (`test_seeds`)
+judge it.
 
 The runs are tagged `polyprune.kind=confirm`, `polyprune.confirm=trial N`, `polyprune.confirm_seed`
 and `polyprune.confirm_phase=selection`; they are not Optuna trials, and a rerun finds them by cell id.

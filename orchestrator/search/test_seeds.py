@@ -1,8 +1,9 @@
 """The confirmation's test stage (docs/search.md, "Confirmation"): the selection's winner and every
-baseline run on the test seeds, fresh calibration draws that chose nothing; only these runs make the
-verdict (`confirm.verdict`): per baseline the winner's mean difference on the first objective's test
-value, its interval over the test seeds and the evaluation windows (read from each run's per-window
-losses, `losses.json`), the paired t-test's p and Holm's adjustment over the baselines.
+baseline run on the test seeds, fresh calibration draws that chose nothing, each evaluated on valid and
+test (`cells.full_evaluation`, whatever a trial measures); only these runs make the verdict
+(`confirm.verdict`): per baseline the winner's mean difference on the first objective's test value, its
+interval over the test seeds and the evaluation windows (read from each run's per-window losses,
+`losses.json`), the paired t-test's p and Holm's adjustment over the baselines.
 
 The runs are tagged `polyprune.kind=confirm`, `polyprune.confirm` (the winner's `trial N` or the
 baseline's label), `polyprune.confirm_seed` and `polyprune.confirm_phase=test`; a rerun finds them by
@@ -21,6 +22,7 @@ from ..names import LOSSES_FILE
 from ..engine.record import log
 from .confirm import verdict
 from .context import quiet
+from .cells import varied
 from .reruns import Reruns
 
 
@@ -40,7 +42,8 @@ class TestSeeds:
         if self.reruns is None:
             win = self.selection.winner()
             if win is not None and self.baselines.all:  # nothing to compare with: no test phase
-                self.entries = [(win["label"], "winner", win["cell"])]
+                # the winner's cell measures test here whatever its trials measured (`test_every_trial`)
+                self.entries = [(win["label"], "winner", varied(win["cell"], eval=self.ctx.ev_full))]
                 self.entries += [(b.label, "baseline", self.baselines.cells[b.label]) for b in self.baselines.all]
             self.reruns = Reruns(self.ctx, "test", [(label, cell) for label, _, cell in self.entries], self.seeds)
         return bool(self.reruns.todo)
