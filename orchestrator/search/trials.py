@@ -1,7 +1,8 @@
 """The searched trials' stage: Optuna's ask-and-tell as the scheduler's source and events.
 
 Each asked trial becomes a cell (`cells.trial_cell`) and a run tagged `polyprune.trial`; each result
-is told (valid values only: the test pass is logged, never told). `parallel` trials in flight.
+is told (valid values; with `test_every_trial` the test pass is logged too, never told; else `held_out`
+measures the reported trials' test split). `parallel` trials in flight.
 Budget: the file's `n_trials` is the study's total; `--n-trials N` adds N more. Counted are COMPLETE,
 FAIL and PRUNED trials, except lost ones (a killed driver: re-run from the same parameters up to
 `resources.max_retries` times, `study.lose`). A trial whose worker dies is retried in place, as a
