@@ -31,8 +31,7 @@ from tasks.errors import UserError
 
 from ..config import Strict, local_path
 from ..names import BASELINE
-from ..engine.record import log
-from ..engine.scheduler import FixedCells
+from .reruns import FixedRuns
 
 WORDS = ("uniform", "target")
 # The method the literature ran where the search runs a multilingual variant of it.
@@ -173,34 +172,23 @@ class Baselines:
         self.ctx = ctx
         self.all = resolve(ctx.cfg, target_language(ctx.cfg))
         self.cells = {b.label: baseline_cell(ctx.cfg, ctx.space, b, ctx.ev_full) for b in self.all}
-        self.todo: list | None = None
-        self.recorder = None
+        self.runs, self.planned = FixedRuns(ctx, KIND_BASELINE, []), False  # planned once the search is open
 
     def pending(self) -> bool:
-        if self.todo is None:
-            done, seen = self.ctx.results(KIND_BASELINE), set()
-            self.todo = []
-            for cell in self.cells.values():  # two baselines of one cell (one mix twice) run once
-                if cell.cell_id not in done and cell.cell_id not in seen:
-                    seen.add(cell.cell_id)
-                    self.todo.append(cell)
-        return bool(self.todo)
+        if not self.planned:  # two baselines of one cell (one mix twice) run once
+            self.runs = FixedRuns(self.ctx, KIND_BASELINE, [(cell, {BASELINE: label}, label) for label, cell in self.cells.items()])
+            self.planned = True
+        return bool(self.runs.todo)
 
     def run(self):
-        labels = {}
-        for label, cell in reversed(list(self.cells.items())):  # the first label of a shared cell names its run
-            labels[cell.cell_id] = ({BASELINE: label}, label)
-        n = len({c.cell_id for c in self.cells.values()})
-        log(f"search {self.ctx.cfg.name}: baselines: {len(self.todo)} of {n} to run ({', '.join(self.cells)})")
-        self.recorder = self.ctx.recorder(KIND_BASELINE, labels, n, n - len(self.todo))
-        return FixedCells(self.todo), self.recorder
+        return self.runs.run(f"search {self.ctx.cfg.name}: baselines: {len(self.runs.todo)} of {self.runs.total} to run "
+                             f"({', '.join(self.cells)})")
 
     def stop(self, status: str, why: str) -> None:
-        if self.recorder is not None:
-            self.recorder.end_inflight(status, why)
+        self.runs.stop(status, why)
 
     def has_failures(self) -> bool:
-        return bool(self.recorder and self.recorder.failures)
+        return self.runs.has_failures()
 
     def finish(self, summary: dict[str, Any]) -> None:
         """summary["baselines"]: each baseline's valid objectives and test numbers at the search's seed."""

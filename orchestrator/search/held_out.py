@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.record import log
-from ..engine.scheduler import FixedCells
 from ..names import HELD_OUT
 from .cells import held_out_evaluation, trial_cell
+from .reruns import FixedRuns
 
 KIND_HELD_OUT = "held-out"  # the runs' polyprune.kind
 
@@ -33,13 +32,12 @@ class HeldOut:
         self.ctx, self.selection = ctx, selection
         self.ev = None if ctx.cfg.test_every_trial else held_out_evaluation(ctx.cfg)
         self.cells: dict[int, Any] | None = None  # trial number -> its held-out cell (planned when reached)
-        self.todo: list = []
-        self.recorder = None
+        self.runs = FixedRuns(ctx, KIND_HELD_OUT, [])
 
     def pending(self) -> bool:
         if self.cells is None:
             self.plan()
-        return bool(self.todo)
+        return bool(self.runs.todo)
 
     def plan(self) -> None:
         """The reported trials without test numbers, from the study as it stands (the trials and the
@@ -59,28 +57,18 @@ class HeldOut:
             run = ran.get(trials[n].user_attrs.get("cell_id")) or {}
             if not any(k.startswith("test.") for k in run.get("metrics", {})):
                 self.cells[n] = trial_cell(ctx.cfg, ctx.space, trials[n], ctx.n_blocks, self.ev)
-        done, seen = ctx.results(KIND_HELD_OUT), set()
-        for cell in self.cells.values():  # two trials of one cell run it once
-            if cell.cell_id not in done and cell.cell_id not in seen:
-                seen.add(cell.cell_id)
-                self.todo.append(cell)
+        # two trials of one cell run it once
+        self.runs = FixedRuns(ctx, KIND_HELD_OUT, [(cell, {HELD_OUT: str(n)}, f"held-out trial {n}") for n, cell in self.cells.items()])
 
     def run(self):
-        labels = {}
-        for n, cell in sorted(self.cells.items(), reverse=True):  # the first trial of a shared cell names its run
-            labels[cell.cell_id] = ({HELD_OUT: str(n)}, f"held-out trial {n}")
-        total = len({c.cell_id for c in self.cells.values()})
-        log(f"search {self.ctx.cfg.name}: held out: {len(self.todo)} of {total} to run (the test split of trials "
-            f"{', '.join(map(str, self.cells))})")
-        self.recorder = self.ctx.recorder(KIND_HELD_OUT, labels, total, total - len(self.todo))
-        return FixedCells(self.todo), self.recorder
+        return self.runs.run(f"search {self.ctx.cfg.name}: held out: {len(self.runs.todo)} of {self.runs.total} to run (the test "
+                             f"split of trials {', '.join(map(str, self.cells))})")
 
     def stop(self, status: str, why: str) -> None:
-        if self.recorder is not None:
-            self.recorder.end_inflight(status, why)
+        self.runs.stop(status, why)
 
     def has_failures(self) -> bool:
-        return bool(self.recorder and self.recorder.failures)
+        return self.runs.has_failures()
 
     def finish(self, summary: dict[str, Any]) -> None:
         """The empty test numbers of the best trials and of the confirmation's winner, from their

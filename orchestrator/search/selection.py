@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.record import log
 from .cells import trial_cell
 from .confirm import choose, winner
 from .record import trial_dict
-from .reruns import Reruns
+from .reruns import KIND_CONFIRM, FixedRuns, Reruns
 
 
 class Selection:
@@ -29,6 +28,7 @@ class Selection:
         self.seeds = ctx.cfg.confirm.selection_seeds
         self.sign = 1 if ctx.cfg.objectives[0].direction == "minimize" else -1
         self.reruns: Reruns | None = None
+        self.runs = FixedRuns(ctx, KIND_CONFIRM, [])  # its runs, once planned (`reruns.runs`)
         self.candidates: list[dict[str, Any]] = []
         self.chosen: dict | None = None  # the winner, once asked for (after this stage ran)
         self.decided = False
@@ -50,19 +50,17 @@ class Selection:
         for e in self.candidates:
             e["cell"] = trial_cell(ctx.cfg, ctx.space, trials[e["number"]], ctx.n_blocks, ctx.ev)
         self.reruns = Reruns(ctx, "selection", [(e["label"], e["cell"]) for e in self.candidates], self.seeds)
+        self.runs = self.reruns.runs
 
     def run(self):
-        r = self.reruns
-        log(f"search {self.ctx.cfg.name}: confirmation, selection: {len(r.todo)} runs to go (top {len(self.candidates)} "
-            f"trials x selection seeds {', '.join(map(str, self.seeds))})")
-        return r.run()
+        return self.runs.run(f"search {self.ctx.cfg.name}: confirmation, selection: {len(self.runs.todo)} runs to go (top "
+                             f"{len(self.candidates)} trials x selection seeds {', '.join(map(str, self.seeds))})")
 
     def stop(self, status: str, why: str) -> None:
-        if self.reruns is not None:
-            self.reruns.stop(status, why)
+        self.runs.stop(status, why)
 
     def has_failures(self) -> bool:
-        return bool(self.reruns and self.reruns.has_failures())
+        return self.runs.has_failures()
 
     def winner(self) -> dict | None:
         """The candidate with the best mean valid over every selection seed (None: none has them all).

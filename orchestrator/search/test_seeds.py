@@ -19,11 +19,10 @@ from typing import Any
 
 from ..tracking import no_progress_bars
 from ..names import LOSSES_FILE
-from ..engine.record import log
 from .confirm import verdict
 from .context import quiet
 from .cells import varied
-from .reruns import Reruns
+from .reruns import KIND_CONFIRM, FixedRuns, Reruns
 
 
 class TestSeeds:
@@ -36,6 +35,7 @@ class TestSeeds:
         self.ctx, self.selection, self.baselines = ctx, selection, baselines
         self.seeds = ctx.cfg.confirm.test_seeds
         self.reruns: Reruns | None = None
+        self.runs = FixedRuns(ctx, KIND_CONFIRM, [])  # its runs, once planned (`reruns.runs`)
         self.entries: list[tuple[str, str, Any]] = []  # (label, role, base cell)
 
     def pending(self) -> bool:
@@ -46,20 +46,18 @@ class TestSeeds:
                 self.entries = [(win["label"], "winner", varied(win["cell"], eval=self.ctx.ev_full))]
                 self.entries += [(b.label, "baseline", self.baselines.cells[b.label]) for b in self.baselines.all]
             self.reruns = Reruns(self.ctx, "test", [(label, cell) for label, _, cell in self.entries], self.seeds)
+            self.runs = self.reruns.runs
         return bool(self.reruns.todo)
 
     def run(self):
-        r = self.reruns
-        log(f"search {self.ctx.cfg.name}: confirmation, test: {len(r.todo)} runs to go ({self.entries[0][0]} and "
-            f"{len(self.entries) - 1} baselines x test seeds {', '.join(map(str, self.seeds))})")
-        return r.run()
+        return self.runs.run(f"search {self.ctx.cfg.name}: confirmation, test: {len(self.runs.todo)} runs to go ({self.entries[0][0]} "
+                             f"and {len(self.entries) - 1} baselines x test seeds {', '.join(map(str, self.seeds))})")
 
     def stop(self, status: str, why: str) -> None:
-        if self.reruns is not None:
-            self.reruns.stop(status, why)
+        self.runs.stop(status, why)
 
     def has_failures(self) -> bool:
-        return bool(self.reruns and self.reruns.has_failures())
+        return self.runs.has_failures()
 
     def finish(self, summary: dict[str, Any]) -> None:
         """The test phase and the verdict into summary["confirmation"] (a stage not reached says nothing)."""
