@@ -46,7 +46,7 @@ def test_demo_runs_sweep_search_and_report(ray_local, tmp_path, capsys):
     assert "best: trial" in printed and "vs wanda·uniform" in printed and "test ppl.mean" in printed
     best = next(line for line in printed.splitlines() if line.strip().startswith("best: trial"))
     assert "nan" not in best and "nan%" not in printed, best  # its test: measured by its held-out run
-    assert "5 baselines" in printed and "then 1 searched trials" in printed
+    assert "5 baselines" in printed and "then 1 searched trials screened, 1 promoted to full fidelity" in printed
     # the verdict closes the search: every baseline, with the seeds of each phase, interval, Holm and cost named
     verdict = printed[printed.index("confirmation:"):]
     assert "selection seeds 1;" in verdict and "test seeds 2, 3, which chose nothing" in verdict

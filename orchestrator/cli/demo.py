@@ -192,6 +192,7 @@ def search_file(out: Path, model: str, sparsity: str, calibs: list[str], evals: 
         "seed": seed, "evaluation": {"ppl": {"languages": evals}}, "space": "mwanda_full",
         "objectives": [{"metric": "ppl.mean", "direction": "minimize"}], "baselines": baselines,
         "n_trials": trials, "parallel": 1, "sampler_seed": seed, "confirm": confirm,
+        "fidelity": True,  # trials screened from cached statistics, the best promoted (docs/search.md, "Screened searches")
         "storage": f"sqlite:///{out / 'optuna.db'}", "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
     }
     (out / "demo_search.yaml").write_text(yaml.safe_dump(search, sort_keys=False))
@@ -206,8 +207,11 @@ def _search(out: Path, model: str, args, calibs: list[str], evals: list[str], de
     search_file(out, model, args.sparsity, calibs, evals, args.nsamples, args.seqlen, args.seed, args.trials, demo_cfg, confirm)
     res = run_search(out / "demo_search.yaml")
     bases = [b for b in res["baselines"] if b["values"]]
+    f = res.get("fidelity") or {}
+    searched = (f"{f['screen']['runs']} searched trials screened, {f['full']['runs']} promoted to full fidelity" if f
+                else f"{res['n_complete']} searched trials")
     print(f"\nsearch of M-Wanda (mix, coefficients, schedule) for ppl.mean over {','.join(evals)}: {len(bases)} baselines "
-          f"(as the literature runs them; the label names the method), then {res['n_complete']} searched trials; chosen on "
+          f"(as the literature runs them; the label names the method), then {searched}; chosen on "
           f"the valid split, quoted on the test split it never saw")
     print(f"  {'':26s} {'valid':>8s} {'test':>8s}  calib")
     for b in bases:
