@@ -14,7 +14,10 @@ only they can be a best trial or a confirmation candidate.
 
 The default screen (8 windows, cached statistics) is the one `benchmarks/search_fidelity.py` found
 to rank 100 random `mwanda_full` configurations as the full prune does (Kendall tau 0.78, recall of
-the full top 10% in the screen's top 20%: 0.9; the gate is 0.7 and 0.9).
+the full top 10% in the screen's top 20%: 0.9; the gate is 0.7 and 0.9). The default fraction, 0.1,
+had the lowest regret at a third of plain TPE's compute in `benchmarks/search_efficiency.py` (0.25
+and 0.5 promoted more trials for no better pick; with TPE proposing better trials as it learns, a
+fraction of 0.1 still runs about a third of the trials at full fidelity).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tasks.errors import UserError
 
 from ..config import Strict
 
-DEFAULTS = {"windows": 8, "promote": 0.25}
+DEFAULTS = {"windows": 8, "promote": 0.1}  # chosen from benchmarks/search_efficiency.py (docs/search.md)
 FORM = "true, false, or {windows: K (valid windows per language at the screen), promote: F (0 < F <= 1)}"
 SCREEN = "screen"  # the screen runs' polyprune.kind and the rung named on trials and runs
 FULL = "full"
