@@ -48,8 +48,9 @@ def test_two_search_drivers_at_once_one_runs_one_is_refused(ray_local, run_dir):
     one_line_refusal(e1 if c1 == 2 else e2, "search", "rs")
     states = sqlite_rows(run_dir / "optuna.db", "SELECT state FROM trials")
     assert sorted(s for (s,) in states) == ["COMPLETE", "COMPLETE"], states
-    runs = child_runs(run_dir / "mlflow.db", "rs")
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    runs = child_runs(run_dir / "mlflow.db", "rs")  # the two trials and the best one's held-out run, each once
+    kinds = sorted(r.data.tags["polyprune.kind"] for r in runs)
+    assert kinds == ["held-out", "trial", "trial"] and all(r.info.status == "FINISHED" for r in runs)
 
 
 def lease_of(tmp_path: Path, name: str = "x"):
