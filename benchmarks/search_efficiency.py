@@ -1,37 +1,32 @@
 """Does a search that screens its trials find as good a pruned model as plain TPE for a tenth of the compute? (issue 29)
 
-    python benchmarks/search_efficiency.py [--seeds 0-19] [--settings full,screen] [--trials 40] [--budget 0.4]
+    python benchmarks/search_efficiency.py [--seeds 0-19] [--settings full,screen] [--trials 40] [--budget 0.5]
                                            [--threads 1] [--out benchmarks/results/search_efficiency.jsonl]
     python benchmarks/search_efficiency.py --summary   # table, JSON and figure from the results file only
 
-The search a file with `space: mwanda_mix`, `method: mwanda`, `sparsity: 0.65` would run on the
-shipped demo model at the demo's settings (calibration en,sw,zh, 64 x 128 tokens, seed 0; objective
-ppl.mean on valid over en,sw,zh,de,ru, every valid window), one trial at a time in this process with
-the search's own pieces (the file's parsing, `search.cells.trial_cell`, the sampler of
-`search.sampling.build_sampler` seeded by the search seed, `search.fidelity.promoted`); no Ray or
-MLflow. Settings, each an independent run (its own study) per search seed:
+The search a file with `space: mwanda_mix`, `method: mwanda`, `sparsity: 0.65` runs on the shipped demo
+model at the demo's settings (calibration en,sw,zh, 64 x 128 tokens, seed 0; objective valid ppl.mean over
+en,sw,zh,de,ru, every window), one trial at a time in this process with the search's pieces (file parsing,
+`search.cells.trial_cell`, `search.sampling.build_sampler` seeded by the search seed, `search.fidelity`);
+no Ray or MLflow. Per search seed, each setting is a run of its own (its own study):
 
 - `full`: plain TPE, --trials trials, each the exact sequential prune (tasks.api.prune) + every valid window;
-- `screen` (promote 0.25) and `screen50` (promote 0.5), with `fidelity:`'s default windows (8): each
-  trial is first screened (masks from the dense model's cached statistics, tasks.api.prune_from_cache;
-  ppl.mean over each language's first 8 valid windows; told to Optuna as its step-0 value); when
-  `fidelity.promoted` says so it runs at full fidelity as above and is told that value (COMPLETE),
-  else it is told PRUNED. A screened run pays the statistics cache's build (one dense pass per
-  calibration language) as a fresh search does, and runs until its compute reaches --budget x the
-  compute of --trials plain trials.
+- `screen` (promote 0.25), `screen50` (0.5), `fidelity:`'s default 8 windows: a trial is screened first
+  (tasks.api.prune_from_cache, ppl.mean over each language's first 8 valid windows, reported as step 0);
+  if `fidelity.promoted` it runs at full fidelity and is told that value (COMPLETE), else told PRUNED.
+  The run pays the statistics cache's build (a dense pass per calibration language), as a fresh search
+  does, and stops when its compute reaches --budget x that of --trials plain trials.
 
-Compute is counted, not timed (the machine is shared): each run records its operations (exact prunes,
-cached prunes, cache languages built, screen and full valid windows evaluated) after every trial; the
-unit costs are measured in the same process at start (alternating repeats, medians, --threads threads;
-the load average recorded) and the summary converts with the medians of every measurement in the file.
-Wall times are recorded too. At each compute point a run's pick is its best COMPLETE trial by valid;
-regret = pick / (best full-fidelity valid value any run of any setting found) - 1, in %. Curves vs
-compute as a fraction of the mean compute of --trials plain trials, bootstrap 95% bands over seeds.
-Target: `screen`'s regret at 1/10 of that compute no worse than `full`'s at its full budget (upper 95%
-bound of the per-seed paired difference <= 0). Each run's pick (full: at the end; screened: at 1/10
-and 1/3 of the budget) is pruned exactly on calibration seeds 101 and 102 and measured on the whole
-test split (mean ppl.mean over the two). One JSON line per run is appended to --out as it finishes (a
-rerun skips the done ones); the summary writes search_efficiency.{json,md,png} beside it.
+Compute is counted (the machine is shared): after every trial a run records its operations (exact and
+cached prunes, cache languages built, screen and full valid windows); the unit costs are measured in
+the same process (alternating repeats, --threads threads, load recorded) and the summary converts with
+the medians of every measurement in the file; wall times are recorded too. A run's pick at a compute
+point: its best COMPLETE trial by valid; regret: pick / best full-fidelity valid of any run - 1, in %;
+curves vs compute as a share of the mean of --trials plain trials, bootstrap 95% bands over seeds.
+Target: `screen` at 1/10 no worse than `full` at 1 (upper 95% bound of the per-seed paired difference
+<= 0). The picks (full: at 1; screened: at 1/10 and 1/3) are pruned exactly on calibration seeds 101
+and 102 and measured on the whole test split. One JSON line per run is appended to --out (a rerun
+skips done runs); the summary writes search_efficiency.{json,md,png} beside it.
 """
 
 from __future__ import annotations
@@ -238,70 +233,64 @@ def run(args) -> None:
 # ---------------------------------------------------------------- the summary, from the results file only
 
 
-def ci(xs, reps: int = 2000) -> tuple[float, float, float]:
+def ci(xs, reps: int = 2000) -> dict:
     """Mean and bootstrap 95% interval over seeds."""
     import numpy as np
 
     x = np.asarray(xs, float)
     means = x[np.random.default_rng(0).integers(0, len(x), (reps, len(x)))].mean(1)
-    return float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    return {"mean": float(x.mean()), "lo": float(np.percentile(means, 2.5)), "hi": float(np.percentile(means, 97.5))}
 
 
 def summary(args) -> dict:
     import numpy as np
 
-    out = Path(args.out)
-    rows = read(out)
+    out, rows = Path(args.out), read(Path(args.out))
     heads, runs = [r for r in rows if "units" in r], [r for r in rows if "setting" in r]
     units = {k: statistics.median(x for h in heads for x in h["units"][k]) for k in OPS}
-    plain = [cost(r["trials"][-1]["ops"], units) for r in runs if r["setting"] == "full"]
-    budget = statistics.mean(plain)  # the mean compute of --trials plain trials
-    top = min(r["valid"] for run_ in runs for r in run_["trials"] if r["state"] == "COMPLETE")
+    n_plain = runs[0]["budget_trials"]
+    budget = statistics.mean(cost(r["trials"][-1]["ops"], units) for r in runs if r["setting"] == "full")
+    top = min(t["valid"] for r in runs for t in r["trials"] if t["state"] == "COMPLETE")
 
     def regret(run_, x: float) -> float:  # NaN: no full-fidelity trial yet, or the run stopped before x
-        recs = [r for r in run_["trials"] if cost(r["ops"], units) <= x * budget * (1 + 1e-9)]
-        if cost(run_["trials"][-1]["ops"], units) < x * budget * (1 - 1e-6) or best(recs) is None:
-            return float("nan")
-        return 100 * (best(recs)["valid"] / top - 1)
+        if cost(run_["trials"][-1]["ops"], units) < x * budget * (1 - 1e-6):
+            return math.nan
+        pick = best([t for t in run_["trials"] if cost(t["ops"], units) <= x * budget * (1 + 1e-9)])
+        return math.nan if pick is None else 100 * (pick["valid"] / top - 1)
 
-    settings = [s for s in SETTINGS if any(r["setting"] == s for r in runs)]
-    by = {s: sorted((r for r in runs if r["setting"] == s), key=lambda r: r["seed"]) for s in settings}
-    table, curves, grid = {}, {}, np.linspace(0, 1, 201)
-    for s in settings:
+    by = {s: sorted((r for r in runs if r["setting"] == s), key=lambda r: r["seed"]) for s in SETTINGS}
+    by = {s: v for s, v in by.items() if v}
+    table, curves, paired, grid = {}, {}, {}, np.linspace(0, 1, 201)
+    for s, rs in by.items():
         table[s] = {}
         for name, x in POINTS.items():
-            v = [regret(r, x) for r in by[s]]
-            ok = [a for a in v if not math.isnan(a)]
-            table[s][name] = {"seeds": len(ok), "of": len(v), **({} if len(ok) < len(v) or not ok else
-                                                                  dict(zip(("mean", "lo", "hi"), ci(ok))))}
-        m = np.array([[regret(r, x) for x in grid] for r in by[s]])
-        curves[s] = [(float(x), *ci(m[:, i])) for i, x in enumerate(grid) if not np.isnan(m[:, i]).any()]
-    full = {r["seed"]: regret(r, 1.0) for r in by.get("full", [])}
-    target = {}
-    for s in [s for s in settings if s != "full"]:
-        target[s] = {}
-        for name in ("1/10", "1/5", "1/3"):
-            d = [regret(r, POINTS[name]) - full[r["seed"]] for r in by[s] if r["seed"] in full]
-            target[s][name] = dict(zip(("mean", "lo", "hi"), ci(d))) if d and not any(map(math.isnan, d)) else None
-    per_trial = {s: statistics.mean((cost(r["trials"][-1]["ops"], units) - units["cache_lang"] * r["trials"][-1]["ops"]["cache_lang"])
-                                    / len(r["trials"]) for r in by[s]) for s in settings}
-    promoted = {s: statistics.mean(sum(t["state"] == "COMPLETE" for t in r["trials"]) / len(r["trials"]) for r in by[s]) for s in settings}
-    reeval = {f"{s}@{name}": dict(zip(("mean", "lo", "hi"), ci([statistics.mean(r["reeval"][name]["test"].values()) for r in by[s]])))
-              for s in settings for name in PICKS[s] if by[s] and all(r["reeval"].get(name) for r in by[s])}
-    cache_s = units["cache_lang"] * len(CALIB)
+            v = [regret(r, x) for r in rs]
+            table[s][name] = {"seeds": sum(not math.isnan(a) for a in v), "of": len(v), **({} if any(map(math.isnan, v)) else ci(v))}
+        m = np.array([[regret(r, x) for x in grid] for r in rs])
+        curves[s] = [{"x": float(x), **ci(m[:, i])} for i, x in enumerate(grid) if not np.isnan(m[:, i]).any()]
+        full = {r["seed"]: regret(r, 1.0) for r in by.get("full", [])}
+        if s != "full":  # the target: this setting at x against full at its whole budget, paired by seed
+            d = {n: [regret(r, POINTS[n]) - full[r["seed"]] for r in rs if r["seed"] in full] for n in ("1/10", "1/5", "1/3")}
+            paired[s] = {n: None if not v or any(map(math.isnan, v)) else ci(v) for n, v in d.items()}
+    last = {s: [r["trials"][-1]["ops"] for r in rs] for s, rs in by.items()}
     res = {"conditions": {"model": "shipped demo model", "method": "mwanda", "sparsity": 0.65, "space": "mwanda_mix",
                           "calibration": f"{','.join(CALIB)} 64 x 128, seed 0", "objective": f"valid ppl.mean over {','.join(LANGS)}",
-                          "sampler": "tpe (search.sampling)", "budget_trials": runs[0]["budget_trials"] if runs else None,
-                          "threads": heads[0]["threads"], "load": [h["load"] for h in heads], "n_valid": heads[0]["n_valid"],
-                          "n_screen": heads[0]["n_screen"], "n_test": heads[0]["n_test"], "reseeds": RESEEDS},
-           "units_s": units, "budget_s": budget, "best_valid": top, "cache": {"build_s": cache_s, "share_of_budget": cache_s / budget,
-                                                                              "bytes": heads[0]["cache_bytes"]},
-           "runs": {s: len(by[s]) for s in settings}, "seeds": {s: [r["seed"] for r in by[s]] for s in settings},
-           "compute_per_trial_s": per_trial, "complete_share": promoted, "plain_trial_s": budget / runs[0]["budget_trials"],
-           "wall_s_median": {s: statistics.median(r["wall_s"] for r in by[s]) for s in settings},
-           "regret_pct": table, "paired_vs_full_at_1": target, "reeval_test_ppl_mean": reeval, "curves": curves}
-    Path(out.with_suffix(".json")).write_text(json.dumps(res, indent=1) + "\n")
-    Path(out.with_suffix(".md")).write_text(markdown(res) + "\n")
+                          "budget_trials": n_plain, "threads": heads[0]["threads"], "load": [h["load"] for h in heads],
+                          **{k: heads[0][k] for k in ("n_valid", "n_screen", "n_test")}, "reseeds": RESEEDS,
+                          "seeds": {s: [r["seed"] for r in rs] for s, rs in by.items()}},
+           "units_s": units, "budget_s": budget, "plain_trial_s": budget / n_plain, "best_valid": top,
+           "cache": {"build_s": units["cache_lang"] * len(CALIB), "share_of_budget": units["cache_lang"] * len(CALIB) / budget,
+                     "bytes": heads[0]["cache_bytes"]},
+           "compute_per_trial_s": {s: statistics.mean((cost(o, units) - o["cache_lang"] * units["cache_lang"]) / len(r["trials"])
+                                                      for o, r in zip(last[s], by[s])) for s in by},
+           "full_fidelity_share": {s: statistics.mean(o["exact"] / len(r["trials"]) for o, r in zip(last[s], by[s])) for s in by},
+           "wall_s_median": {s: statistics.median(r["wall_s"] for r in rs) for s, rs in by.items()},
+           "regret_pct": table, "paired_vs_full_at_1": paired,
+           "reeval_test_ppl_mean": {f"{s}@{n}": ci([statistics.mean(r["reeval"][n]["test"].values()) for r in rs])
+                                    for s, rs in by.items() for n in PICKS[s] if all(r["reeval"].get(n) for r in rs)},
+           "curves": curves}
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(res) + "\n")
     figure(res, out.with_suffix(".png"))
     print(markdown(res))
     return res
@@ -309,32 +298,32 @@ def summary(args) -> dict:
 
 def markdown(res: dict) -> str:
     c, u = res["conditions"], res["units_s"]
-    f = lambda t: "n/a" if "mean" not in t else f"{t['mean']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}]"  # noqa: E731
+    f = lambda t: "n/a" if not t or "mean" not in t else f"{t['mean']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}]"  # noqa: E731
     lines = [f"Demo model, {c['method']} {c['sparsity']}, space {c['space']}, calibration {c['calibration']}, objective "
-             f"{c['objective']} ({c['n_valid']} windows; screen {c['n_screen']}); runs per setting {res['runs']}; "
-             f"{c['threads']} thread, load {min(c['load']):.1f}-{max(c['load']):.1f}. Budget = {c['budget_trials']} plain "
-             f"TPE trials = {res['budget_s']:.0f} s of counted compute ({res['plain_trial_s']:.2f} s a trial). Unit costs (s): "
-             f"exact prune {u['exact']:.2f}, cached prune {u['cached']:.3f}, cache per language {u['cache_lang']:.2f}, "
-             f"valid window {u['win_full']:.4f} (full pass) / {u['win_screen']:.4f} (screen).", "",
-             "Regret of the pick (best full-fidelity trial by valid) vs the best valid any run found, %, mean [bootstrap 95%] "
-             "over seeds, at a share of the budget:", "", "| setting | " + " | ".join(POINTS) + " |", "|---" * (len(POINTS) + 1) + "|"]
-    for s, row in res["regret_pct"].items():
-        lines.append(f"| {s} | " + " | ".join(f(t) + ("" if t["seeds"] == t["of"] else f" ({t['seeds']}/{t['of']} seeds)")
-                                            for t in row.values()) + " |")
-    lines += ["", "Paired difference (setting at x − full at 1), percentage points, mean [95%]; target: upper bound <= 0 at 1/10:", ""]
+             f"{c['objective']} ({c['n_valid']} windows; the screen {c['n_screen']}); seeds per setting "
+             f"{ {s: len(v) for s, v in c['seeds'].items()} }; {c['threads']} thread, load {min(c['load']):.1f}-{max(c['load']):.1f}. "
+             f"Budget = {c['budget_trials']} plain TPE trials = {res['budget_s']:.0f} s of counted compute. Unit costs (s): exact "
+             f"prune {u['exact']:.2f}, cached prune {u['cached']:.3f}, cache build per language {u['cache_lang']:.2f}, valid "
+             f"window {u['win_full']:.4f} (full pass) / {u['win_screen']:.4f} (screen).", "",
+             "Regret of the pick (best full-fidelity trial by valid) against the best valid any run found, %, mean "
+             "[bootstrap 95%] over seeds, at a share of the budget:", "",
+             "| setting | " + " | ".join(POINTS) + " |", "|---" * (len(POINTS) + 1) + "|"]
+    lines += [f"| {s} | " + " | ".join(f(t) + ("" if t["seeds"] == t["of"] else f" ({t['seeds']}/{t['of']} seeds)") for t in row.values())
+              + " |" for s, row in res["regret_pct"].items()]
+    lines += ["", "Paired difference, setting at x minus full at its whole budget, percentage points, mean [95%] "
+                  "(target: upper bound <= 0 at 1/10):", ""]
     for s, row in res["paired_vs_full_at_1"].items():
         met = [n for n, t in row.items() if t and t["hi"] <= 0]
-        lines.append(f"- {s}: " + "; ".join(f"{n}: {'n/a' if t is None else f(t)}" for n, t in row.items())
-                     + f" -> {'target met' if '1/10' in met else 'target missed'}" + (f"; first met at {met[0]}" if met else "; never met"))
-    lines += ["", f"Compute per trial (cache excluded): " + ", ".join(f"{s} {v:.2f} s" for s, v in res["compute_per_trial_s"].items())
-              + "; full-fidelity share of trials: " + ", ".join(f"{s} {v:.2f}" for s, v in res["complete_share"].items())
-              + f". Cache build: {res['cache']['build_s']:.1f} s ({100 * res['cache']['share_of_budget']:.1f}% of the budget), "
-              f"{res['cache']['bytes'] / 1e6:.1f} MB. Median wall per run: "
-              + ", ".join(f"{s} {v:.0f} s" for s, v in res["wall_s_median"].items()) + ".", "",
-              f"Picks re-run exactly on calibration seeds {c['reseeds']}, test ppl.mean over all {c['n_test']} test windows "
-              "(mean of the two seeds, then mean [95%] over search seeds):", ""]
-    lines += [f"- {k}: {f(t)}" for k, t in res["reeval_test_ppl_mean"].items()]
-    return "\n".join(lines)
+        lines.append(f"- {s}: " + "; ".join(f"at {n}: {f(t)}" for n, t in row.items()) + " -> target "
+                     + ("met" if "1/10" in met else "missed") + (f", first met at {met[0]}" if met else ", not met by 1/3"))
+    cache = res["cache"]
+    lines += ["", "Compute per trial, cache excluded: " + ", ".join(f"{s} {v:.2f} s" for s, v in res["compute_per_trial_s"].items())
+              + " (trials at full fidelity: " + ", ".join(f"{s} {v:.0%}" for s, v in res["full_fidelity_share"].items())
+              + f"). Cache build: {cache['build_s']:.1f} s, {cache['share_of_budget']:.1%} of the budget, {cache['bytes'] / 1e6:.1f} MB. "
+              "Median wall per run: " + ", ".join(f"{s} {v:.0f} s" for s, v in res["wall_s_median"].items()) + ".", "",
+              f"The picks re-run exactly on calibration seeds {c['reseeds']}: test ppl.mean over all {c['n_test']} test windows, "
+              "mean of the two seeds, then mean [95%] over search seeds:", ""]
+    return "\n".join(lines + [f"- {k}: {f(t)}" for k, t in res["reeval_test_ppl_mean"].items()])
 
 
 def figure(res: dict, path: Path) -> None:
@@ -345,14 +334,15 @@ def figure(res: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for s, pts in res["curves"].items():
-        if pts:
-            x, m, lo, hi = zip(*pts)
-            ax.plot(x, m, label=s)
-            ax.fill_between(x, lo, hi, alpha=0.25)
-    for x in (0.1, 0.2, 1 / 3):
+        x, m, lo, hi = ([p[k] for p in pts] for k in ("x", "mean", "lo", "hi"))
+        ax.plot(x, m, label=s, drawstyle="steps-post")
+        ax.fill_between(x, lo, hi, alpha=0.25, step="post")
+    if "1" in res["regret_pct"].get("full", {}):
+        ax.axhline(res["regret_pct"]["full"]["1"].get("mean", math.nan), color="black", lw=0.6, ls="--", label="full at 1")
+    for x in POINTS.values():
         ax.axvline(x, color="grey", lw=0.6, ls=":")
-    ax.set(xlabel="compute, share of 40 plain TPE trials' mean", ylabel="regret of the pick, % (valid)", xlim=(0, 1),
-           title="Anytime regret, mean and bootstrap 95% band over search seeds")
+    ax.set(xlabel=f"compute, share of {res['conditions']['budget_trials']} plain TPE trials", xlim=(0, 1),
+           ylabel="regret of the pick, % (valid)", title="Anytime regret: mean, bootstrap 95% band over search seeds")
     ax.set_ylim(bottom=0)
     ax.legend()
     fig.tight_layout()
@@ -364,7 +354,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0-19", help="search seeds: 0-19 or 0,1,5")
     p.add_argument("--settings", default="full,screen", help=f"of {', '.join(SETTINGS)}")
     p.add_argument("--trials", type=int, default=40, help="plain trials: full's run and the budget's unit")
-    p.add_argument("--budget", type=float, default=0.4, help="a screened run's compute, share of --trials plain trials")
+    p.add_argument("--budget", type=float, default=0.5, help="a screened run's compute, share of --trials plain trials")
     p.add_argument("--reps", type=int, default=3, help="repeats of each unit-cost measurement")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "search_efficiency.jsonl"))
