@@ -221,7 +221,7 @@ def test_the_checks_catch_what_they_are_for():
     assert repo_path("sweep/worker.py:CellRunner", tops) == Path("orchestrator/sweep/worker.py")
     assert not exists(repo_path("sweep/no_such_module.py", tops))
     assert [repo_path(p, tops) for p in ("tasks/pruning/NAME.py", "runs/x", "sweeps/mlflow.db", "report/report.html")] == [None] * 4
-    assert exists(Path("benchmarks/results/search_efficiency.{json,md}"))
+    assert exists(Path("benchmarks/results/search_efficiency_samplers.{json,md}"))
     assert dotted_name("sweep.yaml") is None
     assert dotted_name("tasks.pruning.base.Method(x)") == ("tasks.pruning.base.Method", ROOT / "tasks/pruning/base.py", ["Method"])
     assert dotted_name("orchestrator.nowhere.f")[1] is None
