@@ -11,7 +11,7 @@ en,sw,zh,de,ru, every window), one trial at a time in this process with the sear
 no Ray or MLflow. Per search seed, each setting is a run of its own (its own study):
 
 - `full`: plain TPE, --trials trials, each the exact sequential prune (tasks.api.prune) + every valid window;
-- `screen` (promote 0.25), `screen50` (0.5), `fidelity:`'s default 8 windows: a trial is screened first
+- `screen10` (promote 0.1, `fidelity:`'s default), `screen` (0.25), `screen50` (0.5), 8 windows: a trial is screened first
   (tasks.api.prune_from_cache, ppl.mean over each language's first 8 valid windows, reported as step 0);
   if `fidelity.promoted` it runs at full fidelity and is told that value (COMPLETE), else told PRUNED.
   The run pays the statistics cache's build (a dense pass per calibration language), as a fresh search
@@ -23,7 +23,7 @@ the same process (alternating repeats, --threads threads, load recorded) and the
 the medians of every measurement in the file; wall times are recorded too. A run's pick at a compute
 point: its best COMPLETE trial by valid; regret: pick / best full-fidelity valid of any run - 1, in %;
 curves vs compute as a share of the mean of --trials plain trials, bootstrap 95% bands over seeds.
-Target: `screen` at 1/10 no worse than `full` at 1 (upper 95% bound of the per-seed paired difference
+Target: the default (`screen10`) at 1/10 no worse than `full` at 1 (upper 95% bound of the per-seed paired difference
 <= 0). The picks (full: at 1; screened: at 1/10 and 1/3) are pruned exactly on calibration seeds 101
 and 102 and measured on the whole test split. One JSON line per run is appended to --out (a rerun
 skips done runs); the summary writes search_efficiency.{json,md,png} beside it.
@@ -42,9 +42,9 @@ from pathlib import Path
 
 LANGS = ["en", "sw", "zh", "de", "ru"]
 CALIB = ["en", "sw", "zh"]
-SETTINGS = {"full": None, "screen": 0.25, "screen50": 0.5}  # promote fraction (None: every trial at full fidelity)
-POINTS = {"1/10": 0.1, "1/5": 0.2, "1/3": 1 / 3, "1": 1.0}
-PICKS = {"full": ["1"], "screen": ["1/10", "1/3"], "screen50": ["1/10", "1/3"]}  # re-evaluated on fresh seeds
+SETTINGS = {"full": None, "screen": 0.25, "screen50": 0.5, "screen10": 0.1}  # promote fraction (None: every trial at full fidelity)
+POINTS = {"1/10": 0.1, "1/5": 0.2, "1/3": 1 / 3, "1/2": 0.5, "1": 1.0}
+PICKS = {"full": ["1"], "screen": ["1/10", "1/3"], "screen50": ["1/10", "1/3"], "screen10": ["1/10", "1/3"]}  # re-evaluated on fresh seeds
 RESEEDS = [101, 102]
 OPS = ["exact", "cached", "cache_lang", "win_screen", "win_full"]  # unit-cost names: what a run counts
 
