@@ -139,10 +139,10 @@ class CellRunner:
         losses: dict[str, dict] = {}  # split -> lang -> per-window losses: what a verdict's interval resamples
         metrics.update(self._evaluate(key["eval"], opts, key, losses))
         metrics["time.eval_s"] = time.perf_counter() - t0
-        if key["eval"]["ppl"]:
+        p = key["eval"]["ppl"] or (key["eval"].get("test") or {}).get("ppl")  # a held-out cell has its test pass only
+        if p:
             from tasks.api import evaluation_dataset
 
-            p = key["eval"]["ppl"]
             datasets["evaluation"] = evaluation_dataset(self.model, self.tok, p["languages"], p["data"], p["seqlen"],
                                                         p["nsamples"], p.get("split", "test"))
         with tempfile.TemporaryDirectory(prefix="polyprune-cell-") as tmp:  # a dense model's result and every cell's losses
