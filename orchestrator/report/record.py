@@ -14,7 +14,7 @@ from pathlib import Path
 from tasks.errors import UserError
 
 from .. import models, tracking
-from ..names import BASELINE, CONFIRM, HELD_OUT, RUN_KIND, TRIAL
+from ..names import BASELINE, CONFIRM, HELD_OUT, SCREENED, TRIAL
 
 IDENTITY = ("model", "method", "sparsity", "calib", "seed")  # never part of a "variant" label
 NOT_VARIANT = IDENTITY + ("seqlen", "data", "dtype")  # resolved or bookkeeping, not a design choice
@@ -83,7 +83,7 @@ def load_record(name: str, uri: str):
         t = r.data.tags
         if t.get(tracking.ROLE) in ("sweep", "search"):
             parent = parent or r  # the first parent is the one a resumed sweep reuses
-        elif CONFIRM in t or t.get(RUN_KIND) == "screen":  # confirmation re-runs: their own section (report.confirmation);
+        elif CONFIRM in t or SCREENED in t:  # confirmation re-runs: their own section (report.confirmation);
             continue  # a screened search's screens: low-fidelity drafts (the search's summary counts them)
         elif HELD_OUT in t:  # a trial's test split, measured after the search: read as the trial's own numbers
             if r.info.status == "FINISHED":

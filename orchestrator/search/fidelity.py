@@ -51,6 +51,8 @@ def resolve(cfg) -> None:
 
 def check(cfg) -> None:
     """What a screened search cannot do, said before anything runs."""
+    from .sampling import prunes
+
     if cfg.fidelity is None:
         return
     if len(cfg.objectives) > 1:
@@ -58,7 +60,7 @@ def check(cfg) -> None:
     if cfg.constraints:
         raise UserError("fidelity", "a screened search takes no constraints yet (a screen's values are not the "
                                     "trial's); leave constraints or fidelity out")
-    if cfg.pruner and cfg.pruner.get("name", "none") != "none":
+    if prunes(cfg.pruner):
         raise UserError("fidelity", "the screen is the search's early stop; leave pruner out (or fidelity)")
     if not cfg.objectives[0].metric.startswith("ppl."):
         raise UserError("fidelity", f"the screen measures perplexity; objective {cfg.objectives[0].metric!r} is not one")

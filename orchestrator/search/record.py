@@ -27,6 +27,7 @@ from ..stores import shown
 from ..names import BASELINE, BEST_TRIALS, CONFIRMED, RUN_KIND, RUNG, METRIC, SCREENED, SPLIT, STUDY, SWEEP, TEST_VALUE, TRIAL, VALUE
 from .baselines import metric_key
 from .confirm import metrics as confirmation_metrics
+from .fidelity import FULL, SCREEN
 
 
 class SearchRecord:
@@ -43,8 +44,8 @@ class SearchRecord:
         params = {f"optuna.{k}": v for k, v in optuna_params.items()}
         if rung:
             params.update({f"fidelity.{k}": v for k, v in (cell.key.get("fidelity") or {"statistics": "exact"}).items()})
-        if rung == "screen":
-            tags = {**self.tags, STUDY: self.name, SCREENED: str(number), RUN_KIND: "screen", RUNG: rung}
+        if rung == SCREEN:
+            tags = {**self.tags, STUDY: self.name, SCREENED: str(number), RUN_KIND: SCREEN, RUNG: rung}
             return tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags, f"trial {number} (screen)", params)
         tags = {**self.tags, STUDY: self.name, TRIAL: str(number), RUN_KIND: "trial", **({RUNG: rung} if rung else {})}
         run_id = tracking.start_cell(self.cl, self.exp, self.parent, self.name, cell, tags, run_name=f"trial {number}", params=params)
@@ -113,11 +114,11 @@ class SearchRecord:
         counts all): runs and cell seconds of the screens and of the promoted full-fidelity trials, and the
         statistics cache (its size; the seconds spent building it, on every worker)."""
         out: dict[str, Any] = {}
-        for rung, where in (("screen", f"tags.`{RUN_KIND}` = 'screen'"), ("full", f"tags.`{RUNG}` = 'full'")):
+        for rung, where in ((SCREEN, f"tags.`{RUN_KIND}` = '{SCREEN}'"), (FULL, f"tags.`{RUNG}` = '{FULL}'")):
             runs = [r for r in tracking.all_runs(self.cl, self.exp, f"{where} and tags.`{STUDY}` = '{self.name}'")
                     if r.info.status == "FINISHED"]
             out[rung] = {"runs": len(runs), "cell_s": sum(r.data.metrics.get("time.cell_s", 0.0) for r in runs)}
-            if rung == "screen":
+            if rung == SCREEN:
                 m = [r.data.metrics for r in runs]
                 out["cache"] = {"bytes": max((x.get("screen.cache_bytes", 0.0) for x in m), default=0.0),
                                 "build_s": sum(x.get("screen.cache_build_s", 0.0) for x in m)}
