@@ -21,6 +21,7 @@ from typing import Any
 from ..names import HELD_OUT
 from .cells import held_out_evaluation, trial_cell
 from .reruns import FixedRuns
+from .study import best_trials
 
 KIND_HELD_OUT = "held-out"  # the runs' polyprune.kind
 
@@ -83,14 +84,3 @@ class HeldOut:
                 t["test"] = {k: v for k, v in r["metrics"].items() if k.startswith("test.")}
                 t["held_out_run_id"] = r["run_id"]
 
-
-def best_trials(study, n_objectives: int) -> list:
-    """The study's best trial(s) on valid, as the trials' stage reports them (the Pareto front with several)."""
-    from optuna.trial import TrialState
-
-    try:
-        if n_objectives > 1:
-            return list(study.best_trials)
-        return [study.best_trial] if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else []
-    except ValueError:
-        return []

@@ -1,5 +1,5 @@
 """The Optuna study of a search: open (create or resume), take over from a stopped driver,
-lose and re-enqueue a trial, count the budget.
+lose and re-enqueue a trial, count the budget, name its best trials.
 
 Only Optuna's public API is used: `Study`, `FrozenTrial` / `Trial` properties and, for the
 one thing `Study` cannot do (tag a trial known only by its number), the storage API in
@@ -166,3 +166,16 @@ def counted(study) -> int:
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
     return sum(1 for t in done if LOST not in t.user_attrs)
+
+
+def best_trials(study, n_objectives: int) -> list:
+    """The study's best trial(s) on valid (the Pareto front with several): what the trials' stage reports
+    and the held-out stage measures on test."""
+    from optuna.trial import TrialState
+
+    try:
+        if n_objectives > 1:
+            return list(study.best_trials)
+        return [study.best_trial] if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else []
+    except ValueError:
+        return []

@@ -26,22 +26,21 @@ from typing import Any
 from tasks.errors import UserError
 
 from .. import tracking
-from ..engine.cells import Cell
 from ..names import BEAT, ERROR, LOST, RUNG, SCREEN_RUN
 from ..stores import shown
 from ..engine.record import log, retry_tags
 from . import early_stop, fidelity
-from .cells import trial_cell
+from .cells import trial_cell, varied
 from .context import quiet
 from .record import finite, trial_dict
-from .study import DEFAULTS, counted
+from .study import DEFAULTS, best_trials, counted
 
 
 @dataclass
 class Flight:
     trial: Any  # optuna Trial (asked, not yet told)
     run_id: str
-    full: Cell | None = None  # a screen's: the trial's full-fidelity cell, run if promoted
+    full: Any = None  # a screen's: the trial's full-fidelity cell, run if promoted
 
 
 class Trials:
@@ -91,12 +90,9 @@ class Trials:
         quiet(lambda: early_stop.close(self.box))
         study, metrics = self.ctx.study, self.ctx.metrics
         trials = study.get_trials(deepcopy=False)
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        try:
-            best = list(study.best_trials) if len(metrics) > 1 else ([study.best_trial] if complete else [])
-        except ValueError:
-            best = []
-        summary.update({"n_complete": len(complete), "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+        best = best_trials(study, len(metrics))
+        summary.update({"n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
+                        "n_failed": sum(t.state == TrialState.FAIL for t in trials),
                         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
                         "best": [trial_dict(t) for t in sorted(best, key=lambda t: t.number)]})
         for t in summary["best"]:  # the test numbers, read back from the trial's run: the study never holds them
@@ -144,7 +140,7 @@ class Trials:
         trial.set_user_attr("hp", k["hp"])
         trial.set_user_attr("cell_id", cell.cell_id)
         if self.screen:
-            full, cell = cell, Cell(cell.kind, fidelity.screen_key(cell.key, self.screen.windows), dict(cell.run), cell.where)
+            full, cell = cell, varied(cell, **fidelity.screen_key(cell.key, self.screen.windows))
             trial.set_user_attr(RUNG, fidelity.SCREEN)
             run_id = ctx.rec.start_trial(trial.number, cell, trial.params, fidelity.SCREEN)
             trial.set_user_attr(SCREEN_RUN, run_id)
