@@ -15,9 +15,10 @@ only they can be a best trial or a confirmation candidate.
 The default screen (8 windows, cached statistics) is the one `benchmarks/search_fidelity.py` found
 to rank 100 random `mwanda_full` configurations as the full prune does (Kendall tau 0.78, recall of
 the full top 10% in the screen's top 20%: 0.9; the gate is 0.7 and 0.9). The default fraction, 0.1,
-had the lowest regret at a third of plain TPE's compute in `benchmarks/search_efficiency.py` (0.25
-and 0.5 promoted more trials for no better pick; with TPE proposing better trials as it learns, a
-fraction of 0.1 still runs about a third of the trials at full fidelity).
+had the lowest mean regret at a third of plain TPE's compute in `benchmarks/search_efficiency.py`
+(intervals overlapping 0.25's) and the cheapest trials: 0.25 and 0.5 promoted more trials for no
+better pick. Even 0.1 runs about a third of the trials at full fidelity, as TPE's later proposals
+are often among the best screens so far.
 """
 
 from __future__ import annotations
