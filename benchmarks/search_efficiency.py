@@ -24,9 +24,10 @@ the medians of every measurement in the file; wall times are recorded too. A run
 point: its best COMPLETE trial by valid; regret: pick / best full-fidelity valid of any run - 1, in %;
 curves vs compute as a share of the mean of --trials plain trials, bootstrap 95% bands over seeds.
 Target: the default (`screen10`) at 1/10 no worse than `full` at 1 (upper 95% bound of the per-seed paired difference
-<= 0). The picks (full: at 1; screened: at 1/10 and 1/3) are pruned exactly on calibration seeds 101
-and 102 and measured on the whole test split. One JSON line per run is appended to --out (a rerun
-skips done runs); the summary writes search_efficiency.{json,md,png} beside it.
+<= 0); every paired comparison (each screened setting against `full` at 1 and at the same share, at 1/10, 1/5, 1/3
+and 1/2) also gets the paired t-test's p over seeds, adjusted by Holm over all of them. The picks (full: at 1;
+screened: at 1/10 and 1/3) are pruned exactly on calibration seeds 101 and 102 and measured on the whole test split.
+One JSON line per run is appended to --out (a rerun skips done runs); the summary writes search_efficiency.{json,md,png} beside it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ LANGS = ["en", "sw", "zh", "de", "ru"]
 CALIB = ["en", "sw", "zh"]
 SETTINGS = {"full": None, "screen": 0.25, "screen50": 0.5, "screen10": 0.1}  # promote fraction (None: every trial at full fidelity)
 POINTS = {"1/10": 0.1, "1/5": 0.2, "1/3": 1 / 3, "1/2": 0.5, "1": 1.0}
+PAIRED = ("1/10", "1/5", "1/3", "1/2")  # shares where a screened run is compared with full, paired by seed
 PICKS = {"full": ["1"], "screen": ["1/10", "1/3"], "screen50": ["1/10", "1/3"], "screen10": ["1/10", "1/3"]}  # re-evaluated on fresh seeds
 RESEEDS = [101, 102]
 OPS = ["exact", "cached", "cache_lang", "win_screen", "win_full"]  # unit-cost names: what a run counts
@@ -242,6 +244,26 @@ def ci(xs, reps: int = 2000) -> dict:
     return {"mean": float(x.mean()), "lo": float(np.percentile(means, 2.5)), "hi": float(np.percentile(means, 97.5))}
 
 
+def paired_ci(diffs) -> dict:
+    """`ci` of per-seed paired differences, with the paired t-test's two-sided p of a zero mean (as the
+    confirmation's verdict; 1 where every difference is 0: the two picks were the same)."""
+    from scipy import stats
+
+    p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    return {**ci(diffs), "p": 1.0 if math.isnan(p) else p}
+
+
+def holm_over(paired: dict) -> int:
+    """Holm's adjustment over every paired comparison in the summary (one family: each setting against
+    full, at 1 and at the same share, at each share); writes `p_holm` beside each `p`; returns the family's size."""
+    from orchestrator.search.verdict_stats import holm
+
+    family = [t for row in paired.values() for vs in row.values() for t in vs.values() if t]
+    for t, q in zip(family, holm([t["p"] for t in family])):
+        t["p_holm"] = q
+    return len(family)
+
+
 def summary(args) -> dict:
     import numpy as np
 
@@ -271,8 +293,10 @@ def summary(args) -> dict:
         full = {r["seed"]: r for r in by.get("full", [])}
         for vs, at in (("full_at_1", lambda x: 1.0), ("full_at_x", lambda x: x)):  # the target; then at equal compute
             d = {n: [regret(r, POINTS[n]) - regret(full[r["seed"]], at(POINTS[n])) for r in rs if r["seed"] in full]
-                 for n in ("1/10", "1/5", "1/3")}
-            paired.setdefault(s, {})[vs] = {n: None if not v or any(map(math.isnan, v)) else ci(v) for n, v in d.items()}
+                 for n in PAIRED}
+            paired.setdefault(s, {})[vs] = {n: None if not v or any(map(math.isnan, v)) else paired_ci(v) for n, v in d.items()}
+    paired.pop("full", None)
+    family = holm_over(paired)
     last = {s: [r["trials"][-1]["ops"] for r in rs] for s, rs in by.items()}
     res = {"conditions": {"model": "shipped demo model", "method": "mwanda", "sparsity": 0.65, "space": "mwanda_mix",
                           "calibration": f"{','.join(CALIB)} 64 x 128, seed 0", "objective": f"valid ppl.mean over {','.join(LANGS)}",
@@ -286,7 +310,7 @@ def summary(args) -> dict:
                                                       for o, r in zip(last[s], by[s])) for s in by},
            "full_fidelity_share": {s: statistics.mean(o["exact"] / len(r["trials"]) for o, r in zip(last[s], by[s])) for s in by},
            "wall_s_median": {s: statistics.median(r["wall_s"] for r in rs) for s, rs in by.items()},
-           "regret_pct": table, "paired": {k: v for k, v in paired.items() if k != "full"},
+           "regret_pct": table, "paired": paired, "family": family,
            "reeval_test_ppl_mean": {f"{s}@{n}": ci([statistics.mean(r["reeval"][n]["test"].values()) for r in rs])
                                     for s, rs in by.items() for n in PICKS[s] if all(r["reeval"].get(n) for r in rs)},
            "curves": curves}
@@ -311,13 +335,15 @@ def markdown(res: dict) -> str:
              "| setting | " + " | ".join(POINTS) + " |", "|---" * (len(POINTS) + 1) + "|"]
     lines += [f"| {s} | " + " | ".join(f(t) + ("" if t["seeds"] == t["of"] else f" ({t['seeds']}/{t['of']} seeds)") for t in row.values())
               + " |" for s, row in res["regret_pct"].items()]
+    g = lambda t: "n/a" if not t else f"{f(t)} (Holm p {t['p_holm']:.3g})"  # noqa: E731
     lines += ["", "Paired difference of regret, setting at x minus full at its whole budget (target: upper bound <= 0 "
-                  "at 1/10), and minus full at the same x, percentage points, mean [95%]:", ""]
+                  "at 1/10), and minus full at the same x, percentage points, mean [95%] over search seeds, and the "
+                  f"paired t-test's p adjusted by Holm over all {res['family']} comparisons below:", ""]
     for s, row in res["paired"].items():
         met = [n for n, t in row["full_at_1"].items() if t and t["hi"] <= 0]
-        lines.append(f"- {s} vs full at 1: " + "; ".join(f"at {n}: {f(t)}" for n, t in row["full_at_1"].items()) + " -> target "
-                     + ("met" if "1/10" in met else "missed") + (f", first met at {met[0]}" if met else ", not met by 1/3"))
-        lines.append(f"- {s} vs full at x: " + "; ".join(f"at {n}: {f(t)}" for n, t in row["full_at_x"].items()))
+        lines.append(f"- {s} vs full at 1: " + "; ".join(f"at {n}: {g(t)}" for n, t in row["full_at_1"].items()) + " -> target "
+                     + ("met" if "1/10" in met else "missed") + (f", first met at {met[0]}" if met else f", not met by {PAIRED[-1]}"))
+        lines.append(f"- {s} vs full at x: " + "; ".join(f"at {n}: {g(t)}" for n, t in row["full_at_x"].items()))
     cache = res["cache"]
     lines += ["", "Compute per trial, cache excluded: " + ", ".join(f"{s} {v:.2f} s" for s, v in res["compute_per_trial_s"].items())
               + " (trials at full fidelity: " + ", ".join(f"{s} {v:.0%}" for s, v in res["full_fidelity_share"].items())
