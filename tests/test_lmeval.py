@@ -176,3 +176,20 @@ def test_patterns_expand_like_the_cli(model_and_tokenizer):
     names = resolve_tasks(["polyprune_cont_s*", "polyprune_cont_sw"], task_manager())
     assert "polyprune_cont_sw" in names and "polyprune_cont_sv" in names
     assert len(names) == len(set(names))
+
+
+def test_offline_tasks_alone_leave_lm_evals_own_tasks_out_of_the_index():
+    """A run of polyprune's offline tasks only indexes their folder (0.15 s, not lm-eval's ~14K YAMLs);
+    any other name, or an added folder, indexes everything. test_in_memory_equals_lm_eval_cli checks that
+    the narrow index gives the CLI's numbers."""
+    from tasks.evaluation.lmeval import resolve_tasks, task_manager
+
+    ours = task_manager(names=["polyprune_cont_s*", OFFLINE_GROUP])
+    assert "polyprune_cont_sw" in ours.all_tasks and "xnli_sw" not in ours.all_tasks
+    assert resolve_tasks(["polyprune_cont_s*"], ours) == resolve_tasks(["polyprune_cont_s*"], task_manager())
+    full = task_manager(names=["polyprune_cont_sw", "xnli_sw"])
+    assert full is task_manager() and "xnli_sw" in full.all_tasks
+    with pytest.raises(UserError) as err:
+        resolve_tasks(["xnli_sw"], ours)
+    assert err.value.field == "tasks"
+

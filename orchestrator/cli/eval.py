@@ -90,7 +90,7 @@ def run(args) -> int:
 
         tasks = check_args(args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
                            include_paths=args.include_path)
-        resolve_tasks(tasks, task_manager(args.include_path))
+        resolve_tasks(tasks, task_manager(args.include_path, tasks))
     local_masks = args.masks and not args.masks.startswith("runs:/")
     base = check_masks_file(args.masks) if local_masks else None
     if args.out:
