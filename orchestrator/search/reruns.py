@@ -54,7 +54,6 @@ class Reruns:
         self.cells = [(label, s, reseeded(cell, s)) for label, cell in entries for s in seeds]
         self.runs = FixedRuns(ctx, KIND_CONFIRM, [(cell, {CONFIRM: label, CONFIRM_SEED: str(s), CONFIRM_PHASE: phase},
                                                    f"confirm {label} seed {s} ({phase})") for label, s, cell in self.cells])
-        self.todo = self.runs.todo
 
     def of(self, label: str) -> dict[int, dict]:
         """seed -> the FINISHED run ({"run_id", "metrics", "model_id"}) of `label`'s cell at that seed."""

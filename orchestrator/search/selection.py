@@ -36,7 +36,7 @@ class Selection:
     def pending(self) -> bool:
         if self.reruns is None:
             self.plan()
-        return bool(self.reruns.todo)
+        return bool(self.runs.todo)
 
     def plan(self) -> None:
         """The candidates from the study as it stands (the trials' stage has run through) and their cells."""

@@ -47,7 +47,7 @@ class TestSeeds:
                 self.entries += [(b.label, "baseline", self.baselines.cells[b.label]) for b in self.baselines.all]
             self.reruns = Reruns(self.ctx, "test", [(label, cell) for label, _, cell in self.entries], self.seeds)
             self.runs = self.reruns.runs
-        return bool(self.reruns.todo)
+        return bool(self.runs.todo)
 
     def run(self):
         return self.runs.run(f"search {self.ctx.cfg.name}: confirmation, test: {len(self.runs.todo)} runs to go ({self.entries[0][0]} "

@@ -26,6 +26,7 @@ from typing import Any
 from tasks.errors import UserError
 
 from .. import tracking
+from ..engine.cells import Cell
 from ..names import BEAT, ERROR, LOST, RUNG, SCREEN_RUN
 from ..stores import shown
 from ..engine.record import log, retry_tags
@@ -40,7 +41,7 @@ from .study import DEFAULTS, best_trials, counted
 class Flight:
     trial: Any  # optuna Trial (asked, not yet told)
     run_id: str
-    full: Any = None  # a screen's: the trial's full-fidelity cell, run if promoted
+    full: Cell | None = None  # a screen's: the trial's full-fidelity cell, run if promoted
 
 
 class Trials:
