@@ -260,7 +260,7 @@ def check_evaluation(cfg: Any, ev: dict[str, Any]) -> None:
         try:
             names = check_args(le["tasks"], num_fewshot=le["num_fewshot"], limit=le["limit"],
                                batch_size=cfg.evaluation.lm_eval.batch_size, include_paths=le["include_paths"])
-            resolve_tasks(names, task_manager(le["include_paths"], names))  # lm-eval's own tasks: a ~15 s index, once
+            resolve_tasks(names, task_manager(le["include_paths"], names))  # indexed once per process (lmeval.task_manager)
         except UserError as e:
             raise UserError(f"evaluation.lm_eval.{e.field}", e.message) from None
 

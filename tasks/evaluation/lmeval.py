@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .offline_tasks import OFFLINE_GROUP, offline_task_dir
+from .offline_tasks import OFFLINE_GROUP, OFFLINE_PREFIX, offline_task_dir
 
 # Defaults of one lm-eval run. Batching scores several loglikelihood requests in
 # one forward pass; 8 was the fastest on CPU (benchmarks/eval_throughput.py) and
@@ -29,15 +29,15 @@ BATCH_SIZE = 8
 BOOTSTRAP_ITERS = 100_000  # lm-eval's own default; only used for non-mean metrics' stderr
 
 _task_managers: dict = {}  # (lm-eval's own tasks too?, include paths + mtimes) -> TaskManager: a process-wide cache, not a run's state
-OFFLINE_PREFIX = "polyprune_"  # every offline task and group is named so (offline_tasks.py)
 
 
 def task_manager(include_paths=(), names=None):
     """An lm-eval TaskManager over its own tasks, polyprune's offline tasks and `include_paths`.
 
     When `names` (the tasks asked for) are all polyprune's offline ones and no folder is added, lm-eval's
-    own ~14K task YAMLs are left out of the index: it takes 0.15 s instead of ~13 s, which every sweep
-    worker and the demo paid once for tasks it never loads. The tasks' configs are the same files."""
+    own ~14K task YAMLs are left out of the index: 0.92 s instead of 6.74 s in a fresh process
+    (benchmarks/lmeval_index.py), which every sweep worker and the sweep's validation paid once for tasks
+    they never load. The tasks' configs are the same files."""
     from lm_eval.tasks import TaskManager
 
     ours_only = bool(names) and not include_paths and all(str(n).startswith(OFFLINE_PREFIX) for n in names)

@@ -32,7 +32,8 @@ import yaml
 from ..data.builtin import cache_root
 from ..errors import UserError
 
-OFFLINE_GROUP = "polyprune_offline"
+OFFLINE_PREFIX = "polyprune_"  # every offline task and group is named so (lmeval.task_manager indexes them alone by it)
+OFFLINE_GROUP = f"{OFFLINE_PREFIX}offline"
 KINDS = ("cont", "langid")
 GENERATOR_VERSION = 1  # bump when the item construction changes
 N_ITEMS = 64  # per language and kind
@@ -107,7 +108,7 @@ def write_offline_tasks(root: Path, corpus: dict[str, list[str]], group_langs=No
         groups = {kind: [] for kind in KINDS}
         for kind in KINDS:
             for lang in langs:
-                task = f"polyprune_{kind}_{lang}"
+                task = f"{OFFLINE_PREFIX}{kind}_{lang}"
                 rng = random.Random(f"{seed}/{kind}/{lang}")  # string seeds are stable across runs
                 items = _items(kind, lang, streams, pool, rng)
                 with open(tmp / f"{task}.jsonl", "w", encoding="utf-8") as f:
@@ -121,8 +122,8 @@ def write_offline_tasks(root: Path, corpus: dict[str, list[str]], group_langs=No
                 if lang in group_langs:
                     groups[kind].append(task)
             groups[kind].sort(key=lambda t: group_langs.index(t.rsplit("_", 1)[1]))
-            _dump(tmp / f"_polyprune_{kind}.yaml", _group(f"polyprune_{kind}", groups[kind]))
-        _dump(tmp / f"_{OFFLINE_GROUP}.yaml", _group(OFFLINE_GROUP, [f"polyprune_{kind}" for kind in KINDS]))
+            _dump(tmp / f"_polyprune_{kind}.yaml", _group(f"{OFFLINE_PREFIX}{kind}", groups[kind]))
+        _dump(tmp / f"_{OFFLINE_GROUP}.yaml", _group(OFFLINE_GROUP, [f"{OFFLINE_PREFIX}{kind}" for kind in KINDS]))
         try:
             os.rename(tmp, final)  # atomic: readers see a complete folder or none
         except OSError:
