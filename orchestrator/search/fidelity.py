@@ -17,8 +17,9 @@ to rank 100 random `mwanda_full` configurations as the full prune does (Kendall 
 the full top 10% in the screen's top 20%: 0.9; the gate is 0.7 and 0.9). The default fraction, 0.1,
 had the lowest mean regret at a third of plain TPE's compute in `benchmarks/search_efficiency.py`
 (intervals overlapping 0.25's) and the cheapest trials: 0.25 and 0.5 promoted more trials for no
-better pick. Even 0.1 runs about a third of the trials at full fidelity, as TPE's later proposals
-are often among the best screens so far.
+better pick. Even 0.1 runs about a third of the trials at full fidelity, most likely because a
+screen is judged on arrival against the few seen so far and TPE's later proposals are often among the
+best (not measured apart).
 """
 
 from __future__ import annotations
